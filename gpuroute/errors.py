@@ -1,0 +1,108 @@
+"""Every error gpuroute raises.
+
+The tree::
+
+    GpurouteError                      anything gpuroute refuses or cannot do
+    ├── SpecError (ValueError)         the spec itself is malformed: "0,,1", "GPU-zz", "all,0"
+    ├── ResolutionError (LookupError)  a well-formed spec this host cannot satisfy
+    │   ├── UnknownDeviceError         no such index, UUID, MIG device or PCI bus id
+    │   ├── AmbiguousDeviceError       a UUID prefix that matches more than one device
+    │   ├── DuplicateDeviceError       the same device named twice, perhaps two different ways
+    │   ├── MIGModeError               a whole GPU whose MIG mode is on
+    │   ├── MixedDeviceError           whole GPUs mixed with MIG devices
+    │   └── MultipleMIGError           more than one MIG device without an explicit opt-in
+    ├── ContextError                   the caller's context forbids the request (a parent mask)
+    └── InventoryError                 the GPU inventory cannot be read
+        ├── SnapshotError (ValueError) a snapshot file is missing, malformed or of another schema
+        └── NVMLError                  NVML is missing, not loaded, not permitted, or a GPU is lost
+
+Every message names the offending input and says what would work. Errors raised while
+resolving a spec carry the whole ``spec`` and the offending ``token``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousDeviceError",
+    "ContextError",
+    "DuplicateDeviceError",
+    "GpurouteError",
+    "InventoryError",
+    "MIGModeError",
+    "MixedDeviceError",
+    "MultipleMIGError",
+    "NVMLError",
+    "ResolutionError",
+    "SnapshotError",
+    "SpecError",
+    "UnknownDeviceError",
+]
+
+
+class GpurouteError(Exception):
+    """Base class of every error gpuroute raises on purpose."""
+
+    def __init__(self, message: str, *, spec: str | None = None, token: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.spec = spec
+        self.token = token
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(GpurouteError, ValueError):
+    """The spec is malformed: a token that is no GPU id of any form, an empty entry, a bad type."""
+
+
+class ResolutionError(GpurouteError, LookupError):
+    """The spec is well formed but this inventory cannot satisfy it."""
+
+
+class UnknownDeviceError(ResolutionError):
+    """No device on this host answers to the token (index out of range, unknown UUID, ...)."""
+
+
+class AmbiguousDeviceError(ResolutionError):
+    """A UUID prefix matches more than one device."""
+
+
+class DuplicateDeviceError(ResolutionError):
+    """The same device is named twice, perhaps in two different forms."""
+
+
+class MIGModeError(ResolutionError):
+    """A whole GPU was requested but its MIG mode is on: CUDA work runs only on its MIG devices."""
+
+
+class MixedDeviceError(ResolutionError):
+    """Whole GPUs and MIG devices were requested together; CUDA cannot enumerate both."""
+
+
+class MultipleMIGError(ResolutionError):
+    """More than one MIG device was requested without ``allow_multiple_mig=True``, or the
+    request breaks CUDA's rule of one compute instance per GPU instance."""
+
+
+class ContextError(GpurouteError):
+    """The caller's context (a parent ``CUDA_VISIBLE_DEVICES`` mask) forbids the request."""
+
+
+class InventoryError(GpurouteError):
+    """The GPU inventory could not be read or is inconsistent."""
+
+
+class SnapshotError(InventoryError, ValueError):
+    """An inventory snapshot file is missing, unreadable, malformed or of another schema."""
+
+
+class NVMLError(InventoryError):
+    """NVML could not be used: library missing, driver not loaded, no permission, GPU lost.
+
+    ``code`` is NVML's numeric return code when NVML reported one.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,41 @@
+"""Stand-ins for a GPU host, shipped for tests, examples and demos on machines with no GPU.
+
+* ``topology(name)``: a built-in simulated host, as an Inventory recorded in the snapshot
+  format (``TOPOLOGIES`` lists the names);
+* ``FakeNVML``: a stateful stand-in for the pynvml functions gpuroute calls, built from
+  such an inventory.
+
+Importing this module imports pynvml (``nvidia-ml-py``), whose errors FakeNVML raises.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from gpuroute.core.inventory import Inventory
+from gpuroute.testing.fake_nvml import FakeNVML, FakeProcess
+
+__all__ = ["TOPOLOGIES", "FakeNVML", "FakeProcess", "topology", "topology_path"]
+
+TOPOLOGIES = {
+    "h100-sxm-8": "8 identical NVIDIA H100 80GB HBM3 (SXM), no MIG",
+    "a100-mig-4": "4 NVIDIA A100-SXM4-80GB; GPUs 1 and 2 in MIG mode with mixed profiles",
+    "workstation-mixed": "RTX 3060 on PCI bus 01, the faster RTX 4090 on bus 41",
+}
+"""The built-in simulated hosts, by name, with what each one exercises."""
+
+
+def topology_path(name: str) -> str:
+    """The path of a built-in topology's snapshot file."""
+    if name not in TOPOLOGIES:
+        from gpuroute.errors import SnapshotError
+
+        raise SnapshotError(
+            f"no simulated topology named {name!r}; choose one of: {', '.join(TOPOLOGIES)}"
+        )
+    return str(resources.files("gpuroute.testing") / "topologies" / f"{name}.json")
+
+
+def topology(name: str) -> Inventory:
+    """A built-in simulated host as an Inventory."""
+    return Inventory.load(topology_path(name))
