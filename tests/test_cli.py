@@ -1,0 +1,134 @@
+"""The gpuroute command: output, JSON, snapshots, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuroute import Inventory
+from gpuroute.cli import main
+from gpuroute.testing import topology_path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpuroute", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def test_plan_explains(capsys: pytest.CaptureFixture[str], h100: Inventory) -> None:
+    assert main(["plan", "3,1", "--simulate", "h100-sxm-8"]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA_VISIBLE_DEVICES=1,0" in out
+    assert f"NVIDIA_VISIBLE_DEVICES={h100.gpus[3].uuid},{h100.gpus[1].uuid}" in out
+
+
+def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "1:0", "--simulate", "a100-mig-4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["container_env"] == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}
+    assert data["devices"][0]["mig_profile"] == "3g.40gb"
+
+
+def test_plan_local_target_and_index_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", "1,0", "--simulate", "workstation-mixed", "--target", "local"]
+    assert main([*args, "--local-ids", "index", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["local_env"]["CUDA_VISIBLE_DEVICES"] == "1,0"
+
+
+def test_ls_nests_mig_devices(capsys: pytest.CaptureFixture[str], a100: Inventory) -> None:
+    assert main(["ls", "--inventory", topology_path("a100-mig-4")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("1 "))
+    assert lines[row + 1].startswith("  1:0")
+    assert a100.gpus[1].mig_devices[0].uuid in lines[row + 1]
+    assert "3/7 slices" in lines[row + 1]
+
+
+def test_ls_json_is_the_snapshot(capsys: pytest.CaptureFixture[str], h100: Inventory) -> None:
+    assert main(["ls", "--simulate", "h100-sxm-8", "--json"]) == 0
+    assert Inventory.from_dict(json.loads(capsys.readouterr().out)) == h100
+
+
+def test_inventory_save_then_plan_from_it(tmp_path: Path, a100: Inventory) -> None:
+    snap = tmp_path / "host.json"
+    assert main(["inventory", "save", str(snap), "--simulate", "a100-mig-4"]) == 0
+    assert Inventory.load(snap) == a100
+    env = {"PATH": "", "GPUROUTE_INVENTORY": str(snap)}
+    result = run_cli("plan", "2:3", env=env)
+    assert result.returncode == 0, result.stderr
+    assert a100.gpus[2].mig_devices[3].uuid in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["plan", "9", "--simulate", "h100-sxm-8"], "index 9 is out of range"),
+        (["plan", "0,,1", "--simulate", "h100-sxm-8"], "is empty"),
+        (["plan", "1", "--simulate", "a100-mig-4"], "MIG mode is on"),
+        (["plan", "0", "--simulate", "nope"], "no simulated topology named 'nope'"),
+        (["ls", "--inventory", "/nonexistent/host.json"], "cannot read inventory snapshot"),
+        (["plan", "0", "--capabilities", "gpu", "--simulate", "h100-sxm-8"], "capability"),
+    ],
+)
+def test_user_errors_are_one_message_and_status_2(args: list[str], fragment: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("gpuroute: error: ")
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_local_plan_under_an_empty_mask_is_refused_with_the_container_way() -> None:
+    result = run_cli(
+        "plan",
+        "3,1",
+        "--simulate",
+        "h100-sxm-8",
+        "--target",
+        "local",
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""},
+    )
+    assert result.returncode == 2
+    assert "reserves its GPUs for containers" in result.stderr
+
+
+def test_demo_plans_on_the_snapshot_it_is_given(tmp_path: Path) -> None:
+    result = run_cli("demo", env={"GPUROUTE_INVENTORY": topology_path("workstation-mixed")})
+    assert result.returncode == 0, result.stderr
+    assert "Example request: GPUs '1,0'" in result.stdout
+    assert "CUDA_VISIBLE_DEVICES=1,0" in result.stdout
+
+
+def _has_nvidia_driver() -> bool:
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+@pytest.mark.skipif(_has_nvidia_driver(), reason="this machine has a real NVIDIA driver")
+def test_demo_without_a_driver_uses_the_simulated_host() -> None:
+    result = run_cli("demo", env={"PATH": ""})
+    assert result.returncode == 0, result.stderr
+    assert "simulated host 'h100-sxm-8'" in result.stdout
+    assert "CUDA_VISIBLE_DEVICES=1,0" in result.stdout
+
+
+def test_topologies_lists_the_simulated_hosts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["topologies"]) == 0
+    assert "a100-mig-4" in capsys.readouterr().out

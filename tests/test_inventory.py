@@ -1,0 +1,140 @@
+"""The inventory value and its snapshot file format (a public contract)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuroute import GPU, Inventory, InventoryError, MIGDevice, SnapshotError
+
+ISSUE_EXAMPLE: dict[str, Any] = {
+    "schema": "gpuroute.inventory/1",
+    "driver_version": "580.95.05",
+    "gpus": [
+        {
+            "index": 0,
+            "uuid": "GPU-11111111-2222-3333-4444-555555555555",
+            "pci_bus_id": "00000000:18:00.0",
+            "name": "NVIDIA H100 80GB HBM3",
+            "memory_total_mib": 81559,
+            "mig_mode": False,
+            "mig_compute_slices_total": 7,
+            "mig_devices": [],
+        },
+        {
+            "index": 1,
+            "uuid": "GPU-66666666-7777-8888-9999-aaaaaaaaaaaa",
+            "pci_bus_id": "00000000:2A:00.0",
+            "name": "NVIDIA A100-SXM4-80GB",
+            "memory_total_mib": 81920,
+            "mig_mode": True,
+            "mig_compute_slices_total": 7,
+            "mig_devices": [
+                {
+                    "index": 0,
+                    "uuid": "MIG-bbbbbbbb-cccc-dddd-eeee-ffffffffffff",
+                    "gpu_instance_id": 2,
+                    "compute_instance_id": 0,
+                    "profile": "3g.40gb",
+                    "memory_total_mib": 40192,
+                    "compute_slices": 3,
+                }
+            ],
+        },
+    ],
+}
+
+
+def test_the_documented_example_loads_and_saves_byte_for_byte_equal(tmp_path: Path) -> None:
+    inv = Inventory.from_dict(ISSUE_EXAMPLE)
+    assert inv.gpus[1].mig_devices[0] == MIGDevice(
+        0, "MIG-bbbbbbbb-cccc-dddd-eeee-ffffffffffff", 2, 0, "3g.40gb", 40192, 3
+    )
+    assert inv.to_dict() == ISSUE_EXAMPLE
+    inv.save(tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text()) == ISSUE_EXAMPLE
+
+
+def test_every_topology_round_trips(any_topology: Inventory, tmp_path: Path) -> None:
+    path = tmp_path / "snap.json"
+    any_topology.save(path)
+    assert Inventory.load(path) == any_topology
+    assert not list(tmp_path.glob(".*tmp")), "the temporary file is renamed away"
+
+
+def test_null_driver_and_no_mig_support() -> None:
+    doc = copy.deepcopy(ISSUE_EXAMPLE)
+    doc["driver_version"] = None
+    doc["gpus"] = doc["gpus"][:1]
+    doc["gpus"][0]["mig_compute_slices_total"] = None
+    inv = Inventory.from_dict(doc)
+    assert inv.driver_version is None
+    assert inv.gpus[0].mig_compute_slices_total is None
+
+
+def _mutated(path: list[Any], value: Any = None, *, delete: bool = False) -> dict[str, Any]:
+    doc = copy.deepcopy(ISSUE_EXAMPLE)
+    node: Any = doc
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (_mutated(["schema"], "gpuroute.inventory/2"), "schema is 'gpuroute.inventory/2'"),
+        (_mutated(["schema"], delete=True), "schema is None"),
+        (_mutated(["hostname"], "x"), "hostname: Extra inputs are not permitted"),
+        (_mutated(["gpus", 0, "serial"], "x"), "gpus.0.serial: Extra inputs are not permitted"),
+        (_mutated(["gpus", 1, "mig_devices", 0, "slices"], 3), "gpus.1.mig_devices.0.slices"),
+        (_mutated(["gpus", 0, "uuid"], delete=True), "gpus.0.uuid: Field required"),
+        (_mutated(["gpus", 0, "index"], "0"), "gpus.0.index"),
+        (_mutated(["gpus", 0, "uuid"], "11111111"), "gpus.0.uuid"),
+        (_mutated(["gpus", 0, "pci_bus_id"], "bus 18"), "not a PCI bus id"),
+        (_mutated(["gpus", 1, "index"], 0), "index 0"),
+        (_mutated(["gpus", 1, "mig_mode"], False), "MIG mode is off"),
+        (_mutated(["gpus", 1, "uuid"], ISSUE_EXAMPLE["gpus"][0]["uuid"]), "appears twice"),
+        (_mutated(["gpus", 1, "pci_bus_id"], "0000:18:00.0"), "share PCI bus id"),
+        ([], "document: Input should be"),
+    ],
+)
+def test_bad_snapshots_are_rejected_with_the_field(doc: Any, expected: str) -> None:
+    with pytest.raises(SnapshotError) as err:
+        Inventory.from_dict(doc, source="host.json")
+    assert "host.json" in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    with pytest.raises(SnapshotError, match=r"cannot read inventory snapshot .*missing\.json"):
+        Inventory.load(missing)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"schema": ')
+    with pytest.raises(SnapshotError, match=r"broken.json is not JSON \(line 1"):
+        Inventory.load(broken)
+
+
+def test_save_into_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotError, match="cannot write"):
+        Inventory(gpus=()).save(tmp_path / "no" / "such" / "dir.json")
+
+
+def test_inventory_is_immutable_and_checked() -> None:
+    gpu = GPU(0, "GPU-a", "0000:01:00.0", "X", 1)
+    assert gpu.pci_bus_id == "00000000:01:00.0"
+    with pytest.raises(InventoryError, match="position 0 has index 1"):
+        Inventory(gpus=(GPU(1, "GPU-a", "01:00.0", "X", 1),))
+    inv = Inventory(gpus=[gpu])  # type: ignore[arg-type]
+    assert inv.gpus == (gpu,)
+    with pytest.raises(AttributeError):
+        inv.gpus = ()  # type: ignore[misc]

@@ -1,0 +1,130 @@
+"""Inventory.from_nvml, driven end to end through FakeNVML; NVML errors become gpuroute errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pynvml
+import pytest
+
+from gpuroute import GpurouteError, Inventory, NVMLError
+from gpuroute.testing import FakeNVML
+
+
+def test_from_nvml_reads_every_topology_exactly(any_topology: Inventory) -> None:
+    fake = FakeNVML(any_topology)
+    assert Inventory.from_nvml(fake) == any_topology
+    assert fake.init_count == 0, "NVML is shut down again"
+
+
+def test_mig_devices_are_read_with_their_slots(a100: Inventory) -> None:
+    inv = Inventory.from_nvml(FakeNVML(a100))
+    gpu = inv.gpus[2]
+    assert [
+        (m.index, m.profile, m.gpu_instance_id, m.compute_instance_id, m.compute_slices)
+        for m in gpu.mig_devices
+    ] == [
+        (0, "4g.40gb", 1, 0, 4),
+        (1, "1c.2g.20gb", 5, 0, 1),
+        (2, "1c.2g.20gb", 5, 1, 1),
+        (3, "1g.10gb", 13, 0, 1),
+    ]
+    assert gpu.mig_compute_slices_total == 7
+
+
+@pytest.mark.parametrize(
+    ("break_it", "code", "advice"),
+    [
+        (FakeNVML.remove_library, pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, "Install the driver"),
+        (FakeNVML.unload_driver, pynvml.NVML_ERROR_DRIVER_NOT_LOADED, "modprobe nvidia"),
+        (FakeNVML.deny_permission, pynvml.NVML_ERROR_NO_PERMISSION, "/dev/nvidiactl"),
+        (FakeNVML.mismatch_versions, pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH, "Reboot"),
+    ],
+)
+def test_init_failures_are_actionable(
+    h100: Inventory, break_it: Callable[[FakeNVML], None], code: int, advice: str
+) -> None:
+    fake = FakeNVML(h100)
+    break_it(fake)
+    with pytest.raises(NVMLError) as err:
+        Inventory.from_nvml(fake)
+    assert err.value.code == code
+    assert advice in str(err.value)
+    assert isinstance(err.value.__cause__, pynvml.NVMLError)
+
+
+def test_a_lost_gpu_is_named(h100: Inventory) -> None:
+    fake = FakeNVML(h100)
+    fake.lose_gpu(5)
+    with pytest.raises(NVMLError, match="GPU 5: the GPU is lost") as err:
+        Inventory.from_nvml(fake)
+    assert "Xid 79" in str(err.value)
+    assert fake.init_count == 0
+    fake.recover_gpu(5)
+    assert Inventory.from_nvml(fake) == h100
+
+
+def test_the_real_library_is_used_by_default_and_its_absence_explained() -> None:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError_LibraryNotFound:
+        with pytest.raises(NVMLError, match="GPUROUTE_INVENTORY"):
+            Inventory.from_nvml()
+    else:  # a host with a real driver: the default reader agrees with NVML's own count
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+        assert len(Inventory.from_nvml().gpus) == count
+
+
+class TestFakeNVMLBehavesLikeNVML:
+    def test_calls_need_init(self, h100: Inventory) -> None:
+        fake = FakeNVML(h100)
+        with pytest.raises(pynvml.NVMLError_Uninitialized):
+            fake.nvmlDeviceGetCount()
+
+    def test_energy_counters_advance_with_power(self, h100: Inventory) -> None:
+        fake = FakeNVML(h100, power_w={0: 500.0})
+        fake.nvmlInit()
+        handle = fake.nvmlDeviceGetHandleByIndex(0)
+        before = fake.nvmlDeviceGetTotalEnergyConsumption(handle)
+        fake.advance(2.0)
+        assert fake.nvmlDeviceGetTotalEnergyConsumption(handle) - before == 1_000_000
+        fake.set_power(0, 100.0)
+        assert fake.nvmlDeviceGetPowerUsage(handle) == 100_000
+
+    def test_processes_hold_memory(self, a100: Inventory) -> None:
+        fake = FakeNVML(a100)
+        fake.nvmlInit()
+        fake.start_process(4242, 1, 2048, mig=0)
+        gpu = fake.nvmlDeviceGetHandleByIndex(1)
+        mig = fake.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0)
+        (proc,) = fake.nvmlDeviceGetComputeRunningProcesses(mig)
+        assert (proc.pid, proc.usedGpuMemory, proc.gpuInstanceId) == (4242, 2048 << 20, 2)
+        assert fake.nvmlDeviceGetMemoryInfo(mig).used == 2048 << 20
+        other = fake.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 1)
+        assert fake.nvmlDeviceGetComputeRunningProcesses(other) == []
+        fake.end_process(4242)
+        assert fake.nvmlDeviceGetComputeRunningProcesses(gpu) == []
+
+    def test_mig_handles_and_uuid_lookup(self, a100: Inventory) -> None:
+        fake = FakeNVML(a100)
+        fake.nvmlInit()
+        mig = a100.gpus[1].mig_devices[1]
+        handle = fake.nvmlDeviceGetHandleByUUID(mig.uuid)
+        assert fake.nvmlDeviceIsMigDeviceHandle(handle)
+        parent = fake.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+        assert fake.nvmlDeviceGetUUID(parent) == a100.gpus[1].uuid
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            fake.nvmlDeviceGetTotalEnergyConsumption(handle)
+        with pytest.raises(pynvml.NVMLError_NotFound):
+            fake.nvmlDeviceGetHandleByUUID(mig.uuid[:12])
+
+    def test_gpus_without_mig_support(self, workstation: Inventory) -> None:
+        fake = FakeNVML(workstation)
+        fake.nvmlInit()
+        with pytest.raises(pynvml.NVMLError_NotSupported):
+            fake.nvmlDeviceGetMigMode(fake.nvmlDeviceGetHandleByIndex(0))
+
+
+def test_nvml_error_is_a_gpuroute_error() -> None:
+    assert issubclass(NVMLError, GpurouteError)

@@ -1,0 +1,106 @@
+"""The spec grammar: every form parses to the right token; malformed specs name the token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpuroute import SpecError
+from gpuroute.core.spec import Kind, normalize_pci_bus_id, parse_spec
+
+
+class TestForms:
+    def test_index(self) -> None:
+        (token,) = parse_spec("3").tokens
+        assert (token.kind, token.index) == (Kind.INDEX, 3)
+
+    def test_gpu_uuid_is_upper_cased_for_matching(self) -> None:
+        (token,) = parse_spec("gpu-8932f937").tokens
+        assert (token.kind, token.uuid, token.text) == (
+            Kind.GPU_UUID,
+            "GPU-8932F937",
+            "gpu-8932f937",
+        )
+
+    def test_mig_uuid(self) -> None:
+        (token,) = parse_spec("MIG-0c8a5d0e-1f2a-5b3c-9d4e-5f60718293a4").tokens
+        assert token.kind is Kind.MIG_UUID
+
+    def test_legacy_mig(self) -> None:
+        (token,) = parse_spec("MIG-GPU-8932f937-aaaa-bbbb-cccc-0123456789ab/1/2").tokens
+        assert token.kind is Kind.MIG_LEGACY
+        assert token.uuid == "GPU-8932F937-AAAA-BBBB-CCCC-0123456789AB"
+        assert (token.gpu_instance, token.compute_instance) == (1, 2)
+
+    def test_mig_index(self) -> None:
+        (token,) = parse_spec("0:1").tokens
+        assert (token.kind, token.index, token.mig_index) == (Kind.MIG_INDEX, 0, 1)
+
+    @pytest.mark.parametrize(
+        ("text", "canonical"),
+        [
+            ("00000000:18:00.0", "00000000:18:00.0"),
+            ("0000:3b:00.0", "00000000:3B:00.0"),
+            ("3b:00.0", "00000000:3B:00.0"),
+            ("0001:AB:1f.3", "00000001:AB:1F.3"),
+        ],
+    )
+    def test_pci_bus_id_both_spellings(self, text: str, canonical: str) -> None:
+        (token,) = parse_spec(text).tokens
+        assert (token.kind, token.pci) == (Kind.PCI, canonical)
+        assert normalize_pci_bus_id(text) == canonical
+
+    @pytest.mark.parametrize("text", ["all", "ALL", " All "])
+    def test_all(self, text: str) -> None:
+        assert [t.kind for t in parse_spec(text).tokens] == [Kind.ALL]
+
+    @pytest.mark.parametrize("spec", ["none", "NONE", "", "   ", None, []])
+    def test_no_gpu(self, spec: Any) -> None:
+        assert [t.kind for t in parse_spec(spec).tokens] == [Kind.NONE]
+
+    def test_stray_whitespace(self) -> None:
+        parsed = parse_spec("  3 ,\t1  ,0:1 ")
+        assert [t.text for t in parsed.tokens] == ["3", "1", "0:1"]
+        assert parsed.text == "3,1,0:1"
+
+    def test_sequence_of_ints_and_strings(self) -> None:
+        parsed = parse_spec([3, "GPU-ab", " 0:1 "])
+        assert [t.kind for t in parsed.tokens] == [Kind.INDEX, Kind.GPU_UUID, Kind.MIG_INDEX]
+
+    def test_single_int(self) -> None:
+        assert parse_spec(5).tokens[0].index == 5
+
+
+class TestMalformed:
+    @pytest.mark.parametrize(
+        ("spec", "token", "hint"),
+        [
+            ("0,,1", "", "empty"),
+            ("0,1,", "", "empty"),
+            ("-1", "-1", "no negative"),
+            ("GPU-", "GPU-", "hex digits"),
+            ("GPU-zz", "GPU-zz", "hex digits"),
+            ("MIG-xyz", "MIG-xyz", "hex digits"),
+            ("void", "void", "'none'"),
+            ("cuda:0", "cuda:0", "NVML index"),
+            ("3.5", "3.5", "NVML index"),
+            ("0:1:2", "0:1:2", "NVML index"),
+            ("all,0", "all", "alone"),
+            ("0,none", "none", "alone"),
+        ],
+    )
+    def test_bad_text_names_the_token(self, spec: str, token: str, hint: str) -> None:
+        with pytest.raises(SpecError) as err:
+            parse_spec(spec)
+        assert err.value.token == token
+        assert hint in str(err.value)
+        if token:
+            assert repr(token) in str(err.value)
+
+    @pytest.mark.parametrize(
+        "spec", [[True], [1.5], [None], ["0,1"], [""], [-2], True, 2.0, {"0": 1}]
+    )
+    def test_bad_values(self, spec: Any) -> None:
+        with pytest.raises(SpecError):
+            parse_spec(spec)
