@@ -5,18 +5,28 @@
     >>> p.host_env["NVIDIA_VISIBLE_DEVICES"]    # what the container runtime reads: UUIDs
     >>> p.container_env["CUDA_VISIBLE_DEVICES"] # what the program inside reads: '1,0'
     >>> print(p.explain())
+    >>> with gpuroute.launch(["python", "train.py"], gpus="3,1", image="my/image") as run:
+    ...     run.wait()
 
 Importing gpuroute imports neither docker nor pynvml; they load when first used.
 """
 
+from gpuroute.adapters.engine import RetryPolicy
 from gpuroute.api import plan
 from gpuroute.core import GPU, CallerContext, Device, Inventory, MIGDevice, RoutingPlan
 from gpuroute.errors import (
     AmbiguousDeviceError,
+    ComposeConflictError,
     ContextError,
     DuplicateDeviceError,
+    EngineError,
+    EnginePermissionError,
+    EngineUnavailableError,
     GpurouteError,
+    ImageNotFoundError,
     InventoryError,
+    LaunchError,
+    LaunchTimeout,
     MIGModeError,
     MixedDeviceError,
     MultipleMIGError,
@@ -24,9 +34,13 @@ from gpuroute.errors import (
     ResolutionError,
     SnapshotError,
     SpecError,
+    ToolkitDeviceError,
+    ToolkitMissingError,
     UnknownDeviceError,
+    VerificationError,
 )
 from gpuroute.host import default_inventory, detect_context
+from gpuroute.launch import ComposeLaunch, ContainerLaunch, Launch, LocalLaunch, launch
 
 __version__ = "0.1.0"
 
@@ -34,9 +48,24 @@ __all__ = [
     "GPU",
     "AmbiguousDeviceError",
     "CallerContext",
+    "ComposeConflictError",
+    "ComposeLaunch",
+    "ContainerLaunch",
     "ContextError",
     "Device",
     "DuplicateDeviceError",
+    "EngineError",
+    "EnginePermissionError",
+    "EngineUnavailableError",
+    "ImageNotFoundError",
+    "Launch",
+    "LaunchError",
+    "LaunchTimeout",
+    "LocalLaunch",
+    "RetryPolicy",
+    "ToolkitDeviceError",
+    "ToolkitMissingError",
+    "VerificationError",
     "GpurouteError",
     "Inventory",
     "InventoryError",
@@ -53,5 +82,6 @@ __all__ = [
     "__version__",
     "default_inventory",
     "detect_context",
+    "launch",
     "plan",
 ]

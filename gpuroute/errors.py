@@ -12,9 +12,19 @@ The tree::
     │   ├── MixedDeviceError           whole GPUs mixed with MIG devices
     │   └── MultipleMIGError           more than one MIG device without an explicit opt-in
     ├── ContextError                   the caller's context forbids the request (a parent mask)
-    └── InventoryError                 the GPU inventory cannot be read
-        ├── SnapshotError (ValueError) a snapshot file is missing, malformed or of another schema
-        └── NVMLError                  NVML is missing, not loaded, not permitted, or a GPU is lost
+    ├── InventoryError                 the GPU inventory cannot be read
+    │   ├── SnapshotError (ValueError) a snapshot file is missing, malformed or of another schema
+    │   └── NVMLError                  NVML is missing, not loaded, not permitted, or a GPU is lost
+    └── LaunchError                    starting, watching or stopping the work failed
+        ├── LaunchTimeout (TimeoutError) wait(timeout=...) ran out; the work goes on
+        ├── ComposeConflictError       a compose setting would expose other GPUs than planned
+        ├── VerificationError          the container sees other GPUs than the plan
+        └── EngineError                the Docker engine refused or failed
+            ├── EngineUnavailableError the engine cannot be reached (after retries)
+            ├── EnginePermissionError  no permission on the engine's socket
+            ├── ToolkitMissingError    the engine has no "nvidia" device driver
+            ├── ToolkitDeviceError     the toolkit does not know a requested device
+            └── ImageNotFoundError     the image is neither local nor pullable
 
 Every message names the offending input and says what would work. Errors raised while
 resolving a spec carry the whole ``spec`` and the offending ``token``.
@@ -25,7 +35,17 @@ from __future__ import annotations
 __all__ = [
     "AmbiguousDeviceError",
     "ContextError",
+    "ComposeConflictError",
     "DuplicateDeviceError",
+    "EngineError",
+    "EnginePermissionError",
+    "EngineUnavailableError",
+    "ImageNotFoundError",
+    "LaunchError",
+    "LaunchTimeout",
+    "ToolkitDeviceError",
+    "ToolkitMissingError",
+    "VerificationError",
     "GpurouteError",
     "InventoryError",
     "MIGModeError",
@@ -106,3 +126,46 @@ class NVMLError(InventoryError):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class LaunchError(GpurouteError):
+    """Starting, watching or stopping the work failed. Nothing is left behind: what was
+    created is removed before this is raised."""
+
+
+class LaunchTimeout(LaunchError, TimeoutError):
+    """``wait(timeout=...)`` ran out before the work ended; the work keeps running."""
+
+
+class ComposeConflictError(LaunchError):
+    """A setting in the user's compose files would let the container see other or more GPUs
+    than the plan, and gpuroute cannot override it. Names the file and the setting."""
+
+
+class VerificationError(LaunchError):
+    """``verify=True`` found the container seeing other GPUs than the plan."""
+
+
+class EngineError(LaunchError):
+    """The Docker engine refused or failed a request."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine could not be reached, even after retrying."""
+
+
+class EnginePermissionError(EngineError):
+    """This user may not use the engine's socket."""
+
+
+class ToolkitMissingError(EngineError):
+    """The engine has no ``nvidia`` device driver: the NVIDIA Container Toolkit is missing
+    or the engine was not restarted after installing it."""
+
+
+class ToolkitDeviceError(EngineError):
+    """The NVIDIA toolkit on the engine's host does not know a requested device."""
+
+
+class ImageNotFoundError(EngineError):
+    """The image is not on the engine and could not be pulled."""

@@ -1,0 +1,296 @@
+"""Docker Compose: a generated compose file and argv for ``docker compose run --rm``.
+
+Why a whole generated file and not a small override: Compose merges list settings across
+files by appending, so an override cannot take away a ``count: all`` reservation that the
+user's file makes; the container would get two device requests and, depending on the
+engine's path, every GPU. gpuroute therefore reads the service's effective configuration
+(``compose config``, which merges the user's files and interpolates variables), replaces the
+GPU settings of the one service it runs, and hands Compose that configuration alone, with
+the project name and directory of the user's files. Settings it cannot override safely
+(``privileged: true``, GPU device nodes in ``devices:``) are refused, naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuroute.adapters.env import OWNED, merge_env, strip_gpu_vars
+from gpuroute.core.plan import RoutingPlan
+from gpuroute.errors import ComposeConflictError, LaunchError
+
+__all__ = ["COMPOSE_V1", "COMPOSE_V2", "ComposeRun", "find_compose", "prepare"]
+
+COMPOSE_V2 = ("docker", "compose")
+COMPOSE_V1 = ("docker-compose",)
+DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+
+
+def find_compose(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Compose v2 (``docker compose``) if the docker CLI has it, else the v1 binary."""
+    env = dict(os.environ if environ is None else environ)
+    if shutil.which("docker", path=env.get("PATH")):
+        probe = subprocess.run([*COMPOSE_V2, "version"], capture_output=True, env=env, check=False)
+        if probe.returncode == 0:
+            return COMPOSE_V2
+    if shutil.which("docker-compose", path=env.get("PATH")):
+        return COMPOSE_V1
+    raise LaunchError(
+        "neither Compose v2 (`docker compose`) nor Compose v1 (`docker-compose`) is installed"
+    )
+
+
+@dataclass
+class ComposeRun:
+    """A prepared ``compose run``: its argv, the generated file, and what was replaced."""
+
+    argv: list[str]
+    env: dict[str, str]
+    file: Path
+    project: str
+    container_name: str
+    notes: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.file.parent, ignore_errors=True)
+
+
+def _is_gpu_request(device: Mapping[str, Any]) -> bool:
+    caps = device.get("capabilities") or []
+    flat = [c for group in caps for c in (group if isinstance(group, list) else [group])]
+    ids = [str(i) for i in device.get("device_ids") or []]
+    return (
+        device.get("driver") in ("nvidia", "cdi")
+        or "gpu" in flat
+        or any(i.startswith("nvidia.com/") for i in ids)
+    )
+
+
+def _is_gpu_node(entry: Any) -> bool:
+    text = entry if isinstance(entry, str) else " ".join(str(v) for v in dict(entry).values())
+    return bool(re.search(r"/dev/nvidia|nvidia\.com/gpu", text))
+
+
+def _origin(files: Sequence[Path], service: str, path: Sequence[str]) -> str:
+    """The last of the user's files that sets ``path`` on the service (the one that wins)."""
+    import yaml
+
+    found = None
+    for file in files:
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        node: Any = (data.get("services") or {}).get(service)
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node not in (None, [], {}):
+            found = file
+    return str(found) if found else f"the effective configuration of {', '.join(map(str, files))}"
+
+
+def _project_name(config: Mapping[str, Any], files: Sequence[Path], env: Mapping[str, str]) -> str:
+    name = env.get("COMPOSE_PROJECT_NAME") or config.get("name") or files[0].resolve().parent.name
+    return re.sub(r"[^a-z0-9_-]", "", str(name).lower()) or "default"
+
+
+def _run_compose(argv: list[str], env: Mapping[str, str], cwd: Path) -> str:
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=dict(env), cwd=cwd, check=False
+    )
+    if result.returncode != 0:
+        raise LaunchError(
+            f"`{' '.join(argv)}` failed: {result.stderr.strip() or result.stdout.strip()}"
+        )
+    return result.stdout
+
+
+def _effective(
+    compose: Sequence[str], files: Sequence[Path], env: Mapping[str, str], cwd: Path
+) -> dict[str, Any]:
+    import yaml
+
+    argv = [*compose]
+    for file in files:
+        argv += ["-f", str(file)]
+    data = yaml.safe_load(_run_compose([*argv, "config"], env, cwd))
+    if not isinstance(data, dict):
+        raise LaunchError(f"compose printed no configuration for {', '.join(map(str, files))}")
+    return data
+
+
+def resolve_files(files: Sequence[str | os.PathLike[str]] | None, cwd: Path) -> list[Path]:
+    if files:
+        paths = [Path(f) if Path(f).is_absolute() else cwd / f for f in files]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise LaunchError(f"compose file not found: {', '.join(missing)}")
+        return paths
+    for name in DEFAULT_FILES:
+        if (cwd / name).is_file():
+            return [cwd / name]
+    raise LaunchError(
+        f"no compose file given and none of {', '.join(DEFAULT_FILES)} in {cwd}; pass "
+        "compose_files=[...] (CLI: -f FILE)"
+    )
+
+
+def _rewrite_service(
+    svc: dict[str, Any], plan: RoutingPlan, files: Sequence[Path], service: str
+) -> list[str]:
+    """Replace the service's GPU settings with the plan's; return notes on what changed."""
+    notes: list[str] = []
+    if svc.get("privileged"):
+        raise ComposeConflictError(
+            f"service {service!r} sets `privileged: true` in "
+            f"{_origin(files, service, ['privileged'])}: a privileged container sees every "
+            "GPU on the host whatever is requested, so gpuroute cannot pin it. Remove "
+            "`privileged`, or grant the capabilities the service needs with `cap_add`."
+        )
+    gpu_nodes = [d for d in svc.get("devices") or [] if _is_gpu_node(d)]
+    if gpu_nodes:
+        raise ComposeConflictError(
+            f"service {service!r} maps GPU devices directly ({gpu_nodes}) in "
+            f"{_origin(files, service, ['devices'])}: those reach the container whatever the "
+            "plan says. Remove them and let gpuroute request the GPUs."
+        )
+    if "gpus" in svc:
+        notes.append(
+            f"replaced `gpus: {svc['gpus']}` from {_origin(files, service, ['gpus'])} "
+            "with the planned devices"
+        )
+        del svc["gpus"]
+    reservations = (
+        svc.setdefault("deploy", {}).setdefault("resources", {}).setdefault("reservations", {})
+    )
+    kept = []
+    for device in reservations.get("devices") or []:
+        if _is_gpu_request(device):
+            where = _origin(files, service, ["deploy", "resources", "reservations", "devices"])
+            shown = {k: v for k, v in device.items() if k in ("count", "device_ids", "driver")}
+            notes.append(f"replaced the GPU reservation {shown} from {where}")
+        else:
+            kept.append(device)
+    if plan.devices:
+        kept.append(
+            {
+                "driver": "nvidia",
+                "device_ids": list(plan.uuids),
+                "capabilities": ["gpu", *plan.driver_capabilities],
+            }
+        )
+    if kept:
+        reservations["devices"] = kept
+    else:
+        reservations.pop("devices", None)
+    environment = svc.get("environment") or {}
+    if isinstance(environment, list):
+        environment = {
+            e.partition("=")[0]: (e.partition("=")[2] if "=" in e else None) for e in environment
+        }
+    for key in sorted(OWNED & environment.keys()):
+        notes.append(
+            f"replaced `{key}` in the service's environment "
+            f"(from {_origin(files, service, ['environment'])})"
+        )
+    environment = {k: v for k, v in environment.items() if k not in OWNED}
+    environment.update({**plan.host_env, **plan.container_env})
+    svc["environment"] = environment
+    if svc.get("runtime") == "nvidia":
+        notes.append("the service uses `runtime: nvidia`; its NVIDIA_VISIBLE_DEVICES is the plan's")
+    return notes
+
+
+def prepare(
+    plan: RoutingPlan,
+    service: str,
+    command: Sequence[str],
+    *,
+    files: Sequence[str | os.PathLike[str]] | None = None,
+    compose: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    container_name: str | None = None,
+) -> ComposeRun:
+    """Generate the compose file and argv that run ``command`` in ``service`` on exactly the
+    planned GPUs. ``env`` adds variables inside the container; ``environ`` is the environment
+    Compose itself runs with (default ``os.environ``), less its CUDA_*/NVIDIA_* variables."""
+    import yaml
+
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    paths = resolve_files(files, here)
+    compose = tuple(compose) if compose else find_compose(environ)
+    clean = strip_gpu_vars(os.environ if environ is None else environ)
+    config = _effective(compose, paths, clean, here)
+    services = config.get("services") or {}
+    if service not in services:
+        raise LaunchError(
+            f"no service {service!r} in {', '.join(map(str, paths))}; services: "
+            f"{', '.join(sorted(services)) or 'none'}"
+        )
+    notes = _rewrite_service(services[service], plan, paths, service)
+    project = _project_name(config, paths, clean)
+    name = container_name or f"gpuroute-{project}-{service}-{uuid.uuid4().hex[:10]}"
+    workdir = Path(tempfile.mkdtemp(prefix="gpuroute-compose-"))
+    generated = workdir / "compose.gpuroute.yml"
+    generated.write_text(yaml.safe_dump(config, sort_keys=False))
+    container_env = merge_env(env, {**plan.host_env, **plan.container_env})
+    base = [
+        *compose,
+        "-p",
+        project,
+        "--project-directory",
+        str(paths[0].resolve().parent),
+        "-f",
+        str(generated),
+    ]
+    try:
+        _check_generated(base, clean, here, service, plan)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    argv = [*base, "run", "--rm", "-T", "--name", name]
+    for key, value in container_env.items():
+        argv += ["-e", f"{key}={value}"]
+    argv += [service, *command]
+    return ComposeRun(argv, clean, generated, project, name, notes)
+
+
+def _check_generated(
+    base: list[str], env: Mapping[str, str], cwd: Path, service: str, plan: RoutingPlan
+) -> None:
+    """Read the generated file back through Compose: the service must request exactly the
+    planned devices, and nothing else that reaches GPUs."""
+    import yaml
+
+    svc = (yaml.safe_load(_run_compose([*base, "config"], env, cwd)) or {})["services"][service]
+    requests = [
+        d
+        for d in (svc.get("deploy") or {})
+        .get("resources", {})
+        .get("reservations", {})
+        .get("devices")
+        or []
+        if _is_gpu_request(d)
+    ]
+    wanted = [list(plan.uuids)] if plan.devices else []
+    got = [[str(i) for i in d.get("device_ids") or []] for d in requests]
+    if (
+        got != wanted
+        or any("count" in d for d in requests)
+        or svc.get("privileged")
+        or ("gpus" in svc)
+    ):
+        raise ComposeConflictError(
+            f"Compose did not take the planned GPUs for service {service!r}: it reads "
+            f"{requests or 'no GPU request'}; expected {wanted or 'none'}"
+        )

@@ -1,0 +1,660 @@
+"""``gpuroute.launch``: start a process or a container that sees exactly the planned GPUs.
+
+No ``image`` and no ``compose_service``: a local process. ``image=``: a container through
+docker-py. ``compose_service=``: ``compose run`` of that service. Each returns a handle with
+``.plan``, ``.wait(timeout=None) -> int``, ``.logs() -> str``, ``.stop()``, ``.close()``,
+and works as a context manager that stops and removes what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+from gpuroute.adapters import compose as compose_adapter
+from gpuroute.adapters.docker_py import container_kwargs
+from gpuroute.adapters.engine import RetryPolicy, call, connect, engine_address
+from gpuroute.adapters.env import merge_env
+from gpuroute.adapters.local import process_env, torchrun_command
+from gpuroute.api import plan as make_plan
+from gpuroute.core.context import CallerContext
+from gpuroute.core.inventory import Inventory
+from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
+from gpuroute.core.spec import SpecInput
+from gpuroute.errors import ImageNotFoundError, LaunchError, LaunchTimeout, VerificationError
+
+__all__ = ["ComposeLaunch", "ContainerLaunch", "Launch", "LocalLaunch", "launch"]
+
+Pull = Literal["missing", "never"]
+_FORBIDDEN_DOCKER_KWARGS = ("device_requests", "environment", "command", "image", "detach")
+_UUID = re.compile(r"\(UUID: ((?:GPU|MIG)-[^)]+)\)")
+
+
+def _log_file() -> IO[bytes]:
+    """A temporary file for the work's output; it lives as long as the handle."""
+    return tempfile.TemporaryFile()
+
+
+class Launch:
+    """What ``launch`` returns. Subclasses: LocalLaunch, ContainerLaunch, ComposeLaunch."""
+
+    kind: str = ""
+
+    def __init__(self, plan: RoutingPlan, notes: Iterable[str] = ()) -> None:
+        self.plan = plan
+        self.notes = list(notes)
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        """The process id, container id or container name."""
+        raise NotImplementedError
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the work to end and return its exit code. Raises LaunchTimeout when
+        ``timeout`` seconds pass first (the work keeps running)."""
+        raise NotImplementedError
+
+    def logs(self) -> str:
+        """Everything the work printed so far (stdout and stderr)."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the work: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        raise NotImplementedError
+
+    def _remove(self) -> None:
+        """Remove what was started (after it stopped)."""
+
+    def close(self) -> None:
+        """Stop the work and remove what was started. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.stop()
+        finally:
+            self._remove()
+
+    def __enter__(self) -> Launch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LocalLaunch(Launch):
+    """A process on this host."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        plan: RoutingPlan,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        cwd: str | os.PathLike[str] | None,
+        stream: bool,
+    ) -> None:
+        super().__init__(plan)
+        self.argv = argv
+        self._log: IO[bytes] | None = None if stream else _log_file()
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdout=self._log,
+                stderr=subprocess.STDOUT if self._log else None,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._close_log()
+            raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+
+    @property
+    def id(self) -> str:
+        return str(self.process.pid)
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise LaunchTimeout(f"process {self.process.pid} still runs after {timeout}s") from exc
+
+    def logs(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+    def _remove(self) -> None:
+        self._close_log()
+
+
+class ContainerLaunch(Launch):
+    """A container started through docker-py."""
+
+    kind = "container"
+
+    def __init__(
+        self, plan: RoutingPlan, client: Any, container: Any, *, retry: RetryPolicy, where: str
+    ) -> None:
+        super().__init__(plan)
+        self.client = client
+        self.container = container
+        self._retry = retry
+        self._where = where
+
+    @property
+    def id(self) -> str:
+        return str(self.container.id)
+
+    def wait(self, timeout: float | None = None) -> int:
+        import requests.exceptions
+
+        try:
+            result = self.container.wait(timeout=timeout)
+        except requests.exceptions.ConnectionError as exc:
+            if timeout is not None and "timed out" in str(exc).lower():
+                raise LaunchTimeout(
+                    f"container {self.container.short_id} still runs after {timeout}s"
+                ) from exc
+            raise
+        except requests.exceptions.ReadTimeout as exc:
+            raise LaunchTimeout(
+                f"container {self.container.short_id} still runs after {timeout}s"
+            ) from exc
+        return int(result["StatusCode"])
+
+    def logs(self) -> str:
+        data = call(
+            lambda: self.container.logs(stdout=True, stderr=True),
+            retry=self._retry,
+            where=self._where,
+        )
+        return bytes(data).decode(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.stop(timeout=int(timeout))
+
+    def _remove(self) -> None:
+        import docker.errors
+
+        try:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.container.remove(force=True)
+        finally:
+            self.client.close()
+
+
+class ComposeLaunch(Launch):
+    """``compose run --rm`` of one service, on a generated configuration."""
+
+    kind = "compose"
+
+    def __init__(
+        self,
+        plan: RoutingPlan,
+        run: compose_adapter.ComposeRun,
+        *,
+        cwd: Path,
+        stream: bool,
+        docker_host: str | None,
+        retry: RetryPolicy,
+    ) -> None:
+        super().__init__(plan, run.notes)
+        self.run = run
+        self._docker_host = docker_host
+        self._retry = retry
+        self._log: IO[bytes] | None = None if stream else _log_file()
+        try:
+            self.process = subprocess.Popen(
+                run.argv,
+                env=run.env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT if self._log else None,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            run.cleanup()
+            raise LaunchError(f"cannot start {run.argv[0]!r}: {exc.strerror}") from exc
+
+    @property
+    def id(self) -> str:
+        return self.run.container_name
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise LaunchTimeout(
+                f"compose service container {self.run.container_name} still runs after {timeout}s"
+            ) from exc
+
+    def logs(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            import docker.errors
+
+            client = connect(self._docker_host, retry=self._retry)
+            try:
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.containers.get(self.run.container_name).stop(timeout=int(timeout))
+            finally:
+                client.close()
+            try:
+                self.process.wait(timeout + 10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def _remove(self) -> None:
+        import docker.errors
+
+        client = connect(self._docker_host, retry=self._retry)
+        try:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.containers.get(self.run.container_name).remove(force=True)
+        finally:
+            client.close()
+            self.run.cleanup()
+            if self._log is not None:
+                self._log.close()
+
+
+# -- verification -------------------------------------------------------------------------
+
+
+def seen_by_nvidia_smi(output: str) -> list[str]:
+    """The devices ``nvidia-smi -L`` lists, in its order: a GPU's MIG devices in place of the
+    GPU when it has some, else the GPU itself."""
+    seen: list[str] = []
+    parent: str | None = None
+    parent_has_mig = False
+    for line in output.splitlines():
+        m = _UUID.search(line)
+        if m is None:
+            continue
+        if line.lstrip().startswith("GPU "):
+            if parent is not None and not parent_has_mig:
+                seen.append(parent)
+            parent, parent_has_mig = m[1], False
+        else:
+            seen.append(m[1])
+            parent_has_mig = True
+    if parent is not None and not parent_has_mig:
+        seen.append(parent)
+    return seen
+
+
+def check_seen(plan: RoutingPlan, output: str, where: str) -> None:
+    expected = [d.uuid for d in plan.container_visible]
+    seen = seen_by_nvidia_smi(output)
+    if seen != expected:
+        shown = output.strip() or "(no output)"
+        raise VerificationError(
+            f"{where} does not see the planned GPUs. Expected, in nvidia-smi order: "
+            f"{expected or 'none'}; `nvidia-smi -L` inside it printed:\n{shown}\n"
+            "It was stopped and removed. Check the engine's default runtime, the image's "
+            "NVIDIA_VISIBLE_DEVICES, and `privileged`."
+        )
+
+
+def _verify_container(handle: ContainerLaunch, create_kwargs: dict[str, Any]) -> None:
+    import docker.errors
+
+    where = f"container {handle.container.short_id}"
+    try:
+        _, output = handle.container.exec_run(["nvidia-smi", "-L"])
+        text = bytes(output).decode(errors="replace")
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: the container already exited
+            raise
+        text = _twin_output(handle.client, create_kwargs)
+        where = f"a twin of container {handle.container.short_id} (it had already exited)"
+    check_seen(handle.plan, text, where)
+
+
+def _twin_output(client: Any, create_kwargs: Mapping[str, Any]) -> str:
+    """``nvidia-smi -L`` in a container created exactly like the one to verify."""
+    kwargs = {k: v for k, v in create_kwargs.items() if k not in ("name", "command")}
+    twin = client.containers.create(command=["-L"], entrypoint=["nvidia-smi"], **kwargs)
+    try:
+        twin.start()
+        twin.wait()
+        return bytes(twin.logs(stdout=True, stderr=True)).decode(errors="replace")
+    finally:
+        twin.remove(force=True)
+
+
+def _verify_compose(handle: ComposeLaunch, cwd: Path) -> None:
+    import docker.errors
+
+    client = connect(handle._docker_host, retry=handle._retry)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and handle.process.poll() is None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container = client.containers.get(handle.run.container_name)
+                if container.status == "running":
+                    with contextlib.suppress(docker.errors.APIError):
+                        _, output = container.exec_run(["nvidia-smi", "-L"])
+                        check_seen(
+                            handle.plan,
+                            bytes(output).decode(errors="replace"),
+                            f"compose container {handle.run.container_name}",
+                        )
+                        return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    # The run ended before it could be entered: check a twin run of the same configuration.
+    argv = list(handle.run.argv)
+    run_at = argv.index("run")
+    service = _compose_service(argv, run_at)
+    twin = [*argv[:run_at], "run", "--rm", "-T", "--entrypoint", "nvidia-smi", service, "-L"]
+    result = subprocess.run(
+        twin, env=handle.run.env, cwd=cwd, capture_output=True, text=True, check=False
+    )
+    check_seen(handle.plan, result.stdout, f"a twin run of compose service {service!r}")
+
+
+def _compose_service(argv: list[str], run_at: int) -> str:
+    i = run_at + 1
+    takes_value = {"--name", "-e", "--entrypoint", "-u", "-w", "-v", "-p", "-l"}
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in takes_value else 1
+    return argv[i]
+
+
+# -- the front door -----------------------------------------------------------------------
+
+
+def launch(
+    command: Sequence[str],
+    *,
+    gpus: SpecInput,
+    image: str | None = None,
+    compose_service: str | None = None,
+    compose_files: Sequence[str | os.PathLike[str]] | None = None,
+    inventory: Inventory | None = None,
+    env: Mapping[str, str] | None = None,
+    context: CallerContext | None = None,
+    verify: bool = False,
+    cdi: bool = False,
+    torchrun: bool = False,
+    allow_multiple_mig: bool = False,
+    driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+    local_ids: LocalIds = "uuid",
+    docker_host: str | None = None,
+    retry: RetryPolicy | None = None,
+    pull: Pull = "missing",
+    name: str | None = None,
+    compose: Sequence[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stream: bool = False,
+    docker_kwargs: Mapping[str, Any] | None = None,
+) -> Launch:
+    """Start ``command`` on exactly the GPUs ``gpus`` names.
+
+    Args:
+        command: argv as a list (no shell is ever used); may be empty for a container, to
+            run the image's own command.
+        gpus: a GPU spec, as for ``gpuroute.plan``.
+        image: run in a container of this image, through docker-py.
+        compose_service / compose_files: run this service with ``compose run --rm``; the
+            files default to ``compose.yaml`` (and friends) in ``cwd``. ``compose`` picks the
+            binary (default: ``docker compose`` if present, else ``docker-compose``).
+        inventory / context: as for ``gpuroute.plan`` (defaults read from the host).
+        env: variables for the work. gpuroute owns CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER,
+            NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES; setting them is an error.
+            The caller's own CUDA_*/NVIDIA_* variables never reach a container.
+        verify: after start, compare ``nvidia-smi -L`` inside the container with the plan;
+            on a mismatch the container is stopped and removed and VerificationError raised.
+        cdi: request devices by CDI name (``nvidia.com/gpu=<UUID>``) instead of the
+            ``nvidia`` driver (engines with CDI enabled).
+        torchrun: local only; run ``command`` under torchrun, one worker per planned GPU.
+        docker_host: the engine (default: DOCKER_HOST, else the local socket).
+        retry: how transient engine failures are retried (default: RetryPolicy()).
+        pull: ``"missing"`` pulls an image that is not on the engine; ``"never"`` does not.
+        name: the container's name (default: a unique ``gpuroute-…`` name).
+        stream: local and compose only; let the work print to this process's stdout and
+            stderr instead of capturing it for ``logs()``.
+        docker_kwargs: more keyword arguments for ``containers.create`` (``volumes``,
+            ``network_mode``, ``shm_size``, ...).
+
+    Returns:
+        A LocalLaunch, ContainerLaunch or ComposeLaunch. As a context manager it stops and
+        removes what it started.
+    """
+    if isinstance(command, str | bytes):
+        raise LaunchError(
+            f"command must be a list of arguments, not the string {command!r}; gpuroute never "
+            "runs a shell (write ['sh', '-c', '...'] if you need one)"
+        )
+    command = list(command)
+    if image is not None and compose_service is not None:
+        raise LaunchError("give either image= or compose_service=, not both")
+    local = image is None and compose_service is None
+    if local and not command:
+        raise LaunchError("a local launch needs a command")
+    if not local and torchrun:
+        raise LaunchError(
+            "torchrun=True is for local launches; in a container, run torchrun as the command"
+        )
+    if local and verify:
+        raise LaunchError(
+            "verify=True checks what a container sees with nvidia-smi; a local process sees "
+            "exactly what its CUDA_VISIBLE_DEVICES (plan.local_env) names"
+        )
+    retry = retry or RetryPolicy()
+    plan = make_plan(
+        gpus,
+        inventory,
+        context=context,
+        target="local" if local else "container",
+        allow_multiple_mig=allow_multiple_mig,
+        driver_capabilities=driver_capabilities,
+        local_ids=local_ids,
+    )
+    if local:
+        argv = torchrun_command(plan, command) if torchrun else command
+        return LocalLaunch(plan, argv, process_env(plan, os.environ, env), cwd=cwd, stream=stream)
+    if compose_service is not None:
+        return _launch_compose(
+            plan,
+            compose_service,
+            command,
+            files=compose_files,
+            compose=compose,
+            env=env,
+            cwd=Path(cwd) if cwd is not None else Path.cwd(),
+            docker_host=docker_host,
+            name=name,
+            stream=stream,
+            verify=verify,
+            retry=retry,
+        )
+    assert image is not None
+    return _launch_container(
+        plan,
+        image,
+        command,
+        env=env,
+        cdi=cdi,
+        docker_host=docker_host,
+        retry=retry,
+        pull=pull,
+        name=name,
+        verify=verify,
+        docker_kwargs=docker_kwargs or {},
+    )
+
+
+def _check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
+    for key in _FORBIDDEN_DOCKER_KWARGS:
+        if key in docker_kwargs:
+            raise LaunchError(
+                f"docker_kwargs may not set {key!r}: gpuroute sets it (use the "
+                "launch arguments command=, env=, gpus=)"
+            )
+    if docker_kwargs.get("privileged"):
+        raise LaunchError(
+            "docker_kwargs sets privileged=True: a privileged container sees "
+            "every GPU whatever is requested, so gpuroute cannot pin it"
+        )
+    for device in docker_kwargs.get("devices") or []:
+        if "nvidia" in str(device):
+            raise LaunchError(
+                f"docker_kwargs maps the GPU device {device!r} directly; let gpuroute request GPUs"
+            )
+
+
+def _launch_container(
+    plan: RoutingPlan,
+    image: str,
+    command: list[str],
+    *,
+    env: Mapping[str, str] | None,
+    cdi: bool,
+    docker_host: str | None,
+    retry: RetryPolicy,
+    pull: Pull,
+    name: str | None,
+    verify: bool,
+    docker_kwargs: Mapping[str, Any],
+) -> ContainerLaunch:
+    import docker.errors
+
+    _check_docker_kwargs(docker_kwargs)
+    where = docker_host or engine_address()
+    kwargs = container_kwargs(plan, cdi=cdi)
+    kwargs["environment"] = merge_env(env, kwargs["environment"])
+    container_name = name or f"gpuroute-{uuid.uuid4().hex[:12]}"
+    labels = {
+        "gpuroute.spec": plan.spec,
+        "gpuroute.devices": ",".join(plan.uuids),
+        **dict(docker_kwargs.get("labels") or {}),
+    }
+    create_kwargs: dict[str, Any] = {
+        **docker_kwargs,
+        **kwargs,
+        "image": image,
+        "command": command or None,
+        "name": container_name,
+        "labels": labels,
+        "detach": True,
+    }
+    client = connect(docker_host, retry=retry)
+
+    def create() -> Any:
+        try:
+            return client.containers.create(**create_kwargs)
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and name is None:  # a retried create that had succeeded
+                return client.containers.get(container_name)
+            raise
+
+    try:
+        try:
+            container = call(create, retry=retry, where=where, image=image)
+        except ImageNotFoundError:
+            if pull == "never":
+                raise
+            call(lambda: client.images.pull(image), retry=retry, where=where, image=image)
+            container = call(create, retry=retry, where=where, image=image)
+    except BaseException:
+        client.close()
+        raise
+    handle = ContainerLaunch(plan, client, container, retry=retry, where=where)
+    try:
+        call(container.start, retry=retry, where=where, image=image)
+        if verify:
+            _verify_container(handle, create_kwargs)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _launch_compose(
+    plan: RoutingPlan,
+    service: str,
+    command: list[str],
+    *,
+    files: Sequence[str | os.PathLike[str]] | None,
+    compose: Sequence[str] | None,
+    env: Mapping[str, str] | None,
+    cwd: Path,
+    docker_host: str | None,
+    name: str | None,
+    stream: bool,
+    verify: bool,
+    retry: RetryPolicy,
+) -> ComposeLaunch:
+    environ = dict(os.environ)
+    if docker_host:
+        environ["DOCKER_HOST"] = docker_host
+    run = compose_adapter.prepare(
+        plan,
+        service,
+        command,
+        files=files,
+        compose=compose,
+        env=env,
+        environ=environ,
+        cwd=cwd,
+        container_name=name,
+    )
+    handle = ComposeLaunch(plan, run, cwd=cwd, stream=stream, docker_host=docker_host, retry=retry)
+    if verify:
+        try:
+            _verify_compose(handle, cwd)
+        except BaseException:
+            handle.close()
+            raise
+    return handle

@@ -1,0 +1,284 @@
+"""A simulated GPU host: a private Docker Engine with a stand-in NVIDIA toolkit.
+
+``SimulatedGPUHost`` starts a real ``dockerd`` of its own (its own socket, data root, exec
+root and pid file, in a fresh temporary directory; never the system engine) whose PATH holds
+``nvidia-container-runtime-hook`` from ``gpuroute.testing.toolkit``, so that the engine
+registers its ``nvidia`` device driver and calls the hook for every GPU device request, as it
+does on a real GPU host. A runtime named ``nvidia`` is registered too. It builds, locally,
+the test image ``gpuroute-sim:latest`` (a static busybox with stand-ins for ``nvidia-smi -L``
+and CUDA's device enumeration, ``cuda-devices``) and ``gpuroute-sim-cuda:latest``, which bakes
+``NVIDIA_VISIBLE_DEVICES=all`` as CUDA base images do.
+
+It needs root, ``dockerd`` and a static ``busybox`` (Debian: ``docker.io``, ``busybox-static``).
+``SimulatedGPUHost.unavailable()`` says why it cannot run here, or returns None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gpuroute.core.inventory import Inventory
+from gpuroute.testing import toolkit
+
+__all__ = ["IMAGE", "IMAGE_CUDA_ALL", "SimulatedGPUHost"]
+
+IMAGE = "gpuroute-sim:latest"
+IMAGE_CUDA_ALL = "gpuroute-sim-cuda:latest"
+_TOOLS = ("nvidia-smi", "cuda-devices")
+
+
+class EngineStartError(RuntimeError):
+    """The private engine did not come up; the message carries the end of its log."""
+
+
+class SimulatedGPUHost:
+    """A private Docker Engine that behaves like a GPU host with the given topology.
+
+    Use as a context manager, or call ``start()`` and ``stop()``. ``use(topology)`` switches
+    the simulated GPUs for containers started afterwards.
+    """
+
+    def __init__(self, topology: Inventory, *, start_timeout: float = 60.0) -> None:
+        self.inventory = topology
+        self.start_timeout = start_timeout
+        self.root: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- availability ------------------------------------------------------------------
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why a private engine cannot be started here, or None if it can."""
+        if os.geteuid() != 0:
+            return "the private Docker Engine needs root"
+        for tool in ("dockerd", "runc", "busybox"):
+            if shutil.which(tool) is None:
+                return f"{tool} is not installed (Debian: docker.io, busybox-static)"
+        return None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def socket(self) -> Path:
+        assert self.root is not None, "the engine is not started"
+        return self.root / "docker.sock"
+
+    @property
+    def base_url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables that point a docker client at this engine."""
+        return {"DOCKER_HOST": self.base_url}
+
+    @property
+    def log(self) -> str:
+        if self.root is None or not (self.root / "dockerd.log").exists():
+            return ""
+        return (self.root / "dockerd.log").read_text(errors="replace")
+
+    def use(self, topology: Inventory) -> None:
+        """Simulate another topology for containers started from now on."""
+        self.inventory = topology
+        if self.root is not None:
+            topology.save(self.root / "inventory.json")
+
+    def start(self) -> SimulatedGPUHost:
+        reason = self.unavailable()
+        if reason is not None:
+            raise EngineStartError(reason)
+        self.root = Path(tempfile.mkdtemp(prefix="gpuroute-engine-"))
+        try:
+            self._start()
+            self._build_images()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _write_executables(self, bin_dir: Path) -> None:
+        bin_dir.mkdir()
+        for name, entry in (
+            ("nvidia-container-runtime-hook", "hook_main"),
+            ("nvidia-container-runtime", "runtime_main"),
+        ):
+            path = bin_dir / name
+            path.write_text(
+                f"#!{sys.executable}\n"
+                "import sys\n"
+                f"from gpuroute.testing.toolkit import {entry}\n"
+                f"sys.exit({entry}())\n"
+            )
+            path.chmod(0o755)
+
+    def _start(self) -> None:
+        assert self.root is not None
+        bin_dir = self.root / "bin"
+        self._write_executables(bin_dir)
+        self.inventory.save(self.root / "inventory.json")
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            toolkit.INVENTORY_VAR: str(self.root / "inventory.json"),
+            toolkit.HOOK_PATH_VAR: str(bin_dir / "nvidia-container-runtime-hook"),
+            toolkit.RUNC_VAR: shutil.which("runc") or "runc",
+        }
+        env.pop("DOCKER_HOST", None)
+        argv = [
+            "dockerd",
+            f"--host={self.base_url}",
+            f"--data-root={self.root / 'data'}",
+            f"--exec-root={self.root / 'exec'}",
+            f"--pidfile={self.root / 'dockerd.pid'}",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            f"--add-runtime=nvidia={bin_dir / 'nvidia-container-runtime'}",
+        ]
+        with open(self.root / "dockerd.log", "wb") as log:
+            self._process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self._wait_until_ready()
+
+    def _wait_until_ready(self) -> None:
+        import docker
+
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise EngineStartError(f"dockerd exited at start-up:\n{self.log[-3000:]}")
+            if self.socket.exists():
+                with contextlib.suppress(Exception):
+                    client = docker.DockerClient(base_url=self.base_url, timeout=5)
+                    try:
+                        if client.ping():
+                            return
+                    finally:
+                        client.close()
+            time.sleep(0.1)
+        raise EngineStartError(
+            f"dockerd did not answer within {self.start_timeout:.0f}s:\n{self.log[-3000:]}"
+        )
+
+    def _build_images(self) -> None:
+        data = _image_tar()
+        client = self.client()
+        try:
+            for tag, extra in (
+                (IMAGE, []),
+                (
+                    IMAGE_CUDA_ALL,
+                    [
+                        "ENV NVIDIA_VISIBLE_DEVICES=all",
+                        "ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+                        "ENV CUDA_VERSION=12.8.1",
+                        "ENV NVIDIA_REQUIRE_CUDA=cuda>=12.8",
+                    ],
+                ),
+            ):
+                repository, _, version = tag.partition(":")
+                client.api.import_image_from_data(
+                    data,
+                    repository=repository,
+                    tag=version,
+                    changes=["ENV PATH=/bin", 'CMD ["sh"]', *extra],
+                )
+        finally:
+            client.close()
+
+    def client(self, **kwargs: Any) -> Any:
+        """A docker-py client for this engine."""
+        import docker
+
+        return docker.DockerClient(base_url=self.base_url, **kwargs)
+
+    def stop(self) -> None:
+        """Stop the engine (removing its containers) and delete everything it wrote."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(Exception):
+                client = self.client(timeout=10)
+                for container in client.containers.list(all=True):
+                    with contextlib.suppress(Exception):
+                        container.remove(force=True)
+                client.close()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if self.root is not None:
+            _unmount_below(self.root)
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def __enter__(self) -> SimulatedGPUHost:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _unmount_below(root: Path) -> None:
+    """Unmount anything the engine left mounted under ``root`` (deepest first)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    prefix = str(root) + "/"
+    targets = [line.split()[1] for line in lines if line.split()[1].startswith(prefix)]
+    for target in sorted(targets, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+
+
+def _image_tar() -> bytes:
+    """A root filesystem: static busybox with its applets, and the GPU stand-ins."""
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "etc", "tmp", "dev", "proc", "sys"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet in ("busybox", *_TOOLS):
+                continue
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        for tool in _TOOLS:
+            text = (resources.files("gpuroute.testing") / "image" / tool).read_bytes()
+            info = tarfile.TarInfo(f"bin/{tool}")
+            info.mode = 0o755
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    return buffer.getvalue()
