@@ -349,13 +349,18 @@ def _verify_container(handle: ContainerLaunch, create_kwargs: dict[str, Any]) ->
 
     where = f"container {handle.container.short_id}"
     try:
-        _, output = handle.container.exec_run(["nvidia-smi", "-L"])
+        code, output = handle.container.exec_run(["nvidia-smi", "-L"])
         text = bytes(output).decode(errors="replace")
+        entered = code == 0 or _UUID.search(text) is not None
     except docker.errors.APIError as exc:
-        if exc.status_code != 409:  # 409: the container already exited
+        if exc.status_code != 409 and "is not running" not in str(exc.explanation):
             raise
-        text = _twin_output(handle.client, create_kwargs)
-        where = f"a twin of container {handle.container.short_id} (it had already exited)"
+        entered = False
+    if not entered:
+        handle.container.reload()
+        if handle.container.status != "running":  # it ended before it could be entered
+            text = _twin_output(handle.client, create_kwargs)
+            where = f"a twin of container {handle.container.short_id} (which had already exited)"
     check_seen(handle.plan, text, where)
 
 

@@ -168,7 +168,12 @@ def call(fn: Callable[[], T], *, retry: RetryPolicy, where: str, image: str | No
         import docker.errors
         import requests.exceptions
 
-        if isinstance(exc, docker.errors.DockerException | requests.exceptions.RequestException):
+        engine_failures = (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            OSError,
+        )
+        if isinstance(exc, engine_failures):
             raise translate(exc, where=where, image=image) from exc
         raise
 
@@ -188,11 +193,19 @@ def connect(
     where = docker_host or engine_address()
 
     def make() -> Any:
+        if where.startswith("unix://") and not os.path.exists(where[len("unix://") :]):
+            # No socket (yet): the engine is down or restarting. Checked here because
+            # docker-py leaks the socket of a failed unix connection.
+            raise FileNotFoundError(f"no engine socket at {where[len('unix://') :]}")
         if docker_host:
             client = docker.DockerClient(base_url=docker_host, timeout=timeout)
         else:
             client = docker.from_env(timeout=timeout)
-        client.ping()
+        try:
+            client.ping()
+        except BaseException:
+            client.close()
+            raise
         return client
 
     return call(make, retry=retry or RetryPolicy(), where=where)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -51,8 +53,11 @@ class SimulatedGPUHost:
     the simulated GPUs for containers started afterwards.
     """
 
-    def __init__(self, topology: Inventory, *, start_timeout: float = 60.0) -> None:
+    def __init__(
+        self, topology: Inventory, *, toolkit: bool = True, start_timeout: float = 60.0
+    ) -> None:
         self.inventory = topology
+        self.toolkit = toolkit
         self.start_timeout = start_timeout
         self.root: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -91,6 +96,28 @@ class SimulatedGPUHost:
             return ""
         return (self.root / "dockerd.log").read_text(errors="replace")
 
+    def configure_toolkit(self, **settings: Any) -> None:
+        """Set options of the stand-in toolkit's config file, by their toolkit names with
+        ``-`` written ``_`` (``accept_nvidia_visible_devices_envvar_when_unprivileged=False``).
+        They apply to containers started from now on; ``configure_toolkit()`` resets them."""
+        assert self.root is not None, "the engine is not started"
+        data = {k.replace("_", "-"): v for k, v in settings.items()}
+        (self.root / "toolkit.json").write_text(json.dumps(data))
+
+    def restart(self, down_for: float) -> threading.Thread:
+        """Stop the engine now and start it again after ``down_for`` seconds, in a background
+        thread (returned, to join). Containers and images survive, as on a real restart."""
+        assert self._process is not None, "the engine is not started"
+        self._terminate()
+
+        def back_up() -> None:
+            time.sleep(down_for)
+            self._start()
+
+        thread = threading.Thread(target=back_up, daemon=True)
+        thread.start()
+        return thread
+
     def use(self, topology: Inventory) -> None:
         """Simulate another topology for containers started from now on."""
         self.inventory = topology
@@ -128,15 +155,19 @@ class SimulatedGPUHost:
     def _start(self) -> None:
         assert self.root is not None
         bin_dir = self.root / "bin"
-        self._write_executables(bin_dir)
-        self.inventory.save(self.root / "inventory.json")
+        if not bin_dir.exists():
+            self._write_executables(bin_dir)
+            self.inventory.save(self.root / "inventory.json")
         env = {
             **os.environ,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             toolkit.INVENTORY_VAR: str(self.root / "inventory.json"),
             toolkit.HOOK_PATH_VAR: str(bin_dir / "nvidia-container-runtime-hook"),
             toolkit.RUNC_VAR: shutil.which("runc") or "runc",
+            toolkit.CONFIG_VAR: str(self.root / "toolkit.json"),
         }
+        if not self.toolkit:  # an engine on a host without the NVIDIA Container Toolkit
+            env["PATH"] = os.environ.get("PATH", "")
         env.pop("DOCKER_HOST", None)
         argv = [
             "dockerd",
@@ -147,9 +178,10 @@ class SimulatedGPUHost:
             "--iptables=false",
             "--ip-masq=false",
             "--bridge=none",
-            f"--add-runtime=nvidia={bin_dir / 'nvidia-container-runtime'}",
         ]
-        with open(self.root / "dockerd.log", "wb") as log:
+        if self.toolkit:
+            argv.append(f"--add-runtime=nvidia={bin_dir / 'nvidia-container-runtime'}")
+        with open(self.root / "dockerd.log", "ab") as log:
             self._process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
@@ -210,24 +242,29 @@ class SimulatedGPUHost:
 
     def stop(self) -> None:
         """Stop the engine (removing its containers) and delete everything it wrote."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
+        if self._process is not None and self._process.poll() is None:
             with contextlib.suppress(Exception):
                 client = self.client(timeout=10)
                 for container in client.containers.list(all=True):
                     with contextlib.suppress(Exception):
                         container.remove(force=True)
                 client.close()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        self._terminate()
         if self.root is not None:
             _unmount_below(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
+
+    def _terminate(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
     def __enter__(self) -> SimulatedGPUHost:
         return self.start()

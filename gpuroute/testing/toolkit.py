@@ -32,6 +32,7 @@ from gpuroute.core.spec import normalize_pci_bus_id
 __all__ = ["Selection", "ToolkitError", "hook_main", "runtime_main", "select"]
 
 INVENTORY_VAR = "GPUROUTE_SIM_INVENTORY"
+CONFIG_VAR = "GPUROUTE_SIM_TOOLKIT_CONFIG"
 HOOK_PATH_VAR = "GPUROUTE_SIM_HOOK"
 RUNC_VAR = "GPUROUTE_SIM_RUNC"
 RECORD_DIR = "etc/gpuroute-sim"
@@ -193,6 +194,14 @@ def _privileged(config: dict[str, Any]) -> bool:
     )
 
 
+def _settings() -> dict[str, Any]:
+    path = os.environ.get(CONFIG_VAR)
+    if not path or not Path(path).exists():
+        return {}
+    data = json.loads(Path(path).read_text())
+    return data if isinstance(data, dict) else {}
+
+
 def hook_main(argv: list[str] | None = None) -> int:
     """``nvidia-container-runtime-hook prestart``, with the OCI state on stdin."""
     args = sys.argv[1:] if argv is None else argv
@@ -205,9 +214,21 @@ def hook_main(argv: list[str] | None = None) -> int:
     if not rootfs.is_absolute():
         rootfs = bundle / rootfs
     inventory = Inventory.load(os.environ[INVENTORY_VAR])
+    settings = _settings()
+    privileged = _privileged(config)
+    if not privileged and not settings.get(
+        "accept-nvidia-visible-devices-envvar-when-unprivileged", True
+    ):
+        # The toolkit then ignores NVIDIA_VISIBLE_DEVICES in unprivileged containers
+        # (Bottlerocket's default, for example): the container gets no GPU at all.
+        print(
+            "Ignoring devices requested by environment variable(s) in unprivileged container",
+            file=sys.stderr,
+        )
+        return 0
     try:
         selection = select(
-            config.get("process", {}).get("env", []), inventory, privileged=_privileged(config)
+            config.get("process", {}).get("env", []), inventory, privileged=privileged
         )
     except ToolkitError as exc:
         print(exc, file=sys.stderr)

@@ -1,0 +1,378 @@
+"""Containers on the simulated GPU host: each adapter yields exactly the planned GPUs, in the
+planned numbering, and every failure is actionable and leaves nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import docker
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpuroute
+from gpuroute import (
+    CallerContext,
+    EngineUnavailableError,
+    ImageNotFoundError,
+    Inventory,
+    LaunchError,
+    RetryPolicy,
+    RoutingPlan,
+    ToolkitDeviceError,
+    ToolkitMissingError,
+    VerificationError,
+)
+from gpuroute.adapters.docker_cli import docker_run_argv
+from gpuroute.adapters.docker_py import container_kwargs
+from gpuroute.launch import seen_by_nvidia_smi
+from gpuroute.testing import TOPOLOGIES, topology
+from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
+
+pytestmark = pytest.mark.engine
+
+PROBE = ["sh", "-c", "nvidia-smi -L; echo ---; cuda-devices"]
+NO_NET = {"network_mode": "none"}
+
+
+def observe(output: str) -> tuple[list[str], list[str]]:
+    """(devices nvidia-smi lists inside, in its order; UUIDs of cuda:0, cuda:1, ...)."""
+    smi, _, cuda = output.partition("---")
+    return seen_by_nvidia_smi(smi), [
+        line.split()[1] for line in cuda.split("\n") if line.startswith("cuda:")
+    ]
+
+
+def expect(plan: RoutingPlan) -> tuple[list[str], list[str]]:
+    return [d.uuid for d in plan.container_visible], list(plan.uuids)
+
+
+def run(spec: object, inventory: Inventory, image: str = IMAGE, **kw: object) -> tuple[int, str]:
+    with gpuroute.launch(
+        PROBE,
+        gpus=spec,
+        image=image,
+        inventory=inventory,  # type: ignore[arg-type]
+        context=CallerContext(),
+        docker_kwargs={**NO_NET, **kw.pop("docker_kwargs", {})},
+        **kw,
+    ) as handle:  # type: ignore[arg-type]
+        return handle.wait(timeout=60), handle.logs()
+
+
+class TestDoneWhen:
+    def test_3_1_lists_exactly_gpus_1_and_3_and_cuda_0_is_gpu_3(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        with gpuroute.launch(
+            ["nvidia-smi", "-L"], gpus="3,1", image=IMAGE, inventory=h100, docker_kwargs=NO_NET
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            listing = handle.logs()
+        assert seen_by_nvidia_smi(listing) == [h100.gpus[1].uuid, h100.gpus[3].uuid]
+        assert handle.plan.container_env["CUDA_VISIBLE_DEVICES"] == "1,0"
+        code, output = run("3,1", h100)
+        assert code == 0
+        assert observe(output)[1] == [h100.gpus[3].uuid, h100.gpus[1].uuid]
+
+    def test_the_cuda_stand_in_can_fail_without_the_plans_numbering(
+        self, engine: SimulatedGPUHost, workstation: Inventory
+    ) -> None:
+        """The check has teeth: on the mixed workstation, CUDA's default order puts the faster
+        GPU (host GPU 1, on the higher bus) first, so the host's own numbering is wrong."""
+        engine.use(workstation)
+        client = engine.client()
+        try:
+            out = client.containers.run(
+                IMAGE,
+                ["cuda-devices"],
+                remove=True,
+                network_mode="none",
+                environment={"CUDA_VISIBLE_DEVICES": "0"},
+                device_requests=container_kwargs(gpuroute.plan("0,1", workstation))[
+                    "device_requests"
+                ],
+            ).decode()
+        finally:
+            client.close()
+        assert out.split() == ["cuda:0", workstation.gpus[1].uuid]
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> RoutingPlan:
+    name = draw(st.sampled_from(sorted(TOPOLOGIES)))
+    inventory = topology(name)
+    whole = [str(g.index) for g in inventory.gpus if not g.mig_mode]
+    migs = [f"{g.index}:{m.index}" for g in inventory.gpus for m in g.mig_devices]
+    choice = draw(st.sampled_from(["whole", "mig", "none"] if migs else ["whole", "none"]))
+    if choice == "none":
+        tokens: list[str] = []
+    elif choice == "mig":
+        tokens = [draw(st.sampled_from(migs))]
+    else:
+        tokens = draw(
+            st.lists(st.sampled_from(whole), min_size=1, max_size=len(whole), unique=True)
+        )
+    return gpuroute.plan(",".join(tokens) or "none", inventory, context=CallerContext())
+
+
+ENGINE_SETTINGS = settings(
+    max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+)
+
+
+class TestEveryAdapterGivesExactlyThePlan:
+    @ENGINE_SETTINGS
+    @given(plan=plans())
+    def test_docker_py(self, engine: SimulatedGPUHost, plan: RoutingPlan) -> None:
+        engine.use(plan.inventory)
+        code, output = run(plan.spec, plan.inventory)
+        if not plan.devices:
+            assert "NVIDIA-SMI has failed" in output
+            return
+        assert code == 0, output
+        assert observe(output) == expect(plan)
+
+    @ENGINE_SETTINGS
+    @given(plan=plans())
+    def test_docker_cli_argv(self, engine: SimulatedGPUHost, plan: RoutingPlan) -> None:
+        engine.use(plan.inventory)
+        argv = docker_run_argv(plan, IMAGE, PROBE, options=["--rm", "--network", "none"])
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        if not plan.devices:
+            assert "NVIDIA-SMI has failed" in result.stdout
+            return
+        assert result.returncode == 0, result.stderr
+        assert observe(result.stdout) == expect(plan)
+
+    def test_cdi_mode_names_devices_for_a_cdi_engine(self, h100: Inventory) -> None:
+        kw = container_kwargs(gpuroute.plan("3,1", h100, context=CallerContext()), cdi=True)
+        (request,) = kw["device_requests"]
+        assert request["Driver"] == "cdi"
+        assert request["DeviceIDs"] == [
+            f"nvidia.com/gpu={h100.gpus[3].uuid}",
+            f"nvidia.com/gpu={h100.gpus[1].uuid}",
+        ]
+
+
+class TestImagesThatBakeAll:
+    def test_with_gpus(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
+        code, output = run("6", h100, image=IMAGE_CUDA_ALL)
+        assert observe(output) == ([h100.gpus[6].uuid], [h100.gpus[6].uuid])
+
+    def test_with_none(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
+        _, output = run("none", h100, image=IMAGE_CUDA_ALL)
+        assert observe(output) == ([], [])
+
+    def test_under_a_default_nvidia_runtime(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        """The pitfall is real on the simulated host: the image alone exposes every GPU ..."""
+        client = engine.client()
+        try:
+            raw = client.containers.run(
+                IMAGE_CUDA_ALL,
+                ["nvidia-smi", "-L"],
+                runtime="nvidia",
+                remove=True,
+                network_mode="none",
+            ).decode()
+        finally:
+            client.close()
+        assert len(seen_by_nvidia_smi(raw)) == 8
+        # ... and gpuroute's plan closes it, with GPUs and without.
+        _, output = run("none", h100, image=IMAGE_CUDA_ALL, docker_kwargs={"runtime": "nvidia"})
+        assert observe(output) == ([], [])
+        _, output = run("2", h100, image=IMAGE_CUDA_ALL, docker_kwargs={"runtime": "nvidia"})
+        assert observe(output) == ([h100.gpus[2].uuid], [h100.gpus[2].uuid])
+
+
+class TestVerify:
+    def test_a_correct_launch_passes(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
+        with gpuroute.launch(
+            ["sleep", "30"],
+            gpus="5,0",
+            image=IMAGE,
+            inventory=h100,
+            verify=True,
+            docker_kwargs=NO_NET,
+        ) as handle:
+            assert handle.container.status in ("created", "running")
+
+    def test_a_short_run_is_verified_through_a_twin(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        with gpuroute.launch(
+            ["true"], gpus="4", image=IMAGE, inventory=h100, verify=True, docker_kwargs=NO_NET
+        ) as handle:
+            assert handle.wait(timeout=30) == 0
+
+    def test_a_mis_pinned_container_is_stopped_and_removed(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        # A toolkit that ignores NVIDIA_VISIBLE_DEVICES in unprivileged containers (as
+        # Bottlerocket configures it) starts the container with no GPU at all.
+        engine.configure_toolkit(accept_nvidia_visible_devices_envvar_when_unprivileged=False)
+        with pytest.raises(VerificationError) as err:
+            gpuroute.launch(
+                ["sleep", "30"],
+                gpus="3,1",
+                image=IMAGE,
+                inventory=h100,
+                verify=True,
+                docker_kwargs=NO_NET,
+            )
+        assert h100.gpus[1].uuid in str(err.value)
+        assert "NVIDIA-SMI has failed" in str(err.value)
+        # the engine fixture asserts that no container was left behind
+
+
+class TestEngineErrors:
+    def test_unknown_device_from_the_toolkit(
+        self, engine: SimulatedGPUHost, a100: Inventory
+    ) -> None:
+        # The inventory describes another host than the engine's: its UUIDs are unknown there.
+        with pytest.raises(ToolkitDeviceError, match=r"device error: GPU-.*: unknown device") as e:
+            gpuroute.launch(["true"], gpus="0", image=IMAGE, inventory=a100, docker_kwargs=NO_NET)
+        assert "DOCKER_HOST" in str(e.value)
+
+    def test_image_not_found(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
+        with pytest.raises(ImageNotFoundError, match="no-such-image:1"):
+            gpuroute.launch(
+                ["true"],
+                gpus="0",
+                image="no-such-image:1",
+                inventory=h100,
+                pull="never",
+                docker_kwargs=NO_NET,
+            )
+
+    def test_engine_unreachable_after_bounded_jittered_retries(self, h100: Inventory) -> None:
+        waits: list[float] = []
+        policy = RetryPolicy(
+            attempts=4, initial_wait=0.1, max_wait=0.25, jitter=0.5, sleep=waits.append
+        )
+        with pytest.raises(EngineUnavailableError, match="nope.sock"):
+            gpuroute.launch(
+                ["true"],
+                gpus="0",
+                image=IMAGE,
+                inventory=h100,
+                retry=policy,
+                docker_host="unix:///tmp/nope.sock",
+            )
+        assert len(waits) == 3
+        assert 0.1 <= waits[0] <= 0.15
+        assert all(w <= 0.25 * 1.5 for w in waits)
+
+    def test_a_launch_rides_out_an_engine_restart(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        thread = engine.restart(down_for=1.0)
+        started = time.monotonic()
+        with gpuroute.launch(
+            ["nvidia-smi", "-L"],
+            gpus="7",
+            image=IMAGE,
+            inventory=h100,
+            retry=RetryPolicy(attempts=30, initial_wait=0.1, max_wait=0.5),
+            docker_kwargs=NO_NET,
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            assert seen_by_nvidia_smi(handle.logs()) == [h100.gpus[7].uuid]
+        thread.join()
+        assert time.monotonic() - started >= 0.9
+
+    def test_toolkit_missing(self, h100: Inventory) -> None:
+        with SimulatedGPUHost(h100, toolkit=False) as bare:
+            with pytest.raises(ToolkitMissingError) as err:
+                gpuroute.launch(
+                    ["true"],
+                    gpus="0",
+                    image=IMAGE,
+                    inventory=h100,
+                    docker_host=bare.base_url,
+                    docker_kwargs=NO_NET,
+                )
+            assert "nvidia-ctk runtime configure" in str(err.value)
+            client = bare.client()
+            try:
+                assert client.containers.list(all=True) == []
+                # no GPU needs no toolkit
+                with gpuroute.launch(
+                    ["true"],
+                    gpus="none",
+                    image=IMAGE,
+                    inventory=h100,
+                    docker_host=bare.base_url,
+                    docker_kwargs=NO_NET,
+                ) as h:
+                    assert h.wait(timeout=30) == 0
+            finally:
+                client.close()
+
+
+class TestEnvironment:
+    def test_callers_gpu_variables_never_reach_the_container(
+        self, engine: SimulatedGPUHost, h100: Inventory, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+        monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "all")
+        with gpuroute.launch(
+            ["env"],
+            gpus="2",
+            image=IMAGE,
+            inventory=h100,
+            env={"MY_VAR": "1"},
+            docker_kwargs=NO_NET,
+        ) as handle:
+            handle.wait(timeout=30)
+            env = dict(line.split("=", 1) for line in handle.logs().split() if "=" in line)
+        assert env["CUDA_VISIBLE_DEVICES"] == "0"
+        assert env["NVIDIA_VISIBLE_DEVICES"] == h100.gpus[2].uuid
+        assert env["MY_VAR"] == "1"
+
+    def test_env_may_not_set_what_gpuroute_owns(self, h100: Inventory) -> None:
+        with pytest.raises(LaunchError, match="CUDA_VISIBLE_DEVICES"):
+            gpuroute.launch(
+                ["true"], gpus="0", image=IMAGE, inventory=h100, env={"CUDA_VISIBLE_DEVICES": "3"}
+            )
+
+    @pytest.mark.parametrize(
+        ("kwargs", "fragment"),
+        [
+            ({"privileged": True}, "privileged"),
+            ({"devices": ["/dev/nvidia0"]}, "nvidia0"),
+            ({"environment": {}}, "environment"),
+        ],
+    )
+    def test_docker_kwargs_that_would_undo_the_plan(
+        self, h100: Inventory, kwargs: dict[str, object], fragment: str
+    ) -> None:
+        with pytest.raises(LaunchError, match=fragment):
+            gpuroute.launch(["true"], gpus="0", image=IMAGE, inventory=h100, docker_kwargs=kwargs)
+
+    def test_a_string_command_is_refused(self, h100: Inventory) -> None:
+        with pytest.raises(LaunchError, match="never runs a shell"):
+            gpuroute.launch(
+                "nvidia-smi -L",
+                gpus="0",
+                image=IMAGE,  # type: ignore[arg-type]
+                inventory=h100,
+            )
+
+
+def test_wait_timeout_and_stop(engine: SimulatedGPUHost, h100: Inventory) -> None:
+    with gpuroute.launch(
+        ["sleep", "60"], gpus="1", image=IMAGE, inventory=h100, docker_kwargs=NO_NET
+    ) as handle:
+        with pytest.raises(gpuroute.LaunchTimeout):
+            handle.wait(timeout=0.5)
+        handle.stop(timeout=1)
+        assert handle.wait(timeout=30) != 0
+    client = docker.DockerClient(base_url=engine.base_url)
+    try:
+        assert client.containers.list(all=True) == []
+    finally:
+        client.close()
