@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 import docker
 import pytest
@@ -48,16 +49,17 @@ def expect(plan: RoutingPlan) -> tuple[list[str], list[str]]:
     return [d.uuid for d in plan.container_visible], list(plan.uuids)
 
 
-def run(spec: object, inventory: Inventory, image: str = IMAGE, **kw: object) -> tuple[int, str]:
+def run(
+    spec: str, inventory: Inventory, image: str = IMAGE, docker_kwargs: dict[str, Any] | None = None
+) -> tuple[int, str]:
     with gpuroute.launch(
         PROBE,
         gpus=spec,
         image=image,
-        inventory=inventory,  # type: ignore[arg-type]
+        inventory=inventory,
         context=CallerContext(),
-        docker_kwargs={**NO_NET, **kw.pop("docker_kwargs", {})},
-        **kw,
-    ) as handle:  # type: ignore[arg-type]
+        docker_kwargs={**NO_NET, **(docker_kwargs or {})},
+    ) as handle:
         return handle.wait(timeout=60), handle.logs()
 
 
@@ -158,7 +160,7 @@ class TestEveryAdapterGivesExactlyThePlan:
 
 class TestImagesThatBakeAll:
     def test_with_gpus(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
-        code, output = run("6", h100, image=IMAGE_CUDA_ALL)
+        _, output = run("6", h100, image=IMAGE_CUDA_ALL)
         assert observe(output) == ([h100.gpus[6].uuid], [h100.gpus[6].uuid])
 
     def test_with_none(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
@@ -198,6 +200,7 @@ class TestVerify:
             verify=True,
             docker_kwargs=NO_NET,
         ) as handle:
+            assert isinstance(handle, gpuroute.ContainerLaunch)
             assert handle.container.status in ("created", "running")
 
     def test_a_short_run_is_verified_through_a_twin(
@@ -253,7 +256,7 @@ class TestEngineErrors:
         policy = RetryPolicy(
             attempts=4, initial_wait=0.1, max_wait=0.25, jitter=0.5, sleep=waits.append
         )
-        with pytest.raises(EngineUnavailableError, match="nope.sock"):
+        with pytest.raises(EngineUnavailableError, match=r"nope\.sock"):
             gpuroute.launch(
                 ["true"],
                 gpus="0",
@@ -358,7 +361,7 @@ class TestEnvironment:
             gpuroute.launch(
                 "nvidia-smi -L",
                 gpus="0",
-                image=IMAGE,  # type: ignore[arg-type]
+                image=IMAGE,
                 inventory=h100,
             )
 
