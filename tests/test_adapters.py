@@ -1,0 +1,82 @@
+"""The adapters' output, compared with what docker-py and the docker CLI really build."""
+
+from __future__ import annotations
+
+import docker.types
+import pytest
+
+import gpuroute
+from gpuroute import CallerContext, Inventory
+from gpuroute.adapters.docker_cli import docker_run_argv, gpus_flag
+from gpuroute.adapters.docker_py import container_kwargs
+from gpuroute.adapters.local import torchrun_command
+
+
+def plan(spec: str, inventory: Inventory) -> gpuroute.RoutingPlan:
+    return gpuroute.plan(spec, inventory, context=CallerContext())
+
+
+def test_docker_py_kwargs(h100: Inventory) -> None:
+    p = plan("3,1", h100)
+    kwargs = container_kwargs(p)
+    assert kwargs["device_requests"] == [
+        docker.types.DeviceRequest(
+            driver="nvidia",
+            device_ids=[h100.gpus[3].uuid, h100.gpus[1].uuid],
+            capabilities=[["gpu", "compute", "utility"]],
+        )
+    ]
+    assert kwargs["environment"] == {**p.host_env, **p.container_env}
+
+
+def test_docker_py_no_gpu_is_void_without_a_request(h100: Inventory) -> None:
+    kwargs = container_kwargs(plan("none", h100))
+    assert kwargs["device_requests"] == []
+    assert kwargs["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert kwargs["environment"]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_cli_gpus_value_is_one_quoted_csv_record(h100: Inventory) -> None:
+    p = plan("3,1", h100)
+    flag, value = gpus_flag(p)
+    assert flag == "--gpus"
+    assert (
+        value == f'"device={h100.gpus[3].uuid},{h100.gpus[1].uuid}","capabilities=compute,utility"'
+    )
+
+
+def test_cli_argv(h100: Inventory) -> None:
+    argv = docker_run_argv(plan("0", h100), "img:1", ["nvidia-smi", "-L"])
+    assert argv[:3] == ["docker", "run", "--rm"]
+    assert argv[-3:] == ["img:1", "nvidia-smi", "-L"]
+    assert "-e" in argv
+    assert "CUDA_VISIBLE_DEVICES=0" in argv
+    assert docker_run_argv(plan("none", h100), "img:1")[3:5] == [
+        "-e",
+        "NVIDIA_VISIBLE_DEVICES=void",
+    ]
+
+
+def test_cli_cdi(h100: Inventory) -> None:
+    argv = docker_run_argv(plan("2", h100), "img:1", cdi=True)
+    assert argv[3:5] == ["--device", f"nvidia.com/gpu={h100.gpus[2].uuid}"]
+    assert "--gpus" not in argv
+
+
+def test_torchrun_one_worker_per_gpu(h100: Inventory) -> None:
+    argv = torchrun_command(plan("5,2,7", h100), ["train.py", "--lr", "1"], python="py")
+    assert argv == [
+        "py",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "3",
+        "train.py",
+        "--lr",
+        "1",
+    ]
+    with pytest.raises(gpuroute.LaunchError, match="at least one GPU"):
+        torchrun_command(plan("none", h100), ["train.py"])
