@@ -38,11 +38,7 @@ def service(image: str = IMAGE, extra: str = "") -> str:
 
 
 def run_service(
-    tmp_path: Path,
-    spec: str,
-    inventory: Inventory,
-    files: list[Path] | None = None,
-    **kw: bool,
+    tmp_path: Path, spec: str, inventory: Inventory, files: list[Path] | None = None
 ) -> tuple[int, str, list[str]]:
     with gpuroute.launch(
         PROBE,
@@ -53,7 +49,6 @@ def run_service(
         inventory=inventory,
         context=CallerContext(),
         compose=COMPOSE_V1,
-        **kw,
     ) as handle:
         return handle.wait(timeout=120), handle.logs(), handle.notes
 
