@@ -3,8 +3,11 @@
     gpuroute ls [--json]                       the inventory, MIG devices nested
     gpuroute plan SPEC [--target T] [--json]   the routing plan for a spec, explained
     gpuroute inventory save FILE               write a snapshot of this host
-    gpuroute demo [--spec SPEC]                the plan for an example spec, on the real GPUs
-                                               or, with no NVIDIA driver, on a simulated host
+    gpuroute run --gpus SPEC [--image IMG | --compose-service S [-f FILE]...] -- CMD...
+                                               run a command on exactly those GPUs
+    gpuroute demo [--spec SPEC]                an example plan and a pinned container, on the
+                                               real GPUs or, with no NVIDIA driver, on a
+                                               simulated host
     gpuroute topologies                        the built-in simulated hosts
 
 ``--inventory FILE`` plans against a snapshot and ``--simulate NAME`` against a built-in
@@ -21,15 +24,12 @@ from collections.abc import Sequence
 
 from gpuroute.api import plan as make_plan
 from gpuroute.core.inventory import Inventory
-from gpuroute.errors import GpurouteError, NVMLError
+from gpuroute.errors import GpurouteError
 from gpuroute.host import INVENTORY_ENV, default_inventory
-from gpuroute.nvml import NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIBRARY_NOT_FOUND
 
 __all__ = ["main"]
 
-SIMULATED_DEFAULT = "h100-sxm-8"
 EXIT_USER_ERROR = 2
-NO_DRIVER_CODES = (NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED)
 
 
 def _add_inventory_options(parser: argparse.ArgumentParser) -> None:
@@ -97,10 +97,61 @@ def _parser() -> argparse.ArgumentParser:
     save.add_argument("file", metavar="FILE")
     _add_inventory_options(save)
 
+    run = sub.add_parser(
+        "run",
+        help="run a command on exactly the given GPUs (locally, in a container, or compose)",
+        description="Everything after -- is the command, passed as argv (no shell).",
+    )
+    run.add_argument("--gpus", required=True, metavar="SPEC", help="e.g. 3,1  1:0  none")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--image", metavar="IMAGE", help="run in a container of this image")
+    where.add_argument("--compose-service", metavar="SERVICE", help="run this compose service")
+    run.add_argument(
+        "-f",
+        "--file",
+        dest="compose_files",
+        action="append",
+        metavar="FILE",
+        help="compose file (repeatable; default: compose.yaml etc. in this directory)",
+    )
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a variable for the work (repeatable)",
+    )
+    run.add_argument(
+        "--verify",
+        action="store_true",
+        help="check with nvidia-smi -L that the container sees exactly the plan",
+    )
+    run.add_argument(
+        "--network", metavar="NET", help="container network mode (docker run --network)"
+    )
+    run.add_argument("--cdi", action="store_true", help="request devices by CDI name")
+    run.add_argument(
+        "--torchrun", action="store_true", help="local only: one torchrun worker per GPU"
+    )
+    run.add_argument(
+        "--local-ids",
+        choices=["uuid", "index"],
+        default="uuid",
+        help="id form of CUDA_VISIBLE_DEVICES for a local process",
+    )
+    run.add_argument("--explain", action="store_true", help="print the plan on stderr first")
+    run.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments"
+    )
+    _add_inventory_options(run)
+
     demo = sub.add_parser(
-        "demo", help="the plan for an example spec, on this host or a simulated one"
+        "demo",
+        help="an example plan and a pinned container, on this host or a simulated one",
     )
     demo.add_argument("--spec", help="the spec to plan (default: chosen for the host)")
+    demo.add_argument("--image", help="on a real GPU host: also run nvidia-smi -L in this image")
 
     sub.add_parser("topologies", help="list the built-in simulated hosts")
     return parser
@@ -137,31 +188,51 @@ def _mib(value: int) -> str:
     return f"{value / 1024:.1f} GiB"
 
 
-def _demo_inventory() -> tuple[Inventory, str]:
-    try:
-        inventory = default_inventory()
-    except NVMLError as exc:
-        if exc.code not in NO_DRIVER_CODES:
-            raise  # a real GPU host with a problem: say so, never hide it behind a simulation
-        from gpuroute.testing import TOPOLOGIES, topology
-
-        return topology(SIMULATED_DEFAULT), (
-            "No NVIDIA driver on this machine, so this runs on the built-in simulated host "
-            f"{SIMULATED_DEFAULT!r}: {TOPOLOGIES[SIMULATED_DEFAULT]}."
-        )
-    return inventory, f"Planning on this host's GPUs ({len(inventory.gpus)} found)."
+def _has_inventory_option(args: argparse.Namespace) -> bool:
+    return bool(args.inventory or args.simulate)
 
 
-def _demo_spec(inventory: Inventory) -> str:
-    whole = [g.index for g in inventory.gpus if not g.mig_mode]
-    migs = [f"{g.index}:{m.index}" for g in inventory.gpus for m in g.mig_devices]
-    if len(whole) >= 4:
-        return f"{whole[3]},{whole[1]}"
-    if len(whole) >= 2:
-        return f"{whole[1]},{whole[0]}"
-    if whole:
-        return str(whole[0])
-    return migs[0] if migs else "none"
+def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
+    from gpuroute.launch import ContainerLaunch, launch
+
+    argv = list(args.argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GpurouteError(f"--env {item!r} is not KEY=VALUE")
+        env[key] = value
+    handle = launch(
+        argv,
+        gpus=args.gpus,
+        image=args.image,
+        compose_service=args.compose_service,
+        compose_files=args.compose_files,
+        inventory=inventory,
+        env=env,
+        verify=args.verify,
+        cdi=args.cdi,
+        torchrun=args.torchrun,
+        local_ids=args.local_ids,
+        stream=True,
+        docker_kwargs={"network_mode": args.network} if args.network else None,
+    )
+    with handle:
+        if args.explain:
+            print(handle.plan.explain(), file=sys.stderr)
+        for note in handle.notes:
+            print(f"gpuroute: {note}", file=sys.stderr)
+        try:
+            if isinstance(handle, ContainerLaunch):
+                for chunk in handle.container.logs(stream=True, follow=True):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            return handle.wait()
+        except KeyboardInterrupt:
+            print("gpuroute: interrupted; stopping the work", file=sys.stderr)
+            return 130
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -172,12 +243,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name:<20} {what}")
         return 0
     if args.command == "demo":
-        inventory, banner = _demo_inventory()
-        spec = args.spec or _demo_spec(inventory)
-        print(banner)
-        print(f"Example request: GPUs {spec!r}, in that order.\n")
-        print(make_plan(spec, inventory).explain(), end="")
-        return 0
+        from gpuroute.demo import demo
+
+        return demo(spec=args.spec, image=args.image)
+    if args.command == "run":
+        return _run_command(args, _inventory(args) if _has_inventory_option(args) else None)
     inventory = _inventory(args)
     if args.command == "ls":
         if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from gpuroute import Inventory
 from gpuroute.cli import main
 from gpuroute.testing import topology_path
+from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -132,3 +134,65 @@ def test_demo_without_a_driver_uses_the_simulated_host() -> None:
 def test_topologies_lists_the_simulated_hosts(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["topologies"]) == 0
     assert "a100-mig-4" in capsys.readouterr().out
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(_has_nvidia_driver(), reason="this machine has a real NVIDIA driver")
+def test_demo_launches_a_pinned_container_on_the_simulated_host(h100: Inventory) -> None:
+    result = run_cli("demo", env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    assert f"cuda:0 {h100.gpus[3].uuid}" in result.stdout
+    assert f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {h100.gpus[1].uuid})" in result.stdout
+    assert "Verified" in result.stdout
+
+
+class TestRun:
+    @pytest.mark.engine
+    def test_a_pinned_verified_container(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
+        result = run_cli(
+            "run",
+            "--gpus",
+            "3,1",
+            "--image",
+            IMAGE,
+            "--simulate",
+            "h100-sxm-8",
+            "--network",
+            "none",
+            "--verify",
+            "--",
+            "sh",
+            "-c",
+            "nvidia-smi -L; exit 3",
+            env={**os.environ},
+        )
+        assert result.returncode == 3, result.stderr
+        assert result.stdout.splitlines() == [
+            f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {h100.gpus[1].uuid})",
+            f"GPU 1: NVIDIA H100 80GB HBM3 (UUID: {h100.gpus[3].uuid})",
+        ]
+
+    def test_a_local_process(self, h100: Inventory) -> None:
+        code = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
+        result = run_cli(
+            "run",
+            "--gpus",
+            "2",
+            "--simulate",
+            "h100-sxm-8",
+            "--explain",
+            "--",
+            sys.executable,
+            "-c",
+            code,
+            env={"PATH": os.environ["PATH"]},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == h100.gpus[2].uuid
+        assert "Routing plan for '2'" in result.stderr
+
+    def test_errors(self) -> None:
+        result = run_cli("run", "--gpus", "9", "--simulate", "h100-sxm-8", "--", "true")
+        assert (result.returncode, "index 9 is out of range" in result.stderr) == (2, True)
+        result = run_cli("run", "--gpus", "1", "--simulate", "h100-sxm-8", "-e", "X", "--", "true")
+        assert "--env 'X' is not KEY=VALUE" in result.stderr

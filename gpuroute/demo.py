@@ -1,0 +1,112 @@
+"""``gpuroute demo``: the main job of ``scripts/run``.
+
+On a GPU host: the routing plan for an example spec on the real GPUs (and, with ``--image``,
+that plan applied to a container, verified with ``nvidia-smi -L``). On a machine with no
+NVIDIA driver: the same on the built-in simulated host, including a pinned container on a
+private Docker Engine with the stand-in NVIDIA toolkit, when one can run here.
+"""
+
+from __future__ import annotations
+
+from gpuroute.api import plan as make_plan
+from gpuroute.core.inventory import Inventory
+from gpuroute.errors import NVMLError
+from gpuroute.host import default_inventory
+from gpuroute.launch import launch
+from gpuroute.nvml import NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIBRARY_NOT_FOUND
+
+__all__ = ["demo", "example_spec"]
+
+SIMULATED = "h100-sxm-8"
+NO_DRIVER = (NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED)
+PROBE = ["sh", "-c", "echo '$ nvidia-smi -L'; nvidia-smi -L; echo '$ cuda-devices'; cuda-devices"]
+
+
+def example_spec(inventory: Inventory) -> str:
+    """A spec that shows the renumbering on this inventory: '3,1' on a host of four or more."""
+    whole = [g.index for g in inventory.gpus if not g.mig_mode]
+    migs = [f"{g.index}:{m.index}" for g in inventory.gpus for m in g.mig_devices]
+    if len(whole) >= 4:
+        return f"{whole[3]},{whole[1]}"
+    if len(whole) >= 2:
+        return f"{whole[1]},{whole[0]}"
+    if whole:
+        return str(whole[0])
+    return migs[0] if migs else "none"
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.rstrip().splitlines())
+
+
+def demo(spec: str | None = None, image: str | None = None) -> int:
+    try:
+        inventory = default_inventory()
+        simulated = False
+    except NVMLError as exc:
+        if exc.code not in NO_DRIVER:
+            raise  # a GPU host with a problem: say so, never hide it behind a simulation
+        from gpuroute.testing import TOPOLOGIES, topology
+
+        inventory, simulated = topology(SIMULATED), True
+        print(
+            "No NVIDIA driver on this machine: this runs on the built-in simulated host "
+            f"{SIMULATED!r} ({TOPOLOGIES[SIMULATED]})."
+        )
+    else:
+        print(f"Planning on this host's GPUs ({len(inventory.gpus)} found).")
+    spec = spec or example_spec(inventory)
+    plan = make_plan(spec, inventory)
+    print(f"Example request: GPUs {spec!r}, in that order.\n")
+    print(plan.explain())
+    if simulated:
+        return _simulated_container(spec, inventory)
+    if image:
+        print(f"nvidia-smi -L in a pinned container of {image} (verified):")
+        with launch(
+            ["nvidia-smi", "-L"], gpus=spec, image=image, inventory=inventory, verify=True
+        ) as run:
+            code = run.wait()
+            print(_indent(run.logs()))
+        return code
+    print("Pass --image IMAGE to also run nvidia-smi -L in a pinned, verified container.")
+    return 0
+
+
+def _simulated_container(spec: str, inventory: Inventory) -> int:
+    from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
+
+    reason = SimulatedGPUHost.unavailable()
+    if reason is not None:
+        print(
+            f"A pinned container on the simulated host needs a private Docker Engine, and "
+            f"{reason}. As root on Debian, ./scripts/run installs what it needs."
+        )
+        return 0
+    print(
+        "A pinned container on the simulated host (a private Docker Engine whose NVIDIA "
+        "toolkit is a stand-in):"
+    )
+    print(f"    gpuroute.launch(PROBE, gpus={spec!r}, image={IMAGE!r}, verify=True)")
+    with (
+        SimulatedGPUHost(inventory) as host,
+        launch(
+            PROBE,
+            gpus=spec,
+            image=IMAGE,
+            inventory=inventory,
+            docker_host=host.base_url,
+            verify=True,
+            docker_kwargs={"network_mode": "none"},
+        ) as run,
+    ):
+        code = run.wait(timeout=120)
+        print(_indent(run.logs()))
+    print(
+        "\nnvidia-smi inside lists the mounted GPUs renumbered from 0 in PCI order; CUDA, "
+        "told CUDA_VISIBLE_DEVICES="
+        f"{run.plan.container_env['CUDA_VISIBLE_DEVICES']} with CUDA_DEVICE_ORDER=PCI_BUS_ID, "
+        f"makes cuda:0 host GPU {run.plan.devices[0].label if run.plan.devices else '-'}, "
+        "the first one requested. Verified: the container sees exactly the plan."
+    )
+    return code
