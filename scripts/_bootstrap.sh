@@ -1,10 +1,34 @@
 # Sourced by scripts/run and scripts/test: a virtual environment in .venv holding gpuroute
 # (editable) and its development tools, created on first use and refreshed when
-# pyproject.toml changes. PYTHON picks the interpreter (default: python3, 3.10 or newer).
+# pyproject.toml changes; and, as root on Debian, the packages the simulated GPU host needs
+# (a Docker Engine, Compose v1 and a static busybox), installed when missing.
+# PYTHON picks the interpreter (default: python3, 3.10 or newer); EXTRAS the optional
+# dependencies to install (default: dev).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
 PY=${PYTHON:-python3}
+
+ensure_engine_packages() {
+  local missing=()
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  if command -v dpkg >/dev/null 2>&1; then
+    dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+  else
+    command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
+  fi
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "note: the simulated GPU host needs ${missing[*]} (Debian packages; install them as root)" >&2
+    return 0
+  fi
+  echo "Installing ${missing[*]} for the simulated GPU host ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
+}
+
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   echo "gpuroute needs Python 3.10 or newer; set PYTHON=/path/to/python3.10+" >&2
   exit 1
@@ -12,10 +36,11 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-STAMP="$VENV/.gpuroute-installed"
+EXTRAS=${EXTRAS:-dev}
+STAMP="$VENV/.gpuroute-installed-${EXTRAS//,/-}"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$EXTRAS]"
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -72,6 +73,8 @@ class SimulatedGPUHost:
         for tool in ("dockerd", "runc", "busybox"):
             if shutil.which(tool) is None:
                 return f"{tool} is not installed (Debian: docker.io, busybox-static)"
+        if not _is_static(Path(shutil.which("busybox") or "")):
+            return "busybox is not statically linked (Debian: busybox-static)"
         return None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -276,6 +279,26 @@ class SimulatedGPUHost:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _is_static(path: Path) -> bool:
+    """Whether an ELF executable has no program interpreter (a static binary)."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(64)
+            if header[:4] != b"\x7fELF" or header[4] != 2:  # 64-bit ELF only
+                return False
+            order = "<" if header[5] == 1 else ">"
+            (phoff,) = struct.unpack_from(order + "Q", header, 0x20)
+            phentsize, phnum = struct.unpack_from(order + "HH", header, 0x36)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    pt_interp = 3
+    return all(
+        struct.unpack_from(order + "I", table, i * phentsize)[0] != pt_interp for i in range(phnum)
+    )
 
 
 def _unmount_below(root: Path) -> None:
