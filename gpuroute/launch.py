@@ -170,13 +170,22 @@ class ContainerLaunch(Launch):
     kind = "container"
 
     def __init__(
-        self, plan: RoutingPlan, client: Any, container: Any, *, retry: RetryPolicy, where: str
+        self,
+        plan: RoutingPlan,
+        client: Any,
+        container: Any,
+        *,
+        retry: RetryPolicy,
+        where: str,
+        own_client: bool = True,
     ) -> None:
         super().__init__(plan)
+        self._own_client = own_client
         self.client = client
         self.container = container
         self._retry = retry
         self._where = where
+        self._exit_code: int | None = None
 
     @property
     def id(self) -> str:
@@ -197,7 +206,8 @@ class ContainerLaunch(Launch):
             raise LaunchTimeout(
                 f"container {self.container.short_id} still runs after {timeout}s"
             ) from exc
-        return int(result["StatusCode"])
+        self._exit_code = int(result["StatusCode"])
+        return self._exit_code
 
     def logs(self) -> str:
         data = call(
@@ -210,6 +220,8 @@ class ContainerLaunch(Launch):
     def stop(self, timeout: float = 10.0) -> None:
         import docker.errors
 
+        if self._exit_code is not None:
+            return  # it has ended
         with contextlib.suppress(docker.errors.NotFound):
             self.container.stop(timeout=int(timeout))
 
@@ -220,7 +232,8 @@ class ContainerLaunch(Launch):
             with contextlib.suppress(docker.errors.NotFound):
                 self.container.remove(force=True)
         finally:
-            self.client.close()
+            if self._own_client:
+                self.client.close()
 
 
 class ComposeLaunch(Launch):
@@ -436,6 +449,7 @@ def launch(
     driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
     local_ids: LocalIds = "uuid",
     docker_host: str | None = None,
+    docker_client: Any = None,
     retry: RetryPolicy | None = None,
     pull: Pull = "missing",
     name: str | None = None,
@@ -464,6 +478,8 @@ def launch(
             ``nvidia`` driver (engines with CDI enabled).
         torchrun: local only; run ``command`` under torchrun, one worker per planned GPU.
         docker_host: the engine (default: DOCKER_HOST, else the local socket).
+        docker_client: a docker-py ``DockerClient`` to use instead of opening a connection
+            (``image=`` launches); the caller keeps it open.
         retry: how transient engine failures are retried (default: RetryPolicy()).
         pull: ``"missing"`` pulls an image that is not on the engine; ``"never"`` does not.
         name: the container's name (default: a unique ``gpuroute-…`` name).
@@ -532,6 +548,7 @@ def launch(
         env=env,
         cdi=cdi,
         docker_host=docker_host,
+        docker_client=docker_client,
         retry=retry,
         pull=pull,
         name=name,
@@ -567,6 +584,7 @@ def _launch_container(
     env: Mapping[str, str] | None,
     cdi: bool,
     docker_host: str | None,
+    docker_client: Any,
     retry: RetryPolicy,
     pull: Pull,
     name: str | None,
@@ -594,7 +612,8 @@ def _launch_container(
         "labels": labels,
         "detach": True,
     }
-    client = connect(docker_host, retry=retry)
+    own_client = docker_client is None
+    client = connect(docker_host, retry=retry) if own_client else docker_client
 
     def create() -> Any:
         try:
@@ -613,9 +632,12 @@ def _launch_container(
             call(lambda: client.images.pull(image), retry=retry, where=where, image=image)
             container = call(create, retry=retry, where=where, image=image)
     except BaseException:
-        client.close()
+        if own_client:
+            client.close()
         raise
-    handle = ContainerLaunch(plan, client, container, retry=retry, where=where)
+    handle = ContainerLaunch(
+        plan, client, container, retry=retry, where=where, own_client=own_client
+    )
     try:
         call(container.start, retry=retry, where=where, image=image)
         if verify:

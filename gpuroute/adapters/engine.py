@@ -197,15 +197,10 @@ def connect(
             # No socket (yet): the engine is down or restarting. Checked here because
             # docker-py leaks the socket of a failed unix connection.
             raise FileNotFoundError(f"no engine socket at {where[len('unix://') :]}")
+        # Creating the client asks the engine for its API version: that is the reachability
+        # check, no separate ping needed.
         if docker_host:
-            client = docker.DockerClient(base_url=docker_host, timeout=timeout)
-        else:
-            client = docker.from_env(timeout=timeout)
-        try:
-            client.ping()
-        except BaseException:
-            client.close()
-            raise
-        return client
+            return docker.DockerClient(base_url=docker_host, timeout=timeout)
+        return docker.from_env(timeout=timeout)
 
     return call(make, retry=retry or RetryPolicy(), where=where)
