@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import docker.types
 import pytest
 
 import gpuroute
 from gpuroute import CallerContext, Inventory
+from gpuroute.adapters.compose import COMPOSE_V1, COMPOSE_V2, find_compose
 from gpuroute.adapters.docker_cli import docker_run_argv, gpus_flag
 from gpuroute.adapters.docker_py import container_kwargs
 from gpuroute.adapters.local import torchrun_command
@@ -80,3 +83,27 @@ def test_torchrun_one_worker_per_gpu(h100: Inventory) -> None:
     ]
     with pytest.raises(gpuroute.LaunchError, match="at least one GPU"):
         torchrun_command(plan("none", h100), ["train.py"])
+
+
+def _stub(directory: Path, name: str, exit_code: int) -> None:
+    path = directory / name
+    path.write_text(f"#!/bin/sh\nexit {exit_code}\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("docker_compose_works", "v1_present", "expected"),
+    [(True, True, COMPOSE_V2), (False, True, COMPOSE_V1), (True, False, COMPOSE_V2)],
+)
+def test_compose_v2_is_preferred_and_v1_selectable(
+    tmp_path: Path, docker_compose_works: bool, v1_present: bool, expected: tuple[str, ...]
+) -> None:
+    _stub(tmp_path, "docker", 0 if docker_compose_works else 1)
+    if v1_present:
+        _stub(tmp_path, "docker-compose", 0)
+    assert find_compose({"PATH": str(tmp_path)}) == expected
+
+
+def test_no_compose_at_all(tmp_path: Path) -> None:
+    with pytest.raises(gpuroute.LaunchError, match="neither Compose v2"):
+        find_compose({"PATH": str(tmp_path)})

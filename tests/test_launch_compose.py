@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gpuroute
-from gpuroute import CallerContext, ComposeConflictError, Inventory, LaunchError, RoutingPlan
+from gpuroute import CallerContext, ComposeConflictError, Inventory, LaunchError
 from gpuroute.adapters.compose import COMPOSE_V1
+from gpuroute.testing import TOPOLOGIES
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
 from tests.test_launch_container import PROBE, expect, observe, plans
 
@@ -158,13 +160,19 @@ class TestConflictingReservations:
 
 
 class TestComposeBasics:
+    @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
     @settings(
-        max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        max_examples=2, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
     )
-    @given(plan=plans())
+    @given(data=st.data())
     def test_sampled_plans(
-        self, engine: SimulatedGPUHost, tmp_path_factory: pytest.TempPathFactory, plan: RoutingPlan
+        self,
+        engine: SimulatedGPUHost,
+        tmp_path_factory: pytest.TempPathFactory,
+        name: str,
+        data: st.DataObject,
     ) -> None:
+        plan = data.draw(plans(name))
         engine.use(plan.inventory)
         directory = tmp_path_factory.mktemp("compose")
         write(directory, "compose.yaml", service(extra=COUNT_ALL))

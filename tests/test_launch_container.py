@@ -4,6 +4,7 @@ planned numbering, and every failure is actionable and leaves nothing behind."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -102,8 +103,7 @@ class TestDoneWhen:
 
 
 @st.composite
-def plans(draw: st.DrawFn) -> RoutingPlan:
-    name = draw(st.sampled_from(sorted(TOPOLOGIES)))
+def plans(draw: st.DrawFn, name: str) -> RoutingPlan:
     inventory = topology(name)
     whole = [str(g.index) for g in inventory.gpus if not g.mig_mode]
     migs = [f"{g.index}:{m.index}" for g in inventory.gpus for m in g.mig_devices]
@@ -120,14 +120,21 @@ def plans(draw: st.DrawFn) -> RoutingPlan:
 
 
 ENGINE_SETTINGS = settings(
-    max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
 )
 
 
+TOPOLOGY_NAMES = pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+
+
 class TestEveryAdapterGivesExactlyThePlan:
+    """A sample of plans drawn on each simulated topology, run through each adapter."""
+
+    @TOPOLOGY_NAMES
     @ENGINE_SETTINGS
-    @given(plan=plans())
-    def test_docker_py(self, engine: SimulatedGPUHost, plan: RoutingPlan) -> None:
+    @given(data=st.data())
+    def test_docker_py(self, engine: SimulatedGPUHost, name: str, data: st.DataObject) -> None:
+        plan = data.draw(plans(name))
         engine.use(plan.inventory)
         code, output = run(plan.spec, plan.inventory)
         if not plan.devices:
@@ -136,9 +143,13 @@ class TestEveryAdapterGivesExactlyThePlan:
         assert code == 0, output
         assert observe(output) == expect(plan)
 
+    @TOPOLOGY_NAMES
     @ENGINE_SETTINGS
-    @given(plan=plans())
-    def test_docker_cli_argv(self, engine: SimulatedGPUHost, plan: RoutingPlan) -> None:
+    @given(data=st.data())
+    def test_docker_cli_argv(
+        self, engine: SimulatedGPUHost, name: str, data: st.DataObject
+    ) -> None:
+        plan = data.draw(plans(name))
         engine.use(plan.inventory)
         argv = docker_run_argv(plan, IMAGE, PROBE, options=["--rm", "--network", "none"])
         result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
@@ -379,3 +390,40 @@ def test_wait_timeout_and_stop(engine: SimulatedGPUHost, h100: Inventory) -> Non
         assert client.containers.list(all=True) == []
     finally:
         client.close()
+
+
+def test_permission_denied_on_the_engine_socket(engine: SimulatedGPUHost) -> None:
+    """A real user without access to the socket (root owns it, mode 0660)."""
+    assert engine.root is not None
+    code = (
+        "import sys, gpuroute\n"
+        "from gpuroute.testing import topology\n"
+        "try:\n"
+        "    gpuroute.launch(['true'], gpus='0', image='x', inventory=topology('h100-sxm-8'),\n"
+        "                    docker_host=sys.argv[1])\n"
+        "except gpuroute.GpurouteError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    engine.root.chmod(0o755)
+    try:
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                code,
+                engine.base_url,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            cwd="/",
+        )
+    finally:
+        engine.root.chmod(0o700)
+    assert result.stdout.startswith("EnginePermissionError permission denied"), result.stderr
+    assert "docker` group" in result.stdout
