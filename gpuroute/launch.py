@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -66,7 +66,8 @@ class Launch:
         raise NotImplementedError
 
     def logs(self) -> str:
-        """Everything the work printed so far (stdout and stderr)."""
+        """Everything the work printed so far (stdout and stderr); empty when the launch
+        streams its output (``stream=True``)."""
         raise NotImplementedError
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -98,10 +99,8 @@ class Launch:
         self.close()
 
 
-class LocalLaunch(Launch):
-    """A process on this host."""
-
-    kind = "local"
+class _ProcessLaunch(Launch):
+    """Work run by a child process of ours (the program itself, or ``compose run``)."""
 
     def __init__(
         self,
@@ -111,8 +110,9 @@ class LocalLaunch(Launch):
         *,
         cwd: str | os.PathLike[str] | None,
         stream: bool,
+        notes: Iterable[str] = (),
     ) -> None:
-        super().__init__(plan)
+        super().__init__(plan, notes)
         self.argv = argv
         self._log: IO[bytes] | None = None if stream else _log_file()
         try:
@@ -120,23 +120,20 @@ class LocalLaunch(Launch):
                 argv,
                 env=env,
                 cwd=cwd,
+                stdin=subprocess.DEVNULL if self._log else None,
                 stdout=self._log,
                 stderr=subprocess.STDOUT if self._log else None,
-                start_new_session=True,
+                start_new_session=True,  # its own process group, stopped as a whole
             )
         except OSError as exc:
             self._close_log()
             raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
 
-    @property
-    def id(self) -> str:
-        return str(self.process.pid)
-
     def wait(self, timeout: float | None = None) -> int:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired as exc:
-            raise LaunchTimeout(f"process {self.process.pid} still runs after {timeout}s") from exc
+            raise LaunchTimeout(f"{self.kind} work {self.id} still runs after {timeout}s") from exc
 
     def logs(self) -> str:
         if self._log is None:
@@ -144,7 +141,7 @@ class LocalLaunch(Launch):
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def _kill_group(self, timeout: float) -> None:
         if self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -162,6 +159,19 @@ class LocalLaunch(Launch):
 
     def _remove(self) -> None:
         self._close_log()
+
+
+class LocalLaunch(_ProcessLaunch):
+    """A process on this host."""
+
+    kind = "local"
+
+    @property
+    def id(self) -> str:
+        return str(self.process.pid)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._kill_group(timeout)
 
 
 class ContainerLaunch(Launch):
@@ -236,7 +246,7 @@ class ContainerLaunch(Launch):
                 self.client.close()
 
 
-class ComposeLaunch(Launch):
+class ComposeLaunch(_ProcessLaunch):
     """``compose run --rm`` of one service, on a generated configuration."""
 
     kind = "compose"
@@ -251,72 +261,43 @@ class ComposeLaunch(Launch):
         docker_host: str | None,
         retry: RetryPolicy,
     ) -> None:
-        super().__init__(plan, run.notes)
         self.run = run
         self._docker_host = docker_host
         self._retry = retry
-        self._log: IO[bytes] | None = None if stream else _log_file()
         try:
-            self.process = subprocess.Popen(
-                run.argv,
-                env=run.env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT if self._log else None,
-                start_new_session=True,
-            )
-        except OSError as exc:
+            super().__init__(plan, run.argv, run.env, cwd=cwd, stream=stream, notes=run.notes)
+        except LaunchError:
             run.cleanup()
-            raise LaunchError(f"cannot start {run.argv[0]!r}: {exc.strerror}") from exc
+            raise
 
     @property
     def id(self) -> str:
         return self.run.container_name
 
-    def wait(self, timeout: float | None = None) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise LaunchTimeout(
-                f"compose service container {self.run.container_name} still runs after {timeout}s"
-            ) from exc
-
-    def logs(self) -> str:
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            import docker.errors
-
-            client = connect(self._docker_host, retry=self._retry)
-            try:
-                with contextlib.suppress(docker.errors.NotFound):
-                    client.containers.get(self.run.container_name).stop(timeout=int(timeout))
-            finally:
-                client.close()
-            try:
-                self.process.wait(timeout + 10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def _remove(self) -> None:
+    def _container(self, action: Callable[[Any], None]) -> None:
         import docker.errors
 
         client = connect(self._docker_host, retry=self._retry)
         try:
             with contextlib.suppress(docker.errors.NotFound):
-                client.containers.get(self.run.container_name).remove(force=True)
+                action(client.containers.get(self.run.container_name))
         finally:
             client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            # Stop the container; compose run then ends and removes it (--rm).
+            self._container(lambda c: c.stop(timeout=int(timeout)))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout + 10)
+            self._kill_group(timeout)
+
+    def _remove(self) -> None:
+        try:
+            self._container(lambda c: c.remove(force=True))
+        finally:
             self.run.cleanup()
-            if self._log is not None:
-                self._log.close()
+            super()._remove()
 
 
 # -- verification -------------------------------------------------------------------------
@@ -411,22 +392,11 @@ def _verify_compose(handle: ComposeLaunch, cwd: Path) -> None:
     finally:
         client.close()
     # The run ended before it could be entered: check a twin run of the same configuration.
-    argv = list(handle.run.argv)
-    run_at = argv.index("run")
-    service = _compose_service(argv, run_at)
-    twin = [*argv[:run_at], "run", "--rm", "-T", "--entrypoint", "nvidia-smi", service, "-L"]
+    twin = handle.run.twin_argv("nvidia-smi", "-L")
     result = subprocess.run(
         twin, env=handle.run.env, cwd=cwd, capture_output=True, text=True, check=False
     )
-    check_seen(handle.plan, result.stdout, f"a twin run of compose service {service!r}")
-
-
-def _compose_service(argv: list[str], run_at: int) -> str:
-    i = run_at + 1
-    takes_value = {"--name", "-e", "--entrypoint", "-u", "-w", "-v", "-p", "-l"}
-    while i < len(argv) and argv[i].startswith("-"):
-        i += 2 if argv[i] in takes_value else 1
-    return argv[i]
+    check_seen(handle.plan, result.stdout, f"a twin run of compose service {handle.run.service!r}")
 
 
 # -- the front door -----------------------------------------------------------------------

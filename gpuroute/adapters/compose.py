@@ -53,11 +53,18 @@ class ComposeRun:
     """A prepared ``compose run``: its argv, the generated file, and what was replaced."""
 
     argv: list[str]
+    base: list[str]
+    """The compose command with the project and the generated file, before ``run``."""
+    service: str
     env: dict[str, str]
     file: Path
     project: str
     container_name: str
     notes: list[str] = field(default_factory=list)
+
+    def twin_argv(self, entrypoint: str, *args: str) -> list[str]:
+        """``compose run`` of the same service and configuration with another command."""
+        return [*self.base, "run", "--rm", "-T", "--entrypoint", entrypoint, self.service, *args]
 
     def cleanup(self) -> None:
         shutil.rmtree(self.file.parent, ignore_errors=True)
@@ -262,7 +269,7 @@ def prepare(
     for key, value in container_env.items():
         argv += ["-e", f"{key}={value}"]
     argv += [service, *command]
-    return ComposeRun(argv, clean, generated, project, name, notes)
+    return ComposeRun(argv, base, service, clean, generated, project, name, notes)
 
 
 def _check_generated(
