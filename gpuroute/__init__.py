@@ -18,6 +18,7 @@ from gpuroute.errors import (
     AmbiguousDeviceError,
     ComposeConflictError,
     ContextError,
+    DeviceLeasedError,
     DuplicateDeviceError,
     EngineError,
     EnginePermissionError,
@@ -36,11 +37,13 @@ from gpuroute.errors import (
     SpecError,
     ToolkitDeviceError,
     ToolkitMissingError,
+    UnhealthyDeviceError,
     UnknownDeviceError,
     VerificationError,
 )
 from gpuroute.host import default_inventory, detect_context
 from gpuroute.launch import ComposeLaunch, ContainerLaunch, Launch, LocalLaunch, launch
+from gpuroute.leases import Lease, acquire
 
 __version__ = "0.1.0"
 
@@ -53,6 +56,7 @@ __all__ = [
     "ContainerLaunch",
     "ContextError",
     "Device",
+    "DeviceLeasedError",
     "DuplicateDeviceError",
     "EngineError",
     "EnginePermissionError",
@@ -61,10 +65,15 @@ __all__ = [
     "Launch",
     "LaunchError",
     "LaunchTimeout",
+    "Lease",
+    "LeaseDirError",
+    "LeaseError",
+    "LimitExceededError",
     "LocalLaunch",
     "RetryPolicy",
     "ToolkitDeviceError",
     "ToolkitMissingError",
+    "UnhealthyDeviceError",
     "VerificationError",
     "GpurouteError",
     "Inventory",
@@ -74,12 +83,14 @@ __all__ = [
     "MixedDeviceError",
     "MultipleMIGError",
     "NVMLError",
+    "NoFreeDeviceError",
     "ResolutionError",
     "RoutingPlan",
     "SnapshotError",
     "SpecError",
     "UnknownDeviceError",
     "__version__",
+    "acquire",
     "default_inventory",
     "detect_context",
     "launch",

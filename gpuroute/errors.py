@@ -10,8 +10,14 @@ The tree::
     │   ├── DuplicateDeviceError       the same device named twice, perhaps two different ways
     │   ├── MIGModeError               a whole GPU whose MIG mode is on
     │   ├── MixedDeviceError           whole GPUs mixed with MIG devices
-    │   └── MultipleMIGError           more than one MIG device without an explicit opt-in
+    │   ├── MultipleMIGError           more than one MIG device without an explicit opt-in
+│   └── NoFreeDeviceError          ``any:N`` and not enough devices are free, healthy and fit
     ├── ContextError                   the caller's context forbids the request (a parent mask)
+    ├── LeaseError                     a lease cannot be taken, kept or given back
+    │   ├── LeaseDirError              the lease directory is missing, unusable or unsafe
+    │   ├── DeviceLeasedError          a named device is held by someone else's lease
+    │   ├── UnhealthyDeviceError       a named device is unhealthy (Xid, ECC, lost)
+    │   └── LimitExceededError         the acquisition would exceed a per-user or group limit
     ├── InventoryError                 the GPU inventory cannot be read
     │   ├── SnapshotError (ValueError) a snapshot file is missing, malformed or of another schema
     │   └── NVMLError                  NVML is missing, not loaded, not permitted, or a GPU is lost
@@ -51,6 +57,12 @@ __all__ = [
     "MIGModeError",
     "MixedDeviceError",
     "MultipleMIGError",
+    "NoFreeDeviceError",
+    "LeaseError",
+    "LeaseDirError",
+    "DeviceLeasedError",
+    "UnhealthyDeviceError",
+    "LimitExceededError",
     "NVMLError",
     "ResolutionError",
     "SnapshotError",
@@ -103,6 +115,33 @@ class MixedDeviceError(ResolutionError):
 class MultipleMIGError(ResolutionError):
     """More than one MIG device was requested without ``allow_multiple_mig=True``, or the
     request breaks CUDA's rule of one compute instance per GPU instance."""
+
+
+class NoFreeDeviceError(ResolutionError):
+    """``any:N`` asked for more devices than are free, healthy and fit the filters; the
+    message says why each candidate was passed over."""
+
+
+class LeaseError(GpurouteError):
+    """A lease could not be taken, kept or given back."""
+
+
+class LeaseDirError(LeaseError):
+    """The lease directory is missing, not usable by this user, or unsafe (a symlink, or
+    writable by others while not owned by root or this user)."""
+
+
+class DeviceLeasedError(LeaseError):
+    """A device named in the request is held by another lease; the message names its owner."""
+
+
+class UnhealthyDeviceError(LeaseError):
+    """A device named in the request is unhealthy and is not given out."""
+
+
+class LimitExceededError(LeaseError):
+    """The acquisition would exceed the caller's or a group's limit; the message shows the
+    current usage, the limit and what to release."""
 
 
 class ContextError(GpurouteError):

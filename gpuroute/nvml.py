@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gpuroute.core.inventory import GPU, Inventory, MIGDevice
 from gpuroute.errors import NVMLError
 
-__all__ = ["NVMLApi", "read_inventory"]
+if TYPE_CHECKING:
+    from gpuroute.core.selection import HostState
+
+__all__ = ["NVMLApi", "read_inventory", "read_state"]
 
 MIB = 1024 * 1024
 NVML_DEVICE_MIG_ENABLE = 1
@@ -185,3 +188,157 @@ def _read_mig(api: Any, handle: Any, index: int) -> MIGDevice:
         memory_total_mib=memory_mib,
         compute_slices=attrs.computeInstanceSliceCount,
     )
+
+
+# -- live state ---------------------------------------------------------------------------
+
+NVML_ERROR_TIMEOUT = 10
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0
+XID_CRITICAL_ERROR_EVENT = 0x8
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+"""Xids an application causes (illegal address, page fault, stopped channel ...): reported by
+NVML as critical but not a fault of the GPU, so not a reason to withhold it."""
+
+
+def read_state(
+    inventory: Inventory, nvml: NVMLApi | Any = None, *, xid_window_ms: int = 0
+) -> HostState:
+    """The live state of the inventory's devices: processes, memory, utilisation, health
+    (critical Xid events NVML has queued within ``xid_window_ms``, uncorrectable ECC errors,
+    retired pages pending, lost from the bus) and GPU-to-GPU topology distances.
+
+    On a machine without NVML (no library, or no driver) the state is unknown, not an error.
+    """
+    from gpuroute.core.selection import HostState
+
+    if nvml is None:
+        try:
+            api: Any = _load_pynvml()
+            api.nvmlInit()
+        except NVMLError:
+            return HostState.unknown()
+        except Exception as exc:
+            if _code(exc) in (NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED):
+                return HostState.unknown()
+            with nvml_errors("cannot start NVML"):
+                raise
+    else:
+        api = nvml
+        with nvml_errors("cannot start NVML"):
+            api.nvmlInit()
+    try:
+        with nvml_errors("cannot read the GPUs' state"):
+            return _read_state(api, inventory, xid_window_ms)
+    finally:
+        with contextlib.suppress(Exception):
+            api.nvmlShutdown()
+
+
+def _read_state(api: Any, inventory: Inventory, xid_window_ms: int) -> HostState:
+    from gpuroute.core.selection import DeviceState, HostState
+
+    base = _load_pynvml().NVMLError
+    devices: dict[str, DeviceState] = {}
+    handles: dict[str, Any] = {}
+
+    def optional(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except base as exc:
+            if _code(exc) == NVML_ERROR_GPU_IS_LOST:
+                raise
+            return None
+
+    for gpu in inventory.gpus:
+        try:
+            handle = api.nvmlDeviceGetHandleByUUID(gpu.uuid)
+            memory = api.nvmlDeviceGetMemoryInfo(handle)
+        except base as exc:
+            lost = _code(exc) == NVML_ERROR_GPU_IS_LOST
+            why = (
+                "lost from the bus (NVML: GPU is lost)" if lost else f"NVML cannot open it ({exc})"
+            )
+            devices[gpu.uuid] = DeviceState(gpu.uuid, problems=(why,))
+            continue
+        handles[gpu.uuid] = handle
+        problems = []
+        ecc = optional(
+            api.nvmlDeviceGetTotalEccErrors,
+            handle,
+            NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+            NVML_VOLATILE_ECC,
+        )
+        if ecc:
+            problems.append(f"{ecc} uncorrectable ECC error(s) since the driver loaded")
+        if optional(api.nvmlDeviceGetRetiredPagesPendingStatus, handle) == 1:
+            problems.append("retired memory pages pending: the GPU needs a reset")
+        utilization = optional(api.nvmlDeviceGetUtilizationRates, handle)
+        procs = optional(api.nvmlDeviceGetComputeRunningProcesses, handle) or []
+        devices[gpu.uuid] = DeviceState(
+            gpu.uuid,
+            memory_used_mib=memory.used // MIB,
+            memory_total_mib=memory.total // MIB,
+            utilization_pct=getattr(utilization, "gpu", None),
+            pids=tuple(sorted({p.pid for p in procs})),
+            problems=tuple(problems),
+        )
+        for mig in gpu.mig_devices:
+            mig_handle = optional(api.nvmlDeviceGetMigDeviceHandleByIndex, handle, mig.index)
+            if mig_handle is None:
+                continue
+            mig_memory = api.nvmlDeviceGetMemoryInfo(mig_handle)
+            mig_procs = optional(api.nvmlDeviceGetComputeRunningProcesses, mig_handle) or []
+            devices[mig.uuid] = DeviceState(
+                mig.uuid,
+                memory_used_mib=mig_memory.used // MIB,
+                memory_total_mib=mig_memory.total // MIB,
+                pids=tuple(sorted({p.pid for p in mig_procs})),
+            )
+    for uuid, xids in _critical_xids(api, handles, xid_window_ms).items():
+        current = devices[uuid]
+        devices[uuid] = DeviceState(
+            uuid,
+            current.memory_used_mib,
+            current.memory_total_mib,
+            current.utilization_pct,
+            current.pids,
+            (*current.problems, f"critical Xid {', '.join(map(str, xids))} pending"),
+        )
+    distances: dict[frozenset[str], int] = {}
+    ordered = list(handles.items())
+    for i, (a, ha) in enumerate(ordered):
+        for b, hb in ordered[i + 1 :]:
+            level = optional(api.nvmlDeviceGetTopologyCommonAncestor, ha, hb)
+            if isinstance(level, int):
+                distances[frozenset((a, b))] = level
+    return HostState(devices, distances, source="nvml")
+
+
+def _critical_xids(api: Any, handles: dict[str, Any], window_ms: int) -> dict[str, list[int]]:
+    base = _load_pynvml().NVMLError
+    try:
+        events = api.nvmlEventSetCreate()
+    except base:
+        return {}
+    found: dict[str, list[int]] = {}
+    try:
+        for handle in handles.values():
+            with contextlib.suppress(base):
+                api.nvmlDeviceRegisterEvents(handle, XID_CRITICAL_ERROR_EVENT, events)
+        while True:
+            try:
+                event = api.nvmlEventSetWait_v2(events, window_ms)
+            except base as exc:
+                if _code(exc) == NVML_ERROR_TIMEOUT:
+                    break
+                raise
+            xid = int(event.eventData)
+            if xid in APPLICATION_XIDS:
+                continue
+            uuid = _text(api.nvmlDeviceGetUUID(event.device))
+            found.setdefault(uuid, []).append(xid)
+    finally:
+        with contextlib.suppress(Exception):
+            api.nvmlEventSetFree(events)
+    return found

@@ -71,6 +71,14 @@ def resolve(
         if token.kind is Kind.ALL:
             named += [(token, d) for d in _all(token, inventory, parsed.text, notes)]
             break
+        if token.kind is Kind.ANY:
+            raise SpecError(
+                f"{token.text!r} asks for free GPUs, which only a lease can choose: use "
+                f"gpuroute.acquire({token.text!r}) or launch(..., gpus={token.text!r}, "
+                "lease=True), or name the devices",
+                spec=parsed.text,
+                token=token.text,
+            )
         named.append((token, _lookup(token, inventory, parsed.text)))
 
     _check_duplicates(named, parsed.text)

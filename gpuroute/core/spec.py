@@ -10,6 +10,7 @@ A spec names GPUs, one entry per device, separated by commas::
     0000:18:00.0            PCI bus id, lspci spelling (4-digit domain) ...
     00000000:18:00.0        ... or NVML's spelling (8-digit domain); hex is case-insensitive
     all                     every whole GPU whose MIG mode is off
+    any:2                   any 2 free GPUs, chosen when a lease is acquired (gpuroute.acquire)
     none, or empty          no GPU
 
 Whitespace around entries is ignored; keywords and hex digits are case-insensitive.
@@ -32,7 +33,7 @@ SpecInput = str | int | Sequence[int | str] | None
 FORMS_HELP = (
     "use an NVML index (3), a GPU UUID or a unique prefix of one (GPU-8932f937), "
     "a MIG UUID (MIG-…), a MIG index (0:1), a legacy MIG id (MIG-GPU-<uuid>/<gi>/<ci>), "
-    "a PCI bus id (0000:18:00.0), 'all', or 'none'"
+    "a PCI bus id (0000:18:00.0), 'all', 'any:N', or 'none'"
 )
 
 
@@ -46,6 +47,7 @@ class Kind(enum.Enum):
     MIG_INDEX = "MIG index"
     PCI = "PCI bus id"
     ALL = "all"
+    ANY = "any:N"
     NONE = "none"
 
 
@@ -83,6 +85,7 @@ _MIG_LEGACY = re.compile(rf"MIG-(GPU-{_HEX_UUID})/([0-9]+)/([0-9]+)")
 _MIG_INDEX = re.compile(r"([0-9]+):([0-9]+)")
 _PCI = re.compile(r"(?:([0-9A-F]{1,8}):)?([0-9A-F]{1,2}):([0-9A-F]{1,2})\.([0-7])")
 _DIGITS = re.compile(r"[0-9]+")
+_ANY = re.compile(r"ANY:([0-9]+)")
 
 
 def normalize_pci_bus_id(text: str) -> str | None:
@@ -102,6 +105,12 @@ def parse_token(text: str, spec: str) -> Token:
         return Token(text, Kind.ALL)
     if upper == "NONE":
         return Token(text, Kind.NONE)
+    if m := _ANY.fullmatch(upper):
+        if int(m[1]) < 1:
+            raise SpecError(
+                f"{text!r} in spec {spec!r} asks for no GPU: write 'none'", spec=spec, token=text
+            )
+        return Token(text, Kind.ANY, index=int(m[1]))
     if _DIGITS.fullmatch(text):
         return Token(text, Kind.INDEX, index=int(text))
     if m := _MIG_INDEX.fullmatch(text):
@@ -197,7 +206,7 @@ def _int_token(value: int, spec: str) -> Token:
 def _finish(spec: str, tokens: list[Token]) -> ParsedSpec:
     if len(tokens) > 1:
         for token in tokens:
-            if token.kind in (Kind.ALL, Kind.NONE):
+            if token.kind in (Kind.ALL, Kind.NONE, Kind.ANY):
                 raise SpecError(
                     f"{token.text!r} in spec {spec!r} cannot be combined with other entries: "
                     f"write {token.text!r} alone, or list the devices",

@@ -76,6 +76,11 @@ class FakeNVML:
         else:
             self._power_w = dict.fromkeys(range(n), float(power_w))
         self._energy_mj = dict.fromkeys(range(n), float(energy_start_mj))
+        self._utilization = dict.fromkeys(range(n), 0)
+        self._ecc_uncorrected = dict.fromkeys(range(n), 0)
+        self._retired_pending: set[int] = set()
+        self._xids: list[tuple[int, int]] = []
+        self._event_sets: dict[int, set[int]] = {}
 
     # -- changing the simulated host -----------------------------------------------------
 
@@ -109,6 +114,25 @@ class FakeNVML:
     @property
     def processes(self) -> tuple[FakeProcess, ...]:
         return tuple(self._processes.values())
+
+    def set_utilization(self, index: int, percent: int) -> None:
+        self._gpu(index)
+        self._utilization[index] = percent
+
+    def add_ecc_errors(self, index: int, uncorrected: int = 1) -> None:
+        self._gpu(index)
+        self._ecc_uncorrected[index] += uncorrected
+
+    def set_retired_pages_pending(self, index: int, pending: bool = True) -> None:
+        self._gpu(index)
+        (self._retired_pending.add if pending else self._retired_pending.discard)(index)
+
+    def inject_xid(self, index: int, xid: int) -> None:
+        """An Xid event on a GPU, queued for delivery to NVML event sets that watch it.
+        (Real NVML queues events raised after registration; the fake queues them from the
+        start, standing in for a watcher that has been registered all along.)"""
+        self._gpu(index)
+        self._xids.append((index, xid))
 
     def set_power(self, index: int, watts: float) -> None:
         self._gpu(index)
@@ -302,3 +326,66 @@ class FakeNVML:
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
         gpu = self._whole(handle)
         return int(self._power_w[gpu.index] * 1000)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> SimpleNamespace:
+        gpu = self._whole(handle)
+        return SimpleNamespace(gpu=self._utilization[gpu.index], memory=0)
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter: int) -> int:
+        gpu = self._whole(handle)
+        if gpu.mig_compute_slices_total is None:  # consumer GPUs have no ECC
+            raise self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if error_type != pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
+            return 0
+        return self._ecc_uncorrected[gpu.index]
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, handle: Any) -> int:
+        gpu = self._whole(handle)
+        if gpu.mig_compute_slices_total is None:
+            raise self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return int(gpu.index in self._retired_pending)
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, a: Any, b: Any) -> int:
+        """PCIe distance: GPUs paired on one switch (positions 2k and 2k+1 in PCI order),
+        then the same half of the host (one CPU socket), then across the system."""
+        first, second = self._whole(a), self._whole(b)
+        order = sorted(self.inventory.gpus, key=lambda g: g.pci_bus_id)
+        i, j = order.index(first), order.index(second)
+        if i == j:
+            return 0
+        if len(order) > 2 and i // 2 == j // 2:
+            return int(pynvml.NVML_TOPOLOGY_SINGLE)
+        if len(order) > 2 and i < len(order) // 2 == j < len(order) // 2:
+            return int(pynvml.NVML_TOPOLOGY_NODE)
+        return int(
+            pynvml.NVML_TOPOLOGY_SYSTEM if len(order) > 2 else pynvml.NVML_TOPOLOGY_HOSTBRIDGE
+        )
+
+    def nvmlEventSetCreate(self) -> int:
+        self._ready()
+        key = len(self._event_sets) + 1
+        self._event_sets[key] = set()
+        return key
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: int) -> None:
+        gpu = self._whole(handle)
+        if event_set not in self._event_sets:
+            raise self._fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if event_types & pynvml.nvmlEventTypeXidCriticalError:
+            self._event_sets[event_set].add(gpu.index)
+
+    def nvmlEventSetWait_v2(self, event_set: int, timeout_ms: int) -> SimpleNamespace:
+        self._ready()
+        watched = self._event_sets.get(event_set, set())
+        for position, (index, xid) in enumerate(self._xids):
+            if index in watched:
+                del self._xids[position]
+                return SimpleNamespace(
+                    device=_Handle(index),
+                    eventData=xid,
+                    eventType=pynvml.nvmlEventTypeXidCriticalError,
+                )
+        raise self._fail(pynvml.NVML_ERROR_TIMEOUT)
+
+    def nvmlEventSetFree(self, event_set: int) -> None:
+        self._event_sets.pop(event_set, None)

@@ -1,0 +1,517 @@
+"""GPU leases on a shared host: race-free, daemon-free, and self-cleaning.
+
+A lease directory (default ``/run/gpuroute/leases``; ``GPUROUTE_LEASE_DIR`` or ``lease_dir=``)
+holds one small JSON file per leased device, ``dev-<UUID>.json``, naming the lease that holds
+it. Every change happens under an exclusive ``flock`` on the directory's ``lock`` file, so two
+acquisitions never see the same free device, across processes and users. Files are written
+to a temporary name and renamed into place, so a reader never sees half a record; a record
+that is unreadable anyway (a crash, a disk error, an edit) is moved aside as
+``corrupt-…`` and only that device is affected.
+
+A lease records who holds it (uid and user name), the holding process (pid and its start
+time, so a reused pid is not mistaken for the holder), the boot id, the container when there
+is one, its creation time and an optional TTL. A lease is stale, and reclaimed by the next
+acquisition, when its process is gone (a permission error when probing it means it is alive),
+its container is gone, the host rebooted, or its TTL passed.
+
+Leases are advisory, like every daemon-free scheme: they keep cooperating users (and their
+scripts) from colliding. They do not stop someone who bypasses gpuroute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pwd
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from gpuroute.core.context import CallerContext
+from gpuroute.core.inventory import Device, Inventory
+from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
+from gpuroute.core.resolve import Target, resolve
+from gpuroute.core.selection import HostState, Need, choose
+from gpuroute.core.spec import Kind, SpecInput, parse_spec
+from gpuroute.errors import (
+    DeviceLeasedError,
+    LeaseDirError,
+    LeaseError,
+    UnhealthyDeviceError,
+)
+
+__all__ = [
+    "DEFAULT_LEASE_DIR",
+    "LEASE_DIR_ENV",
+    "Lease",
+    "LeaseDir",
+    "LeaseRecord",
+    "acquire",
+    "boot_id",
+    "process_start_time",
+]
+
+DEFAULT_LEASE_DIR = "/run/gpuroute/leases"
+LEASE_DIR_ENV = "GPUROUTE_LEASE_DIR"
+_PREFIX = "dev-"
+_SUFFIX = ".json"
+
+
+def boot_id() -> str:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``); empty where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """What a lease file says. Every device file of one lease holds the same record."""
+
+    lease_id: str
+    devices: tuple[str, ...]
+    spec: str
+    uid: int
+    user: str
+    pid: int | None
+    pid_start: int | None
+    boot_id: str
+    created: float
+    ttl_s: float | None = None
+    container_id: str | None = None
+    docker_host: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": "gpuroute.lease/1", **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LeaseRecord:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.pop("schema", None) != "gpuroute.lease/1":
+            raise ValueError("not a gpuroute.lease/1 record")
+        record = cls(**{**data, "devices": tuple(data["devices"])})
+        if not (
+            isinstance(record.lease_id, str)
+            and isinstance(record.uid, int)
+            and all(isinstance(d, str) for d in record.devices)
+        ):
+            raise ValueError("malformed lease record")
+        return record
+
+    def expires(self) -> float | None:
+        return None if self.ttl_s is None else self.created + self.ttl_s
+
+
+def stale_reason(
+    record: LeaseRecord, *, now: float, this_boot: str, engine: ContainerProbe | None = None
+) -> str | None:
+    """Why a lease no longer holds its devices, or None while it does."""
+    if record.boot_id and this_boot and record.boot_id != this_boot:
+        return "the host rebooted since it was taken"
+    expires = record.expires()
+    if expires is not None and now >= expires:
+        return f"its TTL of {record.ttl_s:g}s passed"
+    if record.container_id:
+        if engine is not None:
+            alive = engine(record.container_id, record.docker_host)
+            if alive is False:
+                return f"its container {record.container_id[:12]} is gone"
+        return None  # a container lease does not depend on the launcher's process
+    if record.pid is not None:
+        try:
+            os.kill(record.pid, 0)
+        except ProcessLookupError:
+            return f"its process {record.pid} has ended"
+        except PermissionError:
+            pass  # another user's live process
+        start = process_start_time(record.pid)
+        if record.pid_start is not None and start is not None and start != record.pid_start:
+            return f"its process {record.pid} has ended (the pid now belongs to another process)"
+    return None
+
+
+ContainerProbe = Any
+"""``(container_id, docker_host) -> bool | None``: running, gone, or unknown."""
+
+
+def docker_container_probe(container_id: str, docker_host: str | None) -> bool | None:
+    """Whether a container still exists and runs, through docker-py; None if unknown."""
+    try:
+        import docker
+        import docker.errors
+
+        client = (
+            docker.DockerClient(base_url=docker_host, timeout=10)
+            if docker_host
+            else docker.from_env(timeout=10)
+        )
+    except Exception:
+        return None
+    try:
+        container = client.containers.get(container_id)
+        return bool(container.status in ("created", "running", "restarting", "paused"))
+    except docker.errors.NotFound:
+        return False
+    except Exception:
+        return None
+    finally:
+        client.close()
+
+
+class LeaseDir:
+    """The lease directory: its safety checks, its lock, and its device files."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.path = Path(path or env.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
+        self._check(create)
+
+    def _check(self, create: bool) -> None:
+        me = os.getuid()
+        fix = (
+            f"ask an administrator to run `install -d -m 0777 {self.path}` (a tmpfiles.d rule "
+            f"keeps it across reboots), or set {LEASE_DIR_ENV} to a directory you own"
+        )
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            if not create:
+                raise LeaseDirError(f"lease directory {self.path} does not exist; {fix}") from None
+            try:
+                self.path.mkdir(parents=True, mode=0o777)
+                os.chmod(self.path, 0o777)  # noqa: S103 - shared by every user of the host
+            except OSError as exc:
+                raise LeaseDirError(
+                    f"lease directory {self.path} does not exist and cannot be created "
+                    f"({exc.strerror}); {fix}"
+                ) from exc
+            info = os.lstat(self.path)
+        if stat.S_ISLNK(info.st_mode):
+            raise LeaseDirError(f"lease directory {self.path} is a symlink; refusing it ({fix})")
+        if not stat.S_ISDIR(info.st_mode):
+            raise LeaseDirError(f"{self.path} is not a directory; {fix}")
+        if info.st_uid not in (0, me):
+            raise LeaseDirError(
+                f"lease directory {self.path} belongs to uid {info.st_uid}, who could swap "
+                f"its files; it must belong to root or to you. {fix}"
+            )
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise LeaseDirError(f"lease directory {self.path} is not writable for uid {me}; {fix}")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory's exclusive lock (a kernel flock, released if we die)."""
+        fd = self._open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            with contextlib.suppress(PermissionError):
+                os.fchmod(fd, 0o666)  # every user must be able to open it
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @staticmethod
+    def _open(path: Path, flags: int, mode: int = 0o644) -> int:
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LeaseDirError(f"{path} is a symlink; remove it") from exc
+            raise LeaseDirError(f"cannot open {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LeaseDirError(f"{path} is not a regular file; remove it")
+        return fd
+
+    def _device_file(self, uuid: str) -> Path:
+        return self.path / f"{_PREFIX}{uuid}{_SUFFIX}"
+
+    def read(self) -> tuple[dict[str, LeaseRecord], list[str]]:
+        """Every device's record (call under the lock), and notes on files set aside."""
+        records: dict[str, LeaseRecord] = {}
+        notes: list[str] = []
+        for entry in os.scandir(self.path):
+            if not (entry.name.startswith(_PREFIX) and entry.name.endswith(_SUFFIX)):
+                continue
+            uuid = entry.name[len(_PREFIX) : -len(_SUFFIX)]
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise ValueError("not a regular file")
+                    with os.fdopen(os.dup(fd), encoding="utf-8") as f:
+                        record = LeaseRecord.from_json(f.read())
+                finally:
+                    os.close(fd)
+                if uuid not in record.devices:
+                    raise ValueError("the record does not hold this device")
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                notes.append(self._set_aside(entry.name, exc))
+                continue
+            records[uuid] = record
+        return records, notes
+
+    def _set_aside(self, name: str, exc: BaseException) -> str:
+        aside = f"corrupt-{name}-{int(time.time())}-{secrets.token_hex(3)}"
+        with contextlib.suppress(OSError):
+            os.rename(self.path / name, self.path / aside)
+        return f"set aside the unreadable lease file {name} as {aside} ({exc})"
+
+    def write(self, record: LeaseRecord) -> None:
+        """Write the record into each of its device files (call under the lock)."""
+        data = record.to_json().encode()
+        for uuid in record.devices:
+            tmp = self.path / f".tmp-{uuid}-{os.getpid()}-{secrets.token_hex(4)}"
+            fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self._device_file(uuid))
+
+    def remove(self, uuid: str, lease_id: str | None = None) -> None:
+        """Remove a device file (only if it still belongs to ``lease_id``, when given)."""
+        path = self._device_file(uuid)
+        if lease_id is not None:
+            try:
+                current = LeaseRecord.from_json(path.read_text())
+            except (OSError, ValueError, TypeError, KeyError):
+                return
+            if current.lease_id != lease_id:
+                return
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@dataclass
+class Lease:
+    """Devices held for one piece of work. ``plan`` routes exactly them; ``release()`` (or
+    leaving the ``with`` block) gives them back."""
+
+    plan: RoutingPlan
+    record: LeaseRecord
+    directory: LeaseDir
+    notes: list[str] = field(default_factory=list)
+    released: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.record.lease_id
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return self.plan.devices
+
+    def attach(
+        self,
+        *,
+        pid: int | None = None,
+        container_id: str | None = None,
+        docker_host: str | None = None,
+    ) -> None:
+        """Tie the lease to the process or the container doing the work: it then lives as
+        long as that process, or that container, does."""
+        changes: dict[str, Any] = {}
+        if pid is not None:
+            changes.update(pid=pid, pid_start=process_start_time(pid))
+        if container_id is not None:
+            changes.update(container_id=container_id, docker_host=docker_host)
+        record = replace(self.record, **changes)
+        with self.directory.locked():
+            current, _ = self.directory.read()
+            if any(
+                current.get(u) is None or current[u].lease_id != self.id for u in record.devices
+            ):
+                raise LeaseError(f"lease {self.id} no longer holds its devices; it was reclaimed")
+            self.directory.write(record)
+        self.record = record
+
+    def release(self) -> None:
+        """Give the devices back. Safe to call twice."""
+        if self.released:
+            return
+        with self.directory.locked():
+            for uuid in self.record.devices:
+                self.directory.remove(uuid, self.id)
+        self.released = True
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _who() -> tuple[int, str]:
+    uid = os.getuid()
+    try:
+        return uid, pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return uid, str(uid)
+
+
+def acquire(
+    request: SpecInput,
+    *,
+    inventory: Inventory | None = None,
+    lease_dir: str | os.PathLike[str] | None = None,
+    ttl_s: float | None = None,
+    state: HostState | None = None,
+    nvml: Any = None,
+    policy: Any = None,
+    context: CallerContext | None = None,
+    target: Target | None = None,
+    min_free_mib: int | None = None,
+    model: str | None = None,
+    mig_profile: str | None = None,
+    allow_multiple_mig: bool = False,
+    driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+    local_ids: LocalIds = "uuid",
+    pid: int | None = None,
+    container_probe: ContainerProbe = docker_container_probe,
+) -> Lease:
+    """Lease devices: the ones a spec names, or ``any:N`` free ones chosen for you.
+
+    Args:
+        request: a spec (``"3,1"``, ``"1:0"``) or ``"any:N"``.
+        inventory: the host's GPUs (default: ``GPUROUTE_INVENTORY``, else NVML).
+        lease_dir: the lease directory (default: ``GPUROUTE_LEASE_DIR``, else
+            ``/run/gpuroute/leases``).
+        ttl_s: the lease ends by itself after this many seconds.
+        state / nvml: the live state (processes, memory, health) used to pick and check
+            devices; by default read through NVML (``nvml`` may be a ``FakeNVML``), and
+            unknown on a host without NVML (then only leases decide what is free).
+        policy: a ``gpuroute.limits.Policy`` (default: ``GPUROUTE_POLICY`` or
+            ``/etc/gpuroute/policy.yaml`` if present; none means no limits).
+        min_free_mib, model, mig_profile: filters for ``any:N``.
+        pid: the process the lease lives with (default: this one).
+
+    Raises:
+        NoFreeDeviceError, DeviceLeasedError, UnhealthyDeviceError, LimitExceededError,
+        LeaseDirError, and the errors of ``gpuroute.plan``.
+    """
+    from gpuroute.host import default_inventory, detect_context
+    from gpuroute.limits import Policy
+
+    inventory = inventory if inventory is not None else default_inventory()
+    context = context if context is not None else detect_context()
+    directory = LeaseDir(lease_dir)
+    if state is None:
+        from gpuroute.nvml import read_state
+
+        state = read_state(inventory, nvml)
+    if policy is None:
+        policy = Policy.from_default_location()
+    parsed = parse_spec(request)
+    uid, user = _who()
+    holder = os.getpid() if pid is None else pid
+    notes: list[str] = []
+    if state.source == "none":
+        notes.append("no live GPU state (NVML unavailable): only leases decide what is free")
+    with directory.locked():
+        records, aside = directory.read()
+        notes += aside
+        now, this_boot = time.time(), boot_id()
+        seen: dict[str, str | None] = {}
+        for uuid, record in list(records.items()):
+            if record.lease_id not in seen:
+                seen[record.lease_id] = stale_reason(
+                    record, now=now, this_boot=this_boot, engine=container_probe
+                )
+            reason = seen[record.lease_id]
+            if reason is not None:
+                directory.remove(uuid)
+                del records[uuid]
+                notes.append(
+                    f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}"
+                )
+        if parsed.tokens[0].kind is Kind.ANY:
+            count = parsed.tokens[0].index or 1
+            devices = choose(
+                Need(count, min_free_mib, model, mig_profile),
+                inventory,
+                state,
+                records,
+                spec=parsed.text,
+            )
+            spec_text = ",".join(d.label for d in devices)
+        else:
+            spec_text = parsed.text
+        plan = resolve(
+            spec_text,
+            inventory,
+            context=context,
+            target=target,
+            allow_multiple_mig=allow_multiple_mig,
+            driver_capabilities=driver_capabilities,
+            local_ids=local_ids,
+        )
+        for device in plan.devices:
+            holder_record = records.get(device.uuid)
+            if holder_record is not None:
+                raise DeviceLeasedError(
+                    f"{device.describe()} is leased to {holder_record.user} (lease "
+                    f"{holder_record.lease_id}, "
+                    + (
+                        f"container {holder_record.container_id[:12]}"
+                        if holder_record.container_id
+                        else f"pid {holder_record.pid}"
+                    )
+                    + f", since {time.strftime('%H:%M:%S', time.localtime(holder_record.created))})"
+                    "; choose another device, or ask for any free one with 'any:N'",
+                    spec=parsed.text,
+                )
+            problems = state.of(device.uuid).problems or state.of(device.gpu.uuid).problems
+            if problems:
+                raise UnhealthyDeviceError(
+                    f"{device.describe()} is unhealthy and is not given out: {'; '.join(problems)}",
+                    spec=parsed.text,
+                )
+        policy.check(uid, user, plan.devices, records.values(), inventory)
+        record = LeaseRecord(
+            lease_id=secrets.token_hex(6),
+            devices=plan.uuids,
+            spec=parsed.text,
+            uid=uid,
+            user=user,
+            pid=holder,
+            pid_start=process_start_time(holder),
+            boot_id=this_boot,
+            created=now,
+            ttl_s=ttl_s,
+        )
+        if plan.devices:
+            directory.write(record)
+    return Lease(plan, record, directory, notes)

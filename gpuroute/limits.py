@@ -1,0 +1,225 @@
+"""Per-user and per-group limits, counted two ways that are never confused:
+
+* **GPU-equivalents**: a whole GPU counts 1; a MIG device counts its compute slices over its
+  GPU's total (a ``1g.10gb`` on a 7-slice GPU is 1/7, a ``3g.40gb`` 3/7);
+* **physical GPUs**: how many distinct GPUs the leases touch (four ``1g`` slices of one GPU
+  are 4/7 GPU-equivalents and 1 physical GPU).
+
+The policy file (YAML; ``GPUROUTE_POLICY``, else ``/etc/gpuroute/policy.yaml`` if present)::
+
+    default:             {gpu_equivalents: 2, physical_gpus: 2}   # every user without an entry
+    users:
+      alice:             {gpu_equivalents: 4, physical_gpus: 4}
+    groups:
+      students:          {gpu_equivalents: 2, physical_gpus: 3}   # shared by all members
+
+A user limit (or the default) bounds that user's leases; a group limit bounds the leases of
+all the group's members together. Identity is always the caller's OS uid.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gpuroute.core.inventory import Device, Inventory
+from gpuroute.errors import LimitExceededError, SnapshotError
+
+if TYPE_CHECKING:
+    from gpuroute.leases import LeaseRecord
+
+__all__ = ["POLICY_ENV", "Limit", "Policy", "Usage", "usage_of"]
+
+POLICY_ENV = "GPUROUTE_POLICY"
+DEFAULT_POLICY = "/etc/gpuroute/policy.yaml"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """GPU-equivalents and physical GPUs, side by side."""
+
+    gpu_equivalents: Fraction = Fraction(0)
+    physical_gpus: frozenset[str] = frozenset()
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.gpu_equivalents + other.gpu_equivalents, self.physical_gpus | other.physical_gpus
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{format_equivalents(self.gpu_equivalents)} GPU-equivalents on "
+            f"{len(self.physical_gpus)} physical GPU(s)"
+        )
+
+
+def format_equivalents(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    whole, rest = divmod(value.numerator, value.denominator)
+    frac = f"{rest}/{value.denominator}"
+    return f"{whole} {frac}" if whole else frac
+
+
+def device_usage(device: Device) -> Usage:
+    if device.mig is None:
+        share = Fraction(1)
+    else:
+        total = device.gpu.mig_compute_slices_total or device.mig.compute_slices
+        share = Fraction(device.mig.compute_slices, total)
+    return Usage(share, frozenset({device.gpu.uuid}))
+
+
+def usage_of(uuids: Iterable[str], inventory: Inventory) -> Usage:
+    total = Usage()
+    for uuid in uuids:
+        device = inventory.by_uuid(uuid)
+        if device is not None:
+            total += device_usage(device)
+    return total
+
+
+@dataclass(frozen=True)
+class Limit:
+    gpu_equivalents: Fraction | None = None
+    physical_gpus: int | None = None
+
+    def describe(self) -> str:
+        eq = (
+            "unlimited"
+            if self.gpu_equivalents is None
+            else format_equivalents(self.gpu_equivalents)
+        )
+        phys = "unlimited" if self.physical_gpus is None else str(self.physical_gpus)
+        return f"{eq} GPU-equivalents, {phys} physical GPU(s)"
+
+    def exceeded_by(self, usage: Usage) -> list[str]:
+        out = []
+        if self.gpu_equivalents is not None and usage.gpu_equivalents > self.gpu_equivalents:
+            out.append(
+                f"GPU-equivalents {format_equivalents(usage.gpu_equivalents)} > "
+                f"{format_equivalents(self.gpu_equivalents)}"
+            )
+        if self.physical_gpus is not None and len(usage.physical_gpus) > self.physical_gpus:
+            out.append(f"physical GPUs {len(usage.physical_gpus)} > {self.physical_gpus}")
+        return out
+
+
+def _limit(data: Any, where: str) -> Limit:
+    if not isinstance(data, Mapping) or set(data) - {"gpu_equivalents", "physical_gpus"}:
+        raise SnapshotError(
+            f"{where}: expected {{gpu_equivalents: N, physical_gpus: N}}, got {data!r}"
+        )
+    eq = data.get("gpu_equivalents")
+    phys = data.get("physical_gpus")
+    try:
+        return Limit(None if eq is None else Fraction(str(eq)), None if phys is None else int(phys))
+    except (ValueError, ZeroDivisionError) as exc:
+        raise SnapshotError(f"{where}: {exc}") from exc
+
+
+def groups_of(user: str) -> set[str]:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return set()
+    names = set()
+    for gid in os.getgrouplist(user, entry.pw_gid):
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return names
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Limits by user name and by group name, and a default for users without an entry."""
+
+    users: Mapping[str, Limit] = field(default_factory=dict)
+    groups: Mapping[str, Limit] = field(default_factory=dict)
+    default: Limit | None = None
+    source: str = "no policy"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SnapshotError(f"cannot read the limits policy {path}: {exc}") from exc
+        if not isinstance(data, dict) or set(data) - {"default", "users", "groups"}:
+            raise SnapshotError(f"{path}: top-level keys are default, users and groups")
+        return cls(
+            users={
+                str(k): _limit(v, f"{path}: users.{k}")
+                for k, v in (data.get("users") or {}).items()
+            },
+            groups={
+                str(k): _limit(v, f"{path}: groups.{k}")
+                for k, v in (data.get("groups") or {}).items()
+            },
+            default=_limit(data["default"], f"{path}: default") if data.get("default") else None,
+            source=str(path),
+        )
+
+    @classmethod
+    def from_default_location(cls, environ: Mapping[str, str] | None = None) -> Policy:
+        env = os.environ if environ is None else environ
+        path = env.get(POLICY_ENV) or (DEFAULT_POLICY if Path(DEFAULT_POLICY).exists() else "")
+        return cls.load(path) if path else cls()
+
+    def user_limit(self, user: str) -> Limit | None:
+        return self.users.get(user, self.default)
+
+    def check(
+        self,
+        uid: int,
+        user: str,
+        devices: Iterable[Device],
+        records: Iterable[LeaseRecord],
+        inventory: Inventory,
+    ) -> None:
+        """Raise LimitExceededError if adding ``devices`` to ``user``'s leases breaks a limit."""
+        asked = Usage()
+        for device in devices:
+            asked += device_usage(device)
+        live = list(records)
+        by_lease = {r.lease_id: r for r in live}
+        mine = [r for r in by_lease.values() if r.uid == uid]
+        held = usage_of([u for r in mine for u in r.devices], inventory)
+        checks: list[tuple[str, Limit, Usage, list[LeaseRecord]]] = []
+        limit = self.user_limit(user)
+        if limit is not None:
+            checks.append((f"user {user}", limit, held, mine))
+        member_of = groups_of(user)
+        for group, glimit in self.groups.items():
+            if group not in member_of:
+                continue
+            theirs = [r for r in by_lease.values() if group in groups_of(r.user)]
+            used = usage_of([u for r in theirs for u in r.devices], inventory)
+            checks.append((f"group {group}", glimit, used, theirs))
+        for who, lim, used, leases in checks:
+            broken = lim.exceeded_by(used + asked)
+            if broken:
+                listing = (
+                    "; ".join(
+                        f"lease {r.lease_id} of {r.user} "
+                        f"({usage_of(r.devices, inventory).describe()})"
+                        for r in leases
+                    )
+                    or "none"
+                )
+                raise LimitExceededError(
+                    f"this acquisition would exceed the limit of {who} ({self.source}): "
+                    f"{', '.join(broken)}. Limit: {lim.describe()}. In use now: "
+                    f"{used.describe()}; asked for: {asked.describe()}. Release one of: "
+                    f"{listing} (or ask for less)."
+                )
