@@ -30,8 +30,10 @@ from gpuroute.api import plan as make_plan
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
+from gpuroute.core.resolve import Target
 from gpuroute.core.spec import SpecInput
 from gpuroute.errors import ImageNotFoundError, LaunchError, LaunchTimeout, VerificationError
+from gpuroute.leases import Lease, acquire
 
 __all__ = ["ComposeLaunch", "ContainerLaunch", "Launch", "LocalLaunch", "launch"]
 
@@ -53,7 +55,10 @@ class Launch:
     def __init__(self, plan: RoutingPlan, notes: Iterable[str] = ()) -> None:
         self.plan = plan
         self.notes = list(notes)
+        self.lease: Lease | None = None
+        self._own_lease = False
         self._closed = False
+        self._detached = False
 
     @property
     def id(self) -> str:
@@ -77,15 +82,41 @@ class Launch:
     def _remove(self) -> None:
         """Remove what was started (after it stopped)."""
 
+    def _cleanup(self) -> None:
+        """Let go of this handle's own resources (log files, connections)."""
+
+    def _hold(self, lease: Lease, *, own: bool) -> None:
+        """Tie ``lease`` to this work; an own lease is released when the handle closes."""
+        self.lease, self._own_lease = lease, own
+        self._attach(lease)
+
+    def _attach(self, lease: Lease) -> None:
+        """Make the lease live as long as the work (its process or its container)."""
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Leave the work running when this handle closes or this program exits. A lease
+        stays with the work and is freed when it ends (its process or container is gone)."""
+        self._detached = True
+
     def close(self) -> None:
-        """Stop the work and remove what was started. Safe to call twice."""
+        """Stop the work, remove what was started and release an own lease (unless
+        detached). Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.stop()
+            if not self._detached:
+                try:
+                    self.stop()
+                finally:
+                    self._remove()
         finally:
-            self._remove()
+            try:
+                self._cleanup()
+            finally:
+                if self.lease is not None and self._own_lease and not self._detached:
+                    self.lease.release()
 
     def __enter__(self) -> Launch:
         return self
@@ -157,7 +188,7 @@ class _ProcessLaunch(Launch):
         if self._log is not None:
             self._log.close()
 
-    def _remove(self) -> None:
+    def _cleanup(self) -> None:
         self._close_log()
 
 
@@ -172,6 +203,9 @@ class LocalLaunch(_ProcessLaunch):
 
     def stop(self, timeout: float = 10.0) -> None:
         self._kill_group(timeout)
+
+    def _attach(self, lease: Lease) -> None:
+        lease.attach(pid=self.process.pid)
 
 
 class ContainerLaunch(Launch):
@@ -238,12 +272,15 @@ class ContainerLaunch(Launch):
     def _remove(self) -> None:
         import docker.errors
 
-        try:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.container.remove(force=True)
-        finally:
-            if self._own_client:
-                self.client.close()
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.remove(force=True)
+
+    def _cleanup(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    def _attach(self, lease: Lease) -> None:
+        lease.attach(container_id=str(self.container.id), docker_host=self._where)
 
 
 class ComposeLaunch(_ProcessLaunch):
@@ -293,11 +330,14 @@ class ComposeLaunch(_ProcessLaunch):
             self._kill_group(timeout)
 
     def _remove(self) -> None:
-        try:
-            self._container(lambda c: c.remove(force=True))
-        finally:
-            self.run.cleanup()
-            super()._remove()
+        self._container(lambda c: c.remove(force=True))
+
+    def _cleanup(self) -> None:
+        self.run.cleanup()
+        super()._cleanup()
+
+    def _attach(self, lease: Lease) -> None:
+        lease.attach(pid=self.process.pid)  # compose run lives as long as its container
 
 
 # -- verification -------------------------------------------------------------------------
@@ -427,6 +467,10 @@ def launch(
     cwd: str | os.PathLike[str] | None = None,
     stream: bool = False,
     docker_kwargs: Mapping[str, Any] | None = None,
+    lease: bool | Lease = False,
+    lease_dir: str | os.PathLike[str] | None = None,
+    ttl_s: float | None = None,
+    lease_wait_s: float = 0.0,
 ) -> Launch:
     """Start ``command`` on exactly the GPUs ``gpus`` names.
 
@@ -457,6 +501,13 @@ def launch(
             stderr instead of capturing it for ``logs()``.
         docker_kwargs: more keyword arguments for ``containers.create`` (``volumes``,
             ``network_mode``, ``shm_size``, ...).
+        lease: ``True`` acquires a lease on the devices first (``gpus`` may then be
+            ``"any:N"``) and releases it when the work ends and the handle closes; a
+            ``Lease`` already held is used as it is (and not released). The lease lives with
+            the work: its process, or its container (``handle.detach()`` leaves a container
+            running with its lease, freed when the container is gone).
+        lease_dir / ttl_s / lease_wait_s: as ``lease_dir``, ``ttl_s`` and ``wait_s`` of
+            ``gpuroute.acquire``.
 
     Returns:
         A LocalLaunch, ContainerLaunch or ComposeLaunch. As a context manager it stops and
@@ -483,15 +534,91 @@ def launch(
             "exactly what its CUDA_VISIBLE_DEVICES (plan.local_env) names"
         )
     retry = retry or RetryPolicy()
-    plan = make_plan(
-        gpus,
-        inventory,
-        context=context,
-        target="local" if local else "container",
-        allow_multiple_mig=allow_multiple_mig,
-        driver_capabilities=driver_capabilities,
-        local_ids=local_ids,
-    )
+    target: Target = "local" if local else "container"
+    held: Lease | None = lease if isinstance(lease, Lease) else None
+    if held is None and lease:
+        held = acquire(
+            gpus,
+            inventory=inventory,
+            lease_dir=lease_dir,
+            ttl_s=ttl_s,
+            wait_s=lease_wait_s,
+            context=context,
+            target=target,
+            allow_multiple_mig=allow_multiple_mig,
+            driver_capabilities=driver_capabilities,
+            local_ids=local_ids,
+        )
+    own = held is not None and not isinstance(lease, Lease)
+    if held is not None:
+        plan = held.plan
+    else:
+        plan = make_plan(
+            gpus,
+            inventory,
+            context=context,
+            target=target,
+            allow_multiple_mig=allow_multiple_mig,
+            driver_capabilities=driver_capabilities,
+            local_ids=local_ids,
+        )
+    try:
+        handle = _start(
+            plan,
+            command,
+            local=local,
+            torchrun=torchrun,
+            env=env,
+            cwd=cwd,
+            stream=stream,
+            image=image,
+            compose_service=compose_service,
+            compose_files=compose_files,
+            compose=compose,
+            cdi=cdi,
+            docker_host=docker_host,
+            docker_client=docker_client,
+            retry=retry,
+            pull=pull,
+            name=name,
+            verify=verify,
+            docker_kwargs=docker_kwargs,
+        )
+    except BaseException:
+        if own and held is not None:
+            held.release()
+        raise
+    if held is not None:
+        try:
+            handle._hold(held, own=own)
+        except BaseException:
+            handle.close()
+            raise
+    return handle
+
+
+def _start(
+    plan: RoutingPlan,
+    command: list[str],
+    *,
+    local: bool,
+    torchrun: bool,
+    env: Mapping[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+    stream: bool,
+    image: str | None,
+    compose_service: str | None,
+    compose_files: Sequence[str | os.PathLike[str]] | None,
+    compose: Sequence[str] | None,
+    cdi: bool,
+    docker_host: str | None,
+    docker_client: Any,
+    retry: RetryPolicy,
+    pull: Pull,
+    name: str | None,
+    verify: bool,
+    docker_kwargs: Mapping[str, Any] | None,
+) -> Launch:
     if local:
         argv = torchrun_command(plan, command) if torchrun else command
         return LocalLaunch(plan, argv, process_env(plan, os.environ, env), cwd=cwd, stream=stream)

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Device, Inventory
@@ -45,8 +45,12 @@ from gpuroute.errors import (
     DeviceLeasedError,
     LeaseDirError,
     LeaseError,
+    NoFreeDeviceError,
     UnhealthyDeviceError,
 )
+
+if TYPE_CHECKING:
+    from gpuroute.limits import Policy
 
 __all__ = [
     "DEFAULT_LEASE_DIR",
@@ -400,6 +404,7 @@ def acquire(
     driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
     local_ids: LocalIds = "uuid",
     pid: int | None = None,
+    wait_s: float = 0.0,
     container_probe: ContainerProbe = docker_container_probe,
 ) -> Lease:
     """Lease devices: the ones a spec names, or ``any:N`` free ones chosen for you.
@@ -417,13 +422,15 @@ def acquire(
             ``/etc/gpuroute/policy.yaml`` if present; none means no limits).
         min_free_mib, model, mig_profile: filters for ``any:N``.
         pid: the process the lease lives with (default: this one).
+        wait_s: while the devices are taken (NoFreeDeviceError, DeviceLeasedError), try
+            again for up to this many seconds before raising.
 
     Raises:
         NoFreeDeviceError, DeviceLeasedError, UnhealthyDeviceError, LimitExceededError,
         LeaseDirError, and the errors of ``gpuroute.plan``.
     """
     from gpuroute.host import default_inventory, detect_context
-    from gpuroute.limits import Policy
+    from gpuroute.limits import Policy as PolicyFile
 
     inventory = inventory if inventory is not None else default_inventory()
     context = context if context is not None else detect_context()
@@ -433,7 +440,50 @@ def acquire(
 
         state = read_state(inventory, nvml)
     if policy is None:
-        policy = Policy.from_default_location()
+        policy = PolicyFile.from_default_location()
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            return _acquire_once(
+                request,
+                inventory,
+                directory,
+                state,
+                policy,
+                context,
+                target,
+                ttl_s,
+                Need(0, min_free_mib, model, mig_profile),
+                allow_multiple_mig,
+                driver_capabilities,
+                local_ids,
+                pid,
+                container_probe,
+            )
+        except (NoFreeDeviceError, DeviceLeasedError):
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _acquire_once(
+    request: SpecInput,
+    inventory: Inventory,
+    directory: LeaseDir,
+    state: HostState,
+    policy: Policy,
+    context: CallerContext,
+    target: Target | None,
+    ttl_s: float | None,
+    filters: Need,
+    allow_multiple_mig: bool,
+    driver_capabilities: Iterable[str],
+    local_ids: LocalIds,
+    pid: int | None,
+    container_probe: ContainerProbe,
+) -> Lease:
     parsed = parse_spec(request)
     uid, user = _who()
     holder = os.getpid() if pid is None else pid
@@ -460,7 +510,7 @@ def acquire(
         if parsed.tokens[0].kind is Kind.ANY:
             count = parsed.tokens[0].index or 1
             devices = choose(
-                Need(count, min_free_mib, model, mig_profile),
+                replace(filters, count=count),
                 inventory,
                 state,
                 records,
