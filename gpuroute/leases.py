@@ -203,7 +203,7 @@ class LeaseDir:
         )
         try:
             info = os.lstat(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if not create:
                 raise LeaseDirError(f"lease directory {self.path} does not exist; {fix}") from None
             try:
@@ -462,9 +462,10 @@ def acquire(
                 container_probe,
             )
         except (NoFreeDeviceError, DeviceLeasedError):
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise
-        time.sleep(delay)
+        time.sleep(min(delay, remaining))
         delay = min(delay * 2, 0.5)
 
 

@@ -1,0 +1,395 @@
+"""Leases: no double grants across processes, self-cleaning, safe on disk, limits that count
+MIG slices as slices, and selection that respects live state and health."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gpuroute
+from gpuroute import (
+    CallerContext,
+    DeviceLeasedError,
+    Inventory,
+    LeaseDirError,
+    LimitExceededError,
+    NoFreeDeviceError,
+    UnhealthyDeviceError,
+)
+from gpuroute.core.selection import HostState
+from gpuroute.leases import LeaseDir, LeaseRecord
+from gpuroute.limits import Limit, Policy, usage_of
+from gpuroute.nvml import read_state
+from gpuroute.testing import FakeNVML, topology
+
+NO_LIMITS = Policy()
+
+
+def four_gpus() -> Inventory:
+    return Inventory(gpus=topology("h100-sxm-8").gpus[:4], driver_version="580.95.05")
+
+
+def take(request: str, inventory: Inventory, lease_dir: Path, **kw: Any) -> gpuroute.Lease:
+    """acquire() with no live state, no limits and no parent mask, unless ``kw`` says so."""
+    options: dict[str, Any] = {
+        "state": HostState.unknown(),
+        "policy": NO_LIMITS,
+        "context": CallerContext(),
+        **kw,
+    }
+    return gpuroute.acquire(request, inventory=inventory, lease_dir=lease_dir, **options)
+
+
+def labels(lease: gpuroute.Lease) -> list[str]:
+    return [d.label for d in lease.devices]
+
+
+# -- many processes ------------------------------------------------------------------------
+
+
+def _worker(lease_dir: str, board: str, cycles: int, errors: multiprocessing.Queue[str]) -> None:
+    inventory = four_gpus()
+    for _ in range(cycles):
+        lease = take("any:1", inventory, Path(lease_dir), wait_s=30)
+        (device,) = lease.devices
+        marker = Path(board) / device.uuid
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            errors.put(f"double grant of {device.label}")
+        else:
+            os.close(fd)
+            time.sleep(0.001)
+            marker.unlink()
+        lease.release()
+
+
+def test_16_processes_x_50_cycles_never_share_a_device(tmp_path: Path) -> None:
+    board = tmp_path / "board"
+    board.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    errors: multiprocessing.Queue[str] = ctx.Queue()
+    workers = [
+        ctx.Process(target=_worker, args=(str(tmp_path / "leases"), str(board), 50, errors))
+        for _ in range(16)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0] * 16
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
+    assert sorted(os.listdir(tmp_path / "leases")) == ["lock"]
+
+
+def test_a_sigkilled_holder_is_reclaimed(tmp_path: Path) -> None:
+    inventory = Inventory(gpus=four_gpus().gpus[:1])
+    snapshot = tmp_path / "one.json"
+    inventory.save(snapshot)
+    code = (
+        "import sys, time, gpuroute\n"
+        "from gpuroute.core.selection import HostState\n"
+        "from gpuroute.limits import Policy\n"
+        "inv = gpuroute.Inventory.load(sys.argv[1])\n"
+        "gpuroute.acquire('any:1', inventory=inv, lease_dir=sys.argv[2], state=HostState.unknown(),"
+        " policy=Policy(), context=gpuroute.CallerContext())\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(snapshot), str(tmp_path / "l")],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(NoFreeDeviceError, match="leased"):
+            take("any:1", inventory, tmp_path / "l")
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lease = take("any:1", inventory, tmp_path / "l")
+    assert labels(lease) == ["0"]
+    assert any(f"its process {holder.pid} has ended" in n for n in lease.notes)
+
+
+def test_a_reused_pid_does_not_keep_a_lease(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    lease = take("1", inventory, tmp_path)
+    # The record names a live pid (ours) but another process's start time: a reused pid.
+    lease.attach(pid=os.getpid())
+    record = LeaseRecord(**{**lease.record.__dict__, "pid_start": 1})
+    directory = LeaseDir(tmp_path)
+    with directory.locked():
+        directory.write(record)
+    again = take("1", inventory, tmp_path)
+    assert any("belongs to another process" in n for n in again.notes)
+
+
+def test_ttl_and_reboot_end_leases(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    take("0", inventory, tmp_path, ttl_s=0.05)
+    time.sleep(0.1)
+    assert any("TTL" in n for n in take("0", inventory, tmp_path).notes)
+    lease = take("2", inventory, tmp_path)
+    directory = LeaseDir(tmp_path)
+    with directory.locked():
+        directory.write(LeaseRecord(**{**lease.record.__dict__, "boot_id": "another-boot"}))
+    assert any("rebooted" in n for n in take("2", inventory, tmp_path).notes)
+
+
+# -- on disk -------------------------------------------------------------------------------
+
+
+def test_corrupt_and_half_written_files_cost_only_their_device(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    kept = take("1", inventory, tmp_path)
+    (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text("{not json")
+    half = kept.record.to_json()[:40]
+    (tmp_path / f"dev-{inventory.gpus[2].uuid}.json").write_text(half)
+    lease = take("any:2", inventory, tmp_path)
+    assert sorted(labels(lease)) == ["0", "2"]
+    assert sum("set aside" in n for n in lease.notes) == 2
+    assert len(list(tmp_path.glob("corrupt-*"))) == 2
+    with pytest.raises(DeviceLeasedError, match="lease " + kept.id):
+        take("1", inventory, tmp_path)
+
+
+def test_symlink_tricks_are_refused(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(LeaseDirError, match="is a symlink"):
+        take("0", inventory, tmp_path / "link")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (real / f"dev-{inventory.gpus[0].uuid}.json").symlink_to(victim)
+    lease = take("0", inventory, real)  # the planted link is set aside, never followed
+    assert victim.read_text() == "precious"
+    assert any("set aside" in n for n in lease.notes)
+    lease.release()
+    (real / "lock").unlink()
+    (real / "lock").symlink_to(victim)
+    with pytest.raises(LeaseDirError, match="lock is a symlink"):
+        take("0", inventory, real)
+    assert victim.read_text() == "precious"
+
+
+def test_a_directory_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "theirs"
+    directory.mkdir()
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(LeaseDirError, match="belongs to uid 65534"):
+        take("0", four_gpus(), directory)
+
+
+def test_an_unusable_default_location_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LeaseDirError, match="install -d -m 0777"):
+        take("0", four_gpus(), tmp_path / "file" / "leases")
+
+
+def test_lease_files_say_who_holds_what(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    with take("3,1", inventory, tmp_path, ttl_s=60) as lease:
+        data = json.loads((tmp_path / f"dev-{inventory.gpus[3].uuid}.json").read_text())
+        assert data["schema"] == "gpuroute.lease/1"
+        assert data["devices"] == [inventory.gpus[3].uuid, inventory.gpus[1].uuid]
+        assert (data["uid"], data["pid"], data["ttl_s"]) == (os.getuid(), os.getpid(), 60)
+        assert data["boot_id"]
+        assert data["pid_start"]
+        assert lease.plan.container_env["CUDA_VISIBLE_DEVICES"] == "1,0"
+    assert sorted(os.listdir(tmp_path)) == ["lock"]
+
+
+# -- selection and health -------------------------------------------------------------------
+
+
+def test_any_prefers_gpus_on_one_pcie_switch(tmp_path: Path) -> None:
+    inventory = topology("h100-sxm-8")
+    fake = FakeNVML(inventory)
+    fake.start_process(4242, 1, 500)  # GPU 1 is busy: the pair (0, 1) is broken
+    lease = take("any:2", inventory, tmp_path, state=read_state(inventory, fake))
+    assert labels(lease) == ["2", "3"]
+
+
+def test_foreign_processes_health_and_filters(tmp_path: Path) -> None:
+    inventory = topology("h100-sxm-8")
+    fake = FakeNVML(inventory)
+    fake.start_process(4242, 0, 500)
+    fake.add_ecc_errors(1)
+    fake.set_retired_pages_pending(2)
+    fake.inject_xid(3, 79)
+    fake.inject_xid(4, 13)  # an application's fault, not the GPU's
+    fake.lose_gpu(5)
+    state = read_state(inventory, fake)
+    assert labels(take("any:1", inventory, tmp_path, state=state)) == ["4"]
+    with pytest.raises(NoFreeDeviceError) as err:
+        take("any:4", inventory, tmp_path, state=state)
+    text = str(err.value)
+    for fragment in (
+        "process(es) 4242 not started by gpuroute",
+        "uncorrectable ECC",
+        "retired memory pages pending",
+        "critical Xid 79",
+        "lost from the bus",
+    ):
+        assert fragment in text
+    with pytest.raises(UnhealthyDeviceError, match="ECC"):
+        take("1", inventory, tmp_path, state=state)
+
+
+def test_mig_profile_and_memory_filters(tmp_path: Path) -> None:
+    inventory = topology("a100-mig-4")
+    fake = FakeNVML(inventory)
+    fake.start_process(77, 1, 100, mig=2)  # 1:2 (1g.10gb) busy
+    state = read_state(inventory, fake)
+    lease = take("any:1", inventory, tmp_path, state=state, mig_profile="1g.10gb")
+    assert labels(lease) == ["1:3"]
+    with pytest.raises(NoFreeDeviceError, match="MiB free"):
+        take("any:1", inventory, tmp_path, state=state, min_free_mib=90_000)
+    with pytest.raises(NoFreeDeviceError, match="model is"):
+        take("any:1", inventory, tmp_path, state=state, model="H100")
+
+
+def test_gpuroute_plan_refuses_any_and_points_to_leases(h100: Inventory) -> None:
+    with pytest.raises(gpuroute.SpecError, match=r"gpuroute\.acquire\('any:2'\)"):
+        gpuroute.plan("any:2", h100, context=CallerContext())
+
+
+def test_wait_for_a_device(tmp_path: Path) -> None:
+    inventory = Inventory(gpus=four_gpus().gpus[:1])
+    lease = take("any:1", inventory, tmp_path)
+    started = time.monotonic()
+    with pytest.raises(NoFreeDeviceError):
+        take("any:1", inventory, tmp_path, wait_s=0.3)
+    assert time.monotonic() - started >= 0.25
+    lease.release()
+    assert labels(take("any:1", inventory, tmp_path, wait_s=1)) == ["0"]
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+def test_gpu_equivalents_and_physical_gpus_are_separate(a100: Inventory) -> None:
+    slices = [a100.gpus[1].mig_devices[i].uuid for i in (2, 3)] + [a100.gpus[2].mig_devices[3].uuid]
+    usage = usage_of(slices[:2], a100)
+    assert (usage.gpu_equivalents, len(usage.physical_gpus)) == (Fraction(2, 7), 1)
+    assert usage.describe() == "2/7 GPU-equivalents on 1 physical GPU(s)"
+    both = usage_of([*slices, a100.gpus[0].uuid], a100)
+    assert (both.gpu_equivalents, len(both.physical_gpus)) == (Fraction(10, 7), 3)
+    assert both.describe().startswith("1 3/7 GPU-equivalents on 3")
+
+
+def test_limits_are_enforced_per_user_both_ways(tmp_path: Path, a100: Inventory) -> None:
+    me = gpuroute.leases._who()[1]
+    policy = Policy(users={me: Limit(Fraction(3, 7), 1)})
+    take("1:2", a100, tmp_path, policy=policy, allow_multiple_mig=True)
+    take("1:3", a100, tmp_path, policy=policy)
+    with pytest.raises(LimitExceededError) as err:  # another GPU: physical 2 > 1
+        take("2:3", a100, tmp_path, policy=policy)
+    text = str(err.value)
+    assert "physical GPUs 2 > 1" in text
+    assert "In use now: 2/7 GPU-equivalents on 1 physical GPU(s)" in text
+    assert "Release one of: lease" in text
+    with pytest.raises(LimitExceededError, match="GPU-equivalents 5/7 > 3/7"):
+        take("1:0", a100, tmp_path, policy=policy)  # 3g on the same GPU
+
+
+def test_policy_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "default: {gpu_equivalents: 1.5, physical_gpus: 2}\n"
+        "users:\n  alice: {gpu_equivalents: 4}\n"
+        "groups:\n  lab: {physical_gpus: 3}\n"
+    )
+    policy = Policy.load(path)
+    assert policy.user_limit("alice") == Limit(Fraction(4), None)
+    assert policy.user_limit("bob") == Limit(Fraction(3, 2), 2)
+    assert policy.groups["lab"] == Limit(None, 3)
+    path.write_text("users:\n  alice: {gpus: 4}\n")
+    with pytest.raises(gpuroute.SnapshotError, match=r"users\.alice"):
+        Policy.load(path)
+
+
+def test_two_real_users_share_a_group_budget(a100: Inventory) -> None:
+    """uid 65534 (nobody) and uid 1 (daemon) acquire through real OS identities; a limit on
+    the group of the first binds it, the second is bounded by the default."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="gpuroute-users-"))
+    try:
+        _two_users(tmp_path, a100)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _two_users(tmp_path: Path, a100: Inventory) -> None:
+    snapshot = tmp_path / "a100.json"
+    a100.save(snapshot)
+    leases = tmp_path / "leases"
+    leases.mkdir(mode=0o777)
+    leases.chmod(0o777)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "default: {gpu_equivalents: 1, physical_gpus: 1}\n"
+        "groups:\n  nogroup: {gpu_equivalents: 0.2}\n"
+    )
+    for path in (tmp_path, snapshot, policy):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    # Each lease lives with this test's process (the children's parent), as a launcher's would.
+    code = (
+        "import os, sys, gpuroute\n"
+        "from gpuroute.core.selection import HostState\n"
+        "from gpuroute.limits import Policy\n"
+        "inv = gpuroute.Inventory.load(sys.argv[1])\n"
+        "try:\n"
+        "    l = gpuroute.acquire(sys.argv[3], inventory=inv, lease_dir=sys.argv[2],"
+        " state=HostState.unknown(), policy=Policy.load(sys.argv[4]),"
+        " context=gpuroute.CallerContext(), ttl_s=600, pid=os.getppid())\n"
+        "    print('granted', l.record.user)\n"
+        "except gpuroute.GpurouteError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+
+    def as_user(uid: int, spec: str) -> str:
+        result = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={uid if uid != 65534 else 65534}",
+                "--clear-groups",
+                sys.executable,
+                "-c",
+                code,
+                str(snapshot),
+                str(leases),
+                spec,
+                str(policy),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert as_user(65534, "1:2") == "granted nobody"  # 1/7 <= 0.2
+    assert as_user(65534, "1:3").startswith("LimitExceededError")  # 2/7 > group's 0.2
+    assert as_user(1, "1:3") == "granted daemon"  # daemon is not in nogroup
+    assert as_user(1, "0").startswith("LimitExceededError")  # 1 1/7 > the default of 1
+    assert as_user(65534, "1:2").startswith("DeviceLeasedError")
