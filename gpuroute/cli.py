@@ -3,6 +3,8 @@
     gpuroute ls [--json]                       the inventory, MIG devices nested
     gpuroute plan SPEC [--target T] [--json]   the routing plan for a spec, explained
     gpuroute inventory save FILE               write a snapshot of this host
+    gpuroute leases | limits                   who holds which GPUs; your usage and limits
+    gpuroute doctor [--image IMG] [--simulate] check what launches depend on
     gpuroute run --gpus SPEC [--image IMG | --compose-service S [-f FILE]...] -- CMD...
                                                run a command on exactly those GPUs
     gpuroute demo [--spec SPEC]                an example plan and a pinned container, on the
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 
 from gpuroute.api import plan as make_plan
 from gpuroute.core.inventory import Inventory
+from gpuroute.core.selection import HostState
 from gpuroute.errors import GpurouteError
 from gpuroute.host import INVENTORY_ENV, default_inventory
 
@@ -146,6 +149,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_inventory_options(run)
 
+    run.add_argument(
+        "--lease", action="store_true", help="lease the GPUs for the run (--gpus may be any:N)"
+    )
+    run.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
+
+    leases = sub.add_parser("leases", help="list GPU leases on this host")
+    leases.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
+    leases.add_argument("--json", action="store_true", help="print the records as JSON")
+    _add_inventory_options(leases)
+
+    limits = sub.add_parser("limits", help="your GPU usage against your limits")
+    limits.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
+    limits.add_argument("--policy", metavar="FILE", help="the limits policy file")
+    _add_inventory_options(limits)
+
+    doctor = sub.add_parser("doctor", help="check what GPU launches depend on, with fixes")
+    doctor.add_argument("--image", help="also start a GPU container of this image")
+    doctor.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
+    doctor.add_argument(
+        "--simulate",
+        action="store_true",
+        help="check the built-in simulated GPU host (a private engine)",
+    )
+
     demo = sub.add_parser(
         "demo",
         help="an example plan and a pinned container, on this host or a simulated one",
@@ -157,16 +184,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ls(inventory: Inventory) -> str:
+def _state_text(state: HostState | None, uuid: str, parent: str | None = None) -> str:
+    if state is None or state.source == "none":
+        return ""
+    live = state.of(uuid)
+    problems = live.problems or (state.of(parent).problems if parent else ())
+    if problems:
+        return "UNHEALTHY: " + "; ".join(problems)
+    if live.pids:
+        return f"busy: pid {', '.join(map(str, live.pids))}"
+    return "idle"
+
+
+def _ls(inventory: Inventory, state: HostState | None = None) -> str:
     if not inventory.gpus:
         return "No GPUs.\n"
-    rows = [("GPU", "UUID", "PCI BUS ID", "NAME", "MEMORY", "MIG")]
+    rows = [("GPU", "UUID", "PCI BUS ID", "NAME", "MEMORY", "MIG", "STATE")]
     for g in inventory.gpus:
         if g.mig_compute_slices_total is None:
             mig = "n/a"
         else:
             mig = f"{'on' if g.mig_mode else 'off'} ({g.mig_compute_slices_total} slices)"
-        rows.append((str(g.index), g.uuid, g.pci_bus_id, g.name, _mib(g.memory_total_mib), mig))
+        rows.append(
+            (
+                str(g.index),
+                g.uuid,
+                g.pci_bus_id,
+                g.name,
+                _mib(g.memory_total_mib),
+                mig,
+                _state_text(state, g.uuid),
+            )
+        )
         for m in g.mig_devices:
             rows.append(
                 (
@@ -176,6 +225,7 @@ def _ls(inventory: Inventory) -> str:
                     m.profile,
                     _mib(m.memory_total_mib),
                     f"{m.compute_slices}/{g.mig_compute_slices_total} slices",
+                    _state_text(state, m.uuid, g.uuid),
                 )
             )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
@@ -218,6 +268,8 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
         local_ids=args.local_ids,
         stream=True,
         docker_kwargs={"network_mode": args.network} if args.network else None,
+        lease=args.lease,
+        lease_dir=args.lease_dir,
     )
     with handle:
         if args.explain:
@@ -235,6 +287,100 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
             return 130
 
 
+def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
+    import time
+
+    from gpuroute.leases import LeaseDir, boot_id, stale_reason
+    from gpuroute.limits import usage_of
+
+    directory = LeaseDir(args.lease_dir, create=False)
+    with directory.locked():
+        records, notes = directory.read()
+    by_lease = {r.lease_id: r for r in records.values()}
+    if args.json:
+        print(json.dumps([json.loads(r.to_json()) for r in by_lease.values()], indent=2))
+        return 0
+    if not by_lease:
+        print(f"No leases in {directory.path}.")
+        return 0
+    rows = [("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")]
+    now = time.time()
+    for r in sorted(by_lease.values(), key=lambda r: r.created):
+        labels = [d.label if (d := inventory.by_uuid(u)) else u[:12] for u in r.devices]
+        usage = usage_of(r.devices, inventory)
+        from gpuroute.limits import format_equivalents
+
+        holder = f"container {r.container_id[:12]}" if r.container_id else f"pid {r.pid}"
+        stale = stale_reason(r, now=now, this_boot=boot_id())
+        rows.append(
+            (
+                r.lease_id,
+                r.user,
+                ",".join(labels),
+                format_equivalents(usage.gpu_equivalents),
+                str(len(usage.physical_gpus)),
+                holder,
+                f"{int(now - r.created)}s",
+                f"stale: {stale}" if stale else "held",
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
+    from gpuroute.leases import LeaseDir, _who
+    from gpuroute.limits import Policy, groups_of, usage_of
+
+    policy = Policy.load(args.policy) if args.policy else Policy.from_default_location()
+    directory = LeaseDir(args.lease_dir, create=False)
+    with directory.locked():
+        records, _ = directory.read()
+    uid, user = _who()
+    by_lease = {r.lease_id: r for r in records.values()}
+    mine = usage_of([u for r in by_lease.values() if r.uid == uid for u in r.devices], inventory)
+    limit = policy.user_limit(user)
+    print(f"Policy: {policy.source}")
+    print(f"You ({user}, uid {uid}) hold {mine.describe()}.")
+    print(f"  your limit: {limit.describe() if limit else 'none'}")
+    for group, glimit in policy.groups.items():
+        if group in groups_of(user):
+            used = usage_of(
+                [u for r in by_lease.values() if group in groups_of(r.user) for u in r.devices],
+                inventory,
+            )
+            print(f"  group {group}: {used.describe()} in use; limit {glimit.describe()}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from gpuroute.doctor import diagnose, render
+
+    if args.simulate:
+        from gpuroute.testing import FakeNVML, topology
+        from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
+
+        reason = SimulatedGPUHost.unavailable()
+        if reason:
+            raise GpurouteError(f"the simulated GPU host cannot run here: {reason}")
+        with SimulatedGPUHost(topology("h100-sxm-8")) as host:
+            print(f"Checking the simulated GPU host (private engine {host.base_url}).\n")
+            checks = diagnose(
+                inventory=host.inventory,
+                docker_host=host.base_url,
+                image=args.image or IMAGE,
+                lease_dir=args.lease_dir,
+            )
+    else:
+        checks = diagnose(image=args.image, lease_dir=args.lease_dir)
+    print(render(checks), end="")
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "topologies":
         from gpuroute.testing import TOPOLOGIES
@@ -248,13 +394,22 @@ def _run(args: argparse.Namespace) -> int:
         return demo(spec=args.spec, image=args.image)
     if args.command == "run":
         return _run_command(args, _inventory(args) if _has_inventory_option(args) else None)
+    if args.command == "doctor":
+        return _doctor(args)
     inventory = _inventory(args)
     if args.command == "ls":
         if args.json:
             print(json.dumps(inventory.to_dict(), indent=2))
         else:
-            print(_ls(inventory), end="")
+            from gpuroute.nvml import read_state
+
+            live = None if _has_inventory_option(args) else read_state(inventory)
+            print(_ls(inventory, live), end="")
         return 0
+    if args.command == "leases":
+        return _leases(args, inventory)
+    if args.command == "limits":
+        return _limits(args, inventory)
     if args.command == "inventory":
         inventory.save(args.file)
         print(
