@@ -73,6 +73,7 @@ def test_local_launch_with_a_lease(tmp_path: Path, h100: Inventory) -> None:
         lease=True,
         lease_dir=tmp_path,
     ) as run:
+        assert isinstance(run, gpuroute.LocalLaunch)
         assert run.lease is not None
         assert [d.label for d in run.plan.devices] == ["0", "1"]
         assert run.lease.record.pid == run.process.pid  # the lease lives with the work
