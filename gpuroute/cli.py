@@ -361,7 +361,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from gpuroute.doctor import diagnose, render
 
     if args.simulate:
-        from gpuroute.testing import FakeNVML, topology
+        from gpuroute.testing import topology
         from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
 
         reason = SimulatedGPUHost.unavailable()

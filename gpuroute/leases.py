@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import pwd
@@ -30,7 +31,7 @@ import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from gpuroute.errors import (
     DeviceLeasedError,
     LeaseDirError,
     LeaseError,
+    LimitExceededError,
     NoFreeDeviceError,
     UnhealthyDeviceError,
 )
@@ -69,6 +71,7 @@ _PREFIX = "dev-"
 _SUFFIX = ".json"
 
 
+@functools.cache
 def boot_id() -> str:
     """This boot's id (``/proc/sys/kernel/random/boot_id``); empty where there is none."""
     try:
@@ -105,7 +108,8 @@ class LeaseRecord:
     docker_host: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"schema": "gpuroute.lease/1", **asdict(self)}, indent=1)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return json.dumps({"schema": "gpuroute.lease/1", **data}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> LeaseRecord:
@@ -123,6 +127,11 @@ class LeaseRecord:
 
     def expires(self) -> float | None:
         return None if self.ttl_s is None else self.created + self.ttl_s
+
+    def describe(self) -> str:
+        holder = f"container {self.container_id[:12]}" if self.container_id else f"pid {self.pid}"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created))
+        return f"lease {self.lease_id}, {holder}, since {since}"
 
 
 def stale_reason(
@@ -207,8 +216,9 @@ class LeaseDir:
             if not create:
                 raise LeaseDirError(f"lease directory {self.path} does not exist; {fix}") from None
             try:
-                self.path.mkdir(parents=True, mode=0o777)
-                os.chmod(self.path, 0o777)  # noqa: S103 - shared by every user of the host
+                self.path.mkdir(parents=True, mode=0o777, exist_ok=True)  # others may race us
+                with contextlib.suppress(PermissionError):  # another user made it first
+                    os.chmod(self.path, 0o777)  # noqa: S103 - shared by every user of the host
             except OSError as exc:
                 raise LeaseDirError(
                     f"lease directory {self.path} does not exist and cannot be created "
@@ -232,8 +242,9 @@ class LeaseDir:
         """Hold the directory's exclusive lock (a kernel flock, released if we die)."""
         fd = self._open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            with contextlib.suppress(PermissionError):
-                os.fchmod(fd, 0o666)  # every user must be able to open it
+            if stat.S_IMODE(os.fstat(fd).st_mode) != 0o666:
+                with contextlib.suppress(PermissionError):
+                    os.fchmod(fd, 0o666)  # every user must be able to open it
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
@@ -255,6 +266,14 @@ class LeaseDir:
     def _device_file(self, uuid: str) -> Path:
         return self.path / f"{_PREFIX}{uuid}{_SUFFIX}"
 
+    def held(self) -> set[str]:
+        """The UUIDs that have a lease file (call under the lock). Names only: fast."""
+        return {
+            name[len(_PREFIX) : -len(_SUFFIX)]
+            for name in os.listdir(self.path)
+            if name.startswith(_PREFIX) and name.endswith(_SUFFIX)
+        }
+
     def read(self) -> tuple[dict[str, LeaseRecord], list[str]]:
         """Every device's record (call under the lock), and notes on files set aside."""
         records: dict[str, LeaseRecord] = {}
@@ -268,8 +287,7 @@ class LeaseDir:
                 try:
                     if not stat.S_ISREG(os.fstat(fd).st_mode):
                         raise ValueError("not a regular file")
-                    with os.fdopen(os.dup(fd), encoding="utf-8") as f:
-                        record = LeaseRecord.from_json(f.read())
+                    record = LeaseRecord.from_json(os.read(fd, 1 << 16).decode())
                 finally:
                     os.close(fd)
                 if uuid not in record.devices:
@@ -376,6 +394,41 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _reclaim(
+    directory: LeaseDir,
+    records: dict[str, LeaseRecord],
+    now: float,
+    this_boot: str,
+    probe: ContainerProbe,
+    notes: list[str],
+) -> bool:
+    """Remove the files of stale leases (under the lock); say whether there were any."""
+    verdicts: dict[str, str | None] = {}
+    found = False
+    for uuid, record in list(records.items()):
+        if record.lease_id not in verdicts:
+            verdicts[record.lease_id] = stale_reason(
+                record, now=now, this_boot=this_boot, engine=probe
+            )
+        reason = verdicts[record.lease_id]
+        if reason is not None:
+            directory.remove(uuid)
+            del records[uuid]
+            notes.append(f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}")
+            found = True
+    return found
+
+
+@functools.cache
+def _own_start_time_of(pid: int) -> int | None:
+    return process_start_time(pid)
+
+
+def _own_start_time() -> int | None:
+    """This process's start time (cached: it does not change, and the pid is this one's)."""
+    return _own_start_time_of(os.getpid())
 
 
 def _who() -> tuple[int, str]:
@@ -491,32 +544,23 @@ def _acquire_once(
     notes: list[str] = []
     if state.source == "none":
         notes.append("no live GPU state (NVML unavailable): only leases decide what is free")
-    with directory.locked():
-        records, aside = directory.read()
-        notes += aside
-        now, this_boot = time.time(), boot_id()
-        seen: dict[str, str | None] = {}
-        for uuid, record in list(records.items()):
-            if record.lease_id not in seen:
-                seen[record.lease_id] = stale_reason(
-                    record, now=now, this_boot=this_boot, engine=container_probe
-                )
-            reason = seen[record.lease_id]
-            if reason is not None:
-                directory.remove(uuid)
-                del records[uuid]
-                notes.append(
-                    f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}"
-                )
+    this_boot = boot_id()
+    pid_start = _own_start_time() if holder == os.getpid() else process_start_time(holder)
+
+    parsed_records: dict[str, LeaseRecord] | None = None
+
+    def records() -> dict[str, LeaseRecord]:
+        """The lease files' contents, read on demand: the common path needs only names."""
+        nonlocal parsed_records
+        if parsed_records is None:
+            parsed_records, aside = directory.read()
+            notes.extend(aside)
+        return parsed_records
+
+    def pick(held: set[str]) -> RoutingPlan:
         if parsed.tokens[0].kind is Kind.ANY:
-            count = parsed.tokens[0].index or 1
-            devices = choose(
-                replace(filters, count=count),
-                inventory,
-                state,
-                records,
-                spec=parsed.text,
-            )
+            need = replace(filters, count=parsed.tokens[0].index or 1)
+            devices = choose(need, inventory, state, held, spec=parsed.text)
             spec_text = ",".join(d.label for d in devices)
         else:
             spec_text = parsed.text
@@ -530,18 +574,16 @@ def _acquire_once(
             local_ids=local_ids,
         )
         for device in plan.devices:
-            holder_record = records.get(device.uuid)
-            if holder_record is not None:
+            if device.uuid in held:
+                holder_record = records().get(device.uuid)
+                who = (
+                    f"{holder_record.user} ({holder_record.describe()})"
+                    if holder_record
+                    else "a lease whose file is unreadable"
+                )
                 raise DeviceLeasedError(
-                    f"{device.describe()} is leased to {holder_record.user} (lease "
-                    f"{holder_record.lease_id}, "
-                    + (
-                        f"container {holder_record.container_id[:12]}"
-                        if holder_record.container_id
-                        else f"pid {holder_record.pid}"
-                    )
-                    + f", since {time.strftime('%H:%M:%S', time.localtime(holder_record.created))})"
-                    "; choose another device, or ask for any free one with 'any:N'",
+                    f"{device.describe()} is leased to {who}; choose another device, or ask "
+                    "for any free one with 'any:N'",
                     spec=parsed.text,
                 )
             problems = state.of(device.uuid).problems or state.of(device.gpu.uuid).problems
@@ -550,19 +592,55 @@ def _acquire_once(
                     f"{device.describe()} is unhealthy and is not given out: {'; '.join(problems)}",
                     spec=parsed.text,
                 )
-        policy.check(uid, user, plan.devices, records.values(), inventory)
-        record = LeaseRecord(
+        if policy.active:
+            policy.check(uid, user, plan.devices, records().values(), inventory)
+        return plan
+
+    def record_for(plan: RoutingPlan, now: float) -> LeaseRecord:
+        return LeaseRecord(
             lease_id=secrets.token_hex(6),
             devices=plan.uuids,
             spec=parsed.text,
             uid=uid,
             user=user,
             pid=holder,
-            pid_start=process_start_time(holder),
+            pid_start=pid_start,
             boot_id=this_boot,
             created=now,
             ttl_s=ttl_s,
         )
+
+    # Fast path: choose from the lease files' names without the lock, then take the lock
+    # only to check that nobody took those devices meanwhile and to write the files. The
+    # lock is held for a directory listing and a few renames.
+    if not policy.active:
+        for _ in range(3):
+            try:
+                plan = pick(directory.held())
+            except (NoFreeDeviceError, DeviceLeasedError):
+                break
+            with directory.locked():
+                if directory.held().isdisjoint(plan.uuids):
+                    record = record_for(plan, time.time())
+                    if plan.devices:
+                        directory.write(record)
+                    return Lease(plan, record, directory, notes)
+    # Slow path, all under the lock: limits, precise errors, and reclaiming stale leases.
+    with directory.locked():
+        now = time.time()
+        held = directory.held()
+        try:
+            plan = pick(held)
+        except (NoFreeDeviceError, DeviceLeasedError, LimitExceededError):
+            # Only now read every record and look for stale ones: the common path reads
+            # file names alone and probes no process. Unreadable files are set aside.
+            current = records()
+            set_aside = len(current) < len(held)
+            reclaimed = _reclaim(directory, current, now, this_boot, container_probe, notes)
+            if not (set_aside or reclaimed):
+                raise
+            plan = pick(set(current))
+        record = record_for(plan, now)
         if plan.devices:
             directory.write(record)
     return Lease(plan, record, directory, notes)

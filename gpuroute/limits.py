@@ -176,6 +176,11 @@ class Policy:
         path = env.get(POLICY_ENV) or (DEFAULT_POLICY if Path(DEFAULT_POLICY).exists() else "")
         return cls.load(path) if path else cls()
 
+    @property
+    def active(self) -> bool:
+        """Whether the policy limits anyone."""
+        return bool(self.users or self.groups or self.default)
+
     def user_limit(self, user: str) -> Limit | None:
         return self.users.get(user, self.default)
 
@@ -188,6 +193,8 @@ class Policy:
         inventory: Inventory,
     ) -> None:
         """Raise LimitExceededError if adding ``devices`` to ``user``'s leases breaks a limit."""
+        if not self.active:
+            return
         asked = Usage()
         for device in devices:
             asked += device_usage(device)
@@ -199,7 +206,7 @@ class Policy:
         limit = self.user_limit(user)
         if limit is not None:
             checks.append((f"user {user}", limit, held, mine))
-        member_of = groups_of(user)
+        member_of = groups_of(user) if self.groups else set()
         for group, glimit in self.groups.items():
             if group not in member_of:
                 continue

@@ -44,6 +44,10 @@ class DeviceState:
         return self.memory_total_mib - self.memory_used_mib
 
 
+_NOTHING_KNOWN = DeviceState("")
+"""What is known of a device the state does not list: nothing (idle, healthy)."""
+
+
 @dataclass(frozen=True)
 class HostState:
     """Live state of a host's devices, keyed by UUID, with GPU-to-GPU topology distances.
@@ -61,7 +65,8 @@ class HostState:
         return cls(source="none")
 
     def of(self, uuid: str) -> DeviceState:
-        return self.devices.get(uuid) or DeviceState(uuid)
+        found = self.devices.get(uuid)
+        return found if found is not None else _NOTHING_KNOWN
 
     def distance(self, a: Device, b: Device) -> int:
         if a.gpu.uuid == b.gpu.uuid:
