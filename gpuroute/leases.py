@@ -202,6 +202,8 @@ class LeaseDir:
     ) -> None:
         env = os.environ if environ is None else environ
         self.path = Path(path or env.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
+        self._dir = str(self.path)  # plain strings on the hot path
+        self._lock = f"{self._dir}/lock"
         self._check(create)
 
     def _check(self, create: bool) -> None:
@@ -240,7 +242,7 @@ class LeaseDir:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the directory's exclusive lock (a kernel flock, released if we die)."""
-        fd = self._open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+        fd = self._open(self._lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             if stat.S_IMODE(os.fstat(fd).st_mode) != 0o666:
                 with contextlib.suppress(PermissionError):
@@ -251,7 +253,7 @@ class LeaseDir:
             os.close(fd)  # closing releases the lock
 
     @staticmethod
-    def _open(path: Path, flags: int, mode: int = 0o644) -> int:
+    def _open(path: str, flags: int, mode: int = 0o644) -> int:
         try:
             fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         except OSError as exc:
@@ -263,14 +265,14 @@ class LeaseDir:
             raise LeaseDirError(f"{path} is not a regular file; remove it")
         return fd
 
-    def _device_file(self, uuid: str) -> Path:
-        return self.path / f"{_PREFIX}{uuid}{_SUFFIX}"
+    def _device_file(self, uuid: str) -> str:
+        return f"{self._dir}/{_PREFIX}{uuid}{_SUFFIX}"
 
     def held(self) -> set[str]:
         """The UUIDs that have a lease file (call under the lock). Names only: fast."""
         return {
             name[len(_PREFIX) : -len(_SUFFIX)]
-            for name in os.listdir(self.path)
+            for name in os.listdir(self._dir)
             if name.startswith(_PREFIX) and name.endswith(_SUFFIX)
         }
 
@@ -310,7 +312,7 @@ class LeaseDir:
         """Write the record into each of its device files (call under the lock)."""
         data = record.to_json().encode()
         for uuid in record.devices:
-            tmp = self.path / f".tmp-{uuid}-{os.getpid()}-{secrets.token_hex(4)}"
+            tmp = f"{self._dir}/.tmp-{uuid}-{os.getpid()}-{secrets.token_hex(4)}"
             fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 os.write(fd, data)
@@ -323,13 +325,17 @@ class LeaseDir:
         path = self._device_file(uuid)
         if lease_id is not None:
             try:
-                current = LeaseRecord.from_json(path.read_text())
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    current = LeaseRecord.from_json(os.read(fd, 1 << 16).decode())
+                finally:
+                    os.close(fd)
             except (OSError, ValueError, TypeError, KeyError):
                 return
             if current.lease_id != lease_id:
                 return
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.unlink(path)
 
 
 @dataclass
