@@ -90,6 +90,14 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 else None
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class LeaseRecord:
     """What a lease file says. Every device file of one lease holds the same record."""
@@ -116,14 +124,26 @@ class LeaseRecord:
         data = json.loads(text)
         if not isinstance(data, dict) or data.pop("schema", None) != "gpuroute.lease/1":
             raise ValueError("not a gpuroute.lease/1 record")
-        record = cls(**{**data, "devices": tuple(data["devices"])})
-        if not (
-            isinstance(record.lease_id, str)
-            and isinstance(record.uid, int)
-            and all(isinstance(d, str) for d in record.devices)
-        ):
+        if set(data) != {f.name for f in fields(cls)}:
+            raise ValueError("unexpected or missing fields in the lease record")
+        devices = data["devices"]
+        checks = (
+            isinstance(data["lease_id"], str),
+            isinstance(devices, list) and all(isinstance(d, str) for d in devices),
+            isinstance(data["spec"], str),
+            _is_int(data["uid"]),
+            isinstance(data["user"], str),
+            data["pid"] is None or _is_int(data["pid"]),
+            data["pid_start"] is None or _is_int(data["pid_start"]),
+            isinstance(data["boot_id"], str),
+            _is_number(data["created"]),
+            data["ttl_s"] is None or _is_number(data["ttl_s"]),
+            data["container_id"] is None or isinstance(data["container_id"], str),
+            data["docker_host"] is None or isinstance(data["docker_host"], str),
+        )
+        if not all(checks):
             raise ValueError("malformed lease record")
-        return record
+        return cls(**{**data, "devices": tuple(devices)})
 
     def expires(self) -> float | None:
         return None if self.ttl_s is None else self.created + self.ttl_s
@@ -210,7 +230,8 @@ class LeaseDir:
         me = os.getuid()
         fix = (
             f"ask an administrator to run `install -d -m 0777 {self.path}` (a tmpfiles.d rule "
-            f"keeps it across reboots), or set {LEASE_DIR_ENV} to a directory you own"
+            f"keeps it across reboots); a directory of your own ({LEASE_DIR_ENV}) keeps "
+            "leases among your own jobs only"
         )
         try:
             info = os.lstat(self.path)
@@ -311,14 +332,26 @@ class LeaseDir:
     def write(self, record: LeaseRecord) -> None:
         """Write the record into each of its device files (call under the lock)."""
         data = record.to_json().encode()
-        for uuid in record.devices:
-            tmp = f"{self._dir}/.tmp-{uuid}-{os.getpid()}-{secrets.token_hex(4)}"
-            fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self._device_file(uuid))
+        written: list[str] = []
+        try:
+            for uuid in record.devices:
+                tmp = f"{self._dir}/.tmp-{uuid}-{os.getpid()}-{secrets.token_hex(4)}"
+                fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
+                    os.rename(tmp, self._device_file(uuid))
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+                written.append(uuid)
+        except BaseException:
+            for uuid in written:  # all or nothing
+                self.remove(uuid, record.lease_id)
+            raise
 
     def remove(self, uuid: str, lease_id: str | None = None) -> None:
         """Remove a device file (only if it still belongs to ``lease_id``, when given)."""
@@ -420,7 +453,7 @@ def _reclaim(
             )
         reason = verdicts[record.lease_id]
         if reason is not None:
-            directory.remove(uuid)
+            directory.remove(uuid, record.lease_id)  # only if it is still that lease's file
             del records[uuid]
             notes.append(f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}")
             found = True
@@ -494,21 +527,23 @@ def acquire(
     inventory = inventory if inventory is not None else default_inventory()
     context = context if context is not None else detect_context()
     directory = LeaseDir(lease_dir)
-    if state is None:
-        from gpuroute.nvml import read_state
-
-        state = read_state(inventory, nvml)
     if policy is None:
         policy = PolicyFile.from_default_location()
     deadline = time.monotonic() + wait_s
     delay = 0.005
     while True:
+        if state is None:
+            from gpuroute.nvml import read_state
+
+            current_state = read_state(inventory, nvml)  # anew each try: processes end
+        else:
+            current_state = state
         try:
             return _acquire_once(
                 request,
                 inventory,
                 directory,
-                state,
+                current_state,
                 policy,
                 context,
                 target,
@@ -554,6 +589,11 @@ def _acquire_once(
     pid_start = _own_start_time() if holder == os.getpid() else process_start_time(holder)
 
     parsed_records: dict[str, LeaseRecord] | None = None
+    allowed: set[str] | None = None
+    if target == "local":
+        visible = context.visible_devices(inventory)  # ContextError for unreadable masks
+        if visible is not None:
+            allowed = {d.uuid for d in visible}
 
     def records() -> dict[str, LeaseRecord]:
         """The lease files' contents, read on demand: the common path needs only names."""
@@ -563,10 +603,10 @@ def _acquire_once(
             notes.extend(aside)
         return parsed_records
 
-    def pick(held: set[str]) -> RoutingPlan:
+    def pick(held: set[str], *, locked: bool) -> RoutingPlan:
         if parsed.tokens[0].kind is Kind.ANY:
             need = replace(filters, count=parsed.tokens[0].index or 1)
-            devices = choose(need, inventory, state, held, spec=parsed.text)
+            devices = choose(need, inventory, state, held, spec=parsed.text, allowed=allowed)
             spec_text = ",".join(d.label for d in devices)
         else:
             spec_text = parsed.text
@@ -581,7 +621,8 @@ def _acquire_once(
         )
         for device in plan.devices:
             if device.uuid in held:
-                holder_record = records().get(device.uuid)
+                # Records are read only under the lock: a read outside it could be stale.
+                holder_record = records().get(device.uuid) if locked else None
                 who = (
                     f"{holder_record.user} ({holder_record.describe()})"
                     if holder_record
@@ -622,7 +663,7 @@ def _acquire_once(
     if not policy.active:
         for _ in range(3):
             try:
-                plan = pick(directory.held())
+                plan = pick(directory.held(), locked=False)
             except (NoFreeDeviceError, DeviceLeasedError):
                 break
             with directory.locked():
@@ -636,7 +677,7 @@ def _acquire_once(
         now = time.time()
         held = directory.held()
         try:
-            plan = pick(held)
+            plan = pick(held, locked=True)
         except (NoFreeDeviceError, DeviceLeasedError, LimitExceededError):
             # Only now read every record and look for stale ones: the common path reads
             # file names alone and probes no process. Unreadable files are set aside.
@@ -645,7 +686,7 @@ def _acquire_once(
             reclaimed = _reclaim(directory, current, now, this_boot, container_probe, notes)
             if not (set_aside or reclaimed):
                 raise
-            plan = pick(set(current))
+            plan = pick(set(current), locked=True)
         record = record_for(plan, now)
         if plan.devices:
             directory.write(record)

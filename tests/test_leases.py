@@ -11,7 +11,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -393,3 +395,83 @@ def _two_users(tmp_path: Path, a100: Inventory) -> None:
     assert as_user(1, "1:3") == "granted daemon"  # daemon is not in nogroup
     assert as_user(1, "0").startswith("LimitExceededError")  # 1 1/7 > the default of 1
     assert as_user(65534, "1:2").startswith("DeviceLeasedError")
+
+
+def test_a_reclaim_never_removes_a_newer_lease_of_the_same_device(tmp_path: Path) -> None:
+    """A stale record read earlier must not cost the device's new holder its file."""
+    inventory = four_gpus()
+    directory = LeaseDir(tmp_path)
+    stale = take("3", inventory, tmp_path).record
+    fresh = take("3", inventory, tmp_path / "other").record  # same device, another lease
+    with directory.locked():
+        directory.write(replace(fresh, lease_id="newer"))
+        gpuroute.leases._reclaim(
+            directory,
+            {inventory.gpus[3].uuid: replace(stale, pid=2**22 + 7)},
+            time.time(),
+            "",
+            None,
+            [],
+        )
+        records, _ = directory.read()
+    assert records[inventory.gpus[3].uuid].lease_id == "newer"
+
+
+def test_waiting_sees_a_busy_gpu_become_free(tmp_path: Path) -> None:
+    inventory = Inventory(gpus=four_gpus().gpus[:1])
+    fake = FakeNVML(inventory)
+    fake.start_process(4242, 0, 100)
+    timer = threading.Timer(0.3, fake.end_process, args=(4242,))
+    timer.start()
+    try:
+        lease = gpuroute.acquire(
+            "any:1",
+            inventory=inventory,
+            lease_dir=tmp_path,
+            nvml=fake,
+            policy=NO_LIMITS,
+            context=CallerContext(),
+            wait_s=5,
+        )
+    finally:
+        timer.cancel()
+    assert labels(lease) == ["0"]
+
+
+def test_any_stays_inside_the_parent_mask_for_a_local_process(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    lease = take(
+        "any:1", inventory, tmp_path, context=CallerContext("2,3", "PCI_BUS_ID"), target="local"
+    )
+    assert labels(lease) == ["2"]
+    with pytest.raises(NoFreeDeviceError, match="outside this process's CUDA_VISIBLE_DEVICES"):
+        take(
+            "any:3", inventory, tmp_path, context=CallerContext("2,3", "PCI_BUS_ID"), target="local"
+        )
+
+
+@pytest.mark.parametrize(
+    "field_value", [("pid", "123"), ("created", "yesterday"), ("ttl_s", True), ("extra", 1)]
+)
+def test_a_record_with_wrong_types_is_set_aside(
+    tmp_path: Path, field_value: tuple[str, object]
+) -> None:
+    inventory = four_gpus()
+    record = take("0", inventory, tmp_path).record
+    data = json.loads(record.to_json())
+    key, value = field_value
+    data[key] = value
+    (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text(json.dumps(data))
+    lease = take("0", inventory, tmp_path)
+    assert any("set aside" in n for n in lease.notes)
+
+
+def test_a_failed_write_leaves_no_partial_lease(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    directory = LeaseDir(tmp_path)
+    record = take("0,1", inventory, tmp_path / "model").record
+    (tmp_path / f"dev-{inventory.gpus[1].uuid}.json").mkdir()  # the rename onto it fails
+    with directory.locked(), pytest.raises(IsADirectoryError):
+        directory.write(record)
+    assert not (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").exists()
+    assert not list(tmp_path.glob(".tmp-*"))

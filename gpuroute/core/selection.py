@@ -90,10 +90,17 @@ class Need:
 
 
 def offered(
-    need: Need, inventory: Inventory, state: HostState, taken: Iterable[str]
+    need: Need,
+    inventory: Inventory,
+    state: HostState,
+    taken: Iterable[str],
+    allowed: Iterable[str] | None = None,
 ) -> tuple[list[Device], dict[str, str]]:
-    """The devices that may be given for ``need``, and why each other candidate is not."""
+    """The devices that may be given for ``need``, and why each other candidate is not.
+    ``allowed``, when given, is the set of UUIDs the caller may use at all (a parent
+    ``CUDA_VISIBLE_DEVICES`` mask, for a local process)."""
     held = set(taken)
+    permitted = None if allowed is None else set(allowed)
     if need.mig_profile is not None:
         candidates = [
             Device(g, m)
@@ -109,7 +116,9 @@ def offered(
         live = state.of(device.uuid)
         parent = state.of(device.gpu.uuid)
         problems = live.problems or parent.problems
-        if problems:
+        if permitted is not None and not {device.uuid, device.gpu.uuid} & permitted:
+            why[device.label] = "outside this process's CUDA_VISIBLE_DEVICES"
+        elif problems:
             why[device.label] = "unhealthy: " + "; ".join(problems)
         elif device.uuid in held or device.gpu.uuid in held:
             why[device.label] = "leased"
@@ -131,11 +140,17 @@ def offered(
 
 
 def choose(
-    need: Need, inventory: Inventory, state: HostState, taken: Iterable[str], *, spec: str
+    need: Need,
+    inventory: Inventory,
+    state: HostState,
+    taken: Iterable[str],
+    *,
+    spec: str,
+    allowed: Iterable[str] | None = None,
 ) -> tuple[Device, ...]:
     """Pick ``need.count`` devices (see the module's rules), or raise NoFreeDeviceError
     saying why each candidate was passed over."""
-    free, why = offered(need, inventory, state, taken)
+    free, why = offered(need, inventory, state, taken, allowed)
     if len(free) < need.count:
         kind = f"MIG devices of profile {need.mig_profile}" if need.mig_profile else "whole GPUs"
         reasons = "\n".join(f"  {label:<5} {reason}" for label, reason in why.items())
