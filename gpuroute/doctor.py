@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuroute.core.inventory import Inventory
-from gpuroute.errors import EngineError, GpurouteError, LaunchError, LeaseDirError
+from gpuroute.errors import EngineError, GpurouteError, LeaseDirError
 
 __all__ = ["Check", "diagnose", "render"]
 
@@ -127,7 +127,17 @@ def _toolkit(
     from gpuroute.launch import launch
 
     first = next((g for g in inventory.gpus if not g.mig_mode), None)
-    spec = str(first.index) if first else f"{inventory.gpus[0].index}:0"
+    mig = next(((g, m) for g in inventory.gpus for m in g.mig_devices), None)
+    if first is not None:
+        spec = str(first.index)
+    elif mig is not None:
+        spec = f"{mig[0].index}:{mig[1].index}"
+    else:
+        return Check(
+            name,
+            "warn",
+            "every GPU is in MIG mode without MIG devices: nothing to start a container on",
+        )
     try:
         with launch(
             ["nvidia-smi", "-L"],
@@ -141,7 +151,7 @@ def _toolkit(
             docker_kwargs={"network_mode": "none"},
         ) as run:
             run.wait(timeout=120)
-    except LaunchError as exc:
+    except GpurouteError as exc:
         return Check(
             name, "fail", f"a GPU container on {spec} did not start as planned: {exc.message}"
         )

@@ -32,8 +32,14 @@ from gpuroute.core.inventory import Inventory
 from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
 from gpuroute.core.resolve import Target
 from gpuroute.core.spec import SpecInput
-from gpuroute.errors import ImageNotFoundError, LaunchError, LaunchTimeout, VerificationError
-from gpuroute.leases import Lease, acquire
+from gpuroute.errors import (
+    EngineError,
+    ImageNotFoundError,
+    LaunchError,
+    LaunchTimeout,
+    VerificationError,
+)
+from gpuroute.leases import UNKNOWN_ENGINE, Lease, acquire
 
 __all__ = ["ComposeLaunch", "ContainerLaunch", "Launch", "LocalLaunch", "launch"]
 
@@ -105,17 +111,21 @@ class Launch:
         if self._closed:
             return
         self._closed = True
+        stopped = False
         try:
             if not self._detached:
                 try:
                     self.stop()
                 finally:
                     self._remove()
+                stopped = True
         finally:
             try:
                 self._cleanup()
             finally:
-                if self.lease is not None and self._own_lease and not self._detached:
+                # The devices go back only once the work is known to have stopped; if
+                # stopping failed, the lease stays with the work and ends when it does.
+                if self.lease is not None and self._own_lease and stopped:
                     self.lease.release()
 
     def __enter__(self) -> Launch:
@@ -172,17 +182,30 @@ class _ProcessLaunch(Launch):
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def _kill_group(self, timeout: float) -> None:
-        if self.process.poll() is not None:
-            return
+        """SIGTERM to the whole process group (children the leader left behind included),
+        then SIGKILL to whatever of it is left after ``timeout`` seconds."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.process.poll()  # reap the leader, so that only live members count
+            if not self._group_alive():
+                break
+            time.sleep(0.02)
+        else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.process.wait()
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -222,9 +245,11 @@ class ContainerLaunch(Launch):
         retry: RetryPolicy,
         where: str,
         own_client: bool = True,
+        engine_known: bool = True,
     ) -> None:
         super().__init__(plan)
         self._own_client = own_client
+        self._engine_known = engine_known
         self.client = client
         self.container = container
         self._retry = retry
@@ -267,20 +292,25 @@ class ContainerLaunch(Launch):
         if self._exit_code is not None:
             return  # it has ended
         with contextlib.suppress(docker.errors.NotFound):
-            self.container.stop(timeout=int(timeout))
+            call(
+                lambda: self.container.stop(timeout=int(timeout)),
+                retry=self._retry,
+                where=self._where,
+            )
 
     def _remove(self) -> None:
         import docker.errors
 
         with contextlib.suppress(docker.errors.NotFound):
-            self.container.remove(force=True)
+            call(lambda: self.container.remove(force=True), retry=self._retry, where=self._where)
 
     def _cleanup(self) -> None:
         if self._own_client:
             self.client.close()
 
     def _attach(self, lease: Lease) -> None:
-        lease.attach(container_id=str(self.container.id), docker_host=self._where)
+        engine = self._where if self._engine_known else UNKNOWN_ENGINE
+        lease.attach(container_id=str(self.container.id), docker_host=engine)
 
 
 class ComposeLaunch(_ProcessLaunch):
@@ -323,11 +353,13 @@ class ComposeLaunch(_ProcessLaunch):
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
-            # Stop the container; compose run then ends and removes it (--rm).
-            self._container(lambda c: c.stop(timeout=int(timeout)))
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout + 10)
-            self._kill_group(timeout)
+            try:
+                # Stop the container; compose run then ends and removes it (--rm).
+                self._container(lambda c: c.stop(timeout=int(timeout)))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout + 10)
+            finally:
+                self._kill_group(timeout)
 
     def _remove(self) -> None:
         self._container(lambda c: c.remove(force=True))
@@ -337,7 +369,25 @@ class ComposeLaunch(_ProcessLaunch):
         super()._cleanup()
 
     def _attach(self, lease: Lease) -> None:
-        lease.attach(pid=self.process.pid)  # compose run lives as long as its container
+        """Tie the lease to the service's container once it exists (it outlives a killed
+        compose client); to the compose process until then, or if it never appears."""
+        import docker.errors
+
+        client = connect(self._docker_host, retry=self._retry)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.process.poll() is None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    container = client.containers.get(self.run.container_name)
+                    lease.attach(
+                        container_id=str(container.id),
+                        docker_host=self._docker_host or engine_address(),
+                    )
+                    return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        lease.attach(pid=self.process.pid)
 
 
 # -- verification -------------------------------------------------------------------------
@@ -381,33 +431,61 @@ def check_seen(plan: RoutingPlan, output: str, where: str) -> None:
 def _verify_container(handle: ContainerLaunch, create_kwargs: dict[str, Any]) -> None:
     import docker.errors
 
+    def engine(fn: Callable[[], Any]) -> Any:
+        return call(fn, retry=handle._retry, where=handle._where)
+
     where = f"container {handle.container.short_id}"
+    text = ""
     try:
-        code, output = handle.container.exec_run(["nvidia-smi", "-L"])
+        code, output = engine(lambda: handle.container.exec_run(["nvidia-smi", "-L"]))
         text = bytes(output).decode(errors="replace")
         entered = code == 0 or _UUID.search(text) is not None
-    except docker.errors.APIError as exc:
-        if exc.status_code != 409 and "is not running" not in str(exc.explanation):
+    except EngineError as exc:
+        cause = exc.__cause__
+        if not (
+            isinstance(cause, docker.errors.APIError)
+            and (cause.status_code in (404, 409) or "is not running" in str(cause.explanation))
+        ):
             raise
         entered = False
     if not entered:
-        handle.container.reload()
-        if handle.container.status != "running":  # it ended before it could be entered
-            text = _twin_output(handle.client, create_kwargs)
+        try:
+            engine(handle.container.reload)
+            running = handle.container.status == "running"
+        except EngineError:
+            running = False  # gone already (auto-removed)
+        if not running:  # it ended before it could be entered
+            text = _twin_output(handle, create_kwargs)
             where = f"a twin of container {handle.container.short_id} (which had already exited)"
     check_seen(handle.plan, text, where)
 
 
-def _twin_output(client: Any, create_kwargs: Mapping[str, Any]) -> str:
+TWIN_TIMEOUT_S = 120
+
+
+def _twin_output(handle: ContainerLaunch, create_kwargs: Mapping[str, Any]) -> str:
     """``nvidia-smi -L`` in a container created exactly like the one to verify."""
     kwargs = {k: v for k, v in create_kwargs.items() if k not in ("name", "command")}
-    twin = client.containers.create(command=["-L"], entrypoint=["nvidia-smi"], **kwargs)
+
+    def engine(fn: Callable[[], Any]) -> Any:
+        return call(fn, retry=handle._retry, where=handle._where)
+
+    twin = engine(
+        lambda: handle.client.containers.create(command=["-L"], entrypoint=["nvidia-smi"], **kwargs)
+    )
     try:
-        twin.start()
-        twin.wait()
-        return bytes(twin.logs(stdout=True, stderr=True)).decode(errors="replace")
+        engine(twin.start)
+        try:
+            twin.wait(timeout=TWIN_TIMEOUT_S)
+        except Exception as exc:
+            raise VerificationError(
+                f"the verification twin of container {handle.container.short_id} did not end "
+                f"within {TWIN_TIMEOUT_S}s"
+            ) from exc
+        return bytes(engine(lambda: twin.logs(stdout=True, stderr=True))).decode(errors="replace")
     finally:
-        twin.remove(force=True)
+        with contextlib.suppress(Exception):
+            twin.remove(force=True)
 
 
 def _verify_compose(handle: ComposeLaunch, cwd: Path) -> None:
@@ -733,7 +811,14 @@ def _launch_container(
             client.close()
         raise
     handle = ContainerLaunch(
-        plan, client, container, retry=retry, where=where, own_client=own_client
+        plan,
+        client,
+        container,
+        retry=retry,
+        where=where,
+        own_client=own_client,
+        # With the caller's client and no docker_host, which engine it talks to is unknown.
+        engine_known=own_client or docker_host is not None,
     )
     try:
         call(container.start, retry=retry, where=where, image=image)

@@ -186,8 +186,14 @@ ContainerProbe = Any
 """``(container_id, docker_host) -> bool | None``: running, gone, or unknown."""
 
 
+UNKNOWN_ENGINE = "unknown"
+"""Recorded as a lease's engine when the launcher could not tell which engine it used."""
+
+
 def docker_container_probe(container_id: str, docker_host: str | None) -> bool | None:
     """Whether a container still exists and runs, through docker-py; None if unknown."""
+    if docker_host == UNKNOWN_ENGINE:
+        return None
     try:
         import docker
         import docker.errors

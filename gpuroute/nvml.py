@@ -149,6 +149,7 @@ def _read_gpu(api: Any, index: int) -> GPU:
             raise
         mig_supported, mig_mode = False, False
     slots = api.nvmlDeviceGetMaxMigDeviceCount(handle) if mig_supported else 0
+    name = _text(api.nvmlDeviceGetName(handle))
     migs = []
     if mig_mode:
         for j in range(slots):
@@ -163,12 +164,42 @@ def _read_gpu(api: Any, index: int) -> GPU:
         index=index,
         uuid=_text(api.nvmlDeviceGetUUID(handle)),
         pci_bus_id=_text(api.nvmlDeviceGetPciInfo(handle).busId),
-        name=_text(api.nvmlDeviceGetName(handle)),
+        name=name,
         memory_total_mib=api.nvmlDeviceGetMemoryInfo(handle).total // MIB,
         mig_mode=mig_mode,
-        mig_compute_slices_total=slots or None,
+        mig_compute_slices_total=(slots or _slices_with_mig_off(api, handle, name))
+        if mig_supported
+        else None,
         mig_devices=tuple(migs),
     )
+
+
+NVML_GPU_INSTANCE_PROFILE_1_SLICE = 0
+_SLICES_BY_MODEL = (
+    ("A30", 4),
+    ("A100", 7),
+    ("A800", 7),
+    ("H100", 7),
+    ("H800", 7),
+    ("H200", 7),
+    ("H20", 7),
+    ("B200", 7),
+    ("GB200", 7),
+)
+"""Compute slices of MIG-capable models, for when NVML will not say (MIG mode off)."""
+
+
+def _slices_with_mig_off(api: Any, handle: Any, name: str) -> int | None:
+    """A MIG-capable GPU's compute slices while its MIG mode is off, when NVML's maximum MIG
+    device count is 0: the 1-slice GPU-instance profile's instance count, else the model's."""
+    base = _load_pynvml().NVMLError
+    try:
+        info = api.nvmlDeviceGetGpuInstanceProfileInfo(handle, NVML_GPU_INSTANCE_PROFILE_1_SLICE)
+        if int(info.instanceCount) > 0:
+            return int(info.instanceCount)
+    except (base, AttributeError):
+        pass
+    return next((n for model, n in _SLICES_BY_MODEL if model in name), None)
 
 
 def _read_mig(api: Any, handle: Any, index: int) -> MIGDevice:

@@ -257,3 +257,41 @@ class TestComposeBasics:
                 inventory=h100,
                 compose=COMPOSE_V1,
             )
+
+
+def test_values_stay_off_the_command_line(h100: Inventory, tmp_path: Path) -> None:
+    from gpuroute.adapters.compose import prepare
+
+    write(tmp_path, "docker-compose.yml", service())
+    plan = gpuroute.plan("0", h100, context=CallerContext())
+    run = prepare(
+        plan, "app", ["env"], cwd=tmp_path, compose=COMPOSE_V1, env={"HF_TOKEN": "secret-value"}
+    )
+    try:
+        assert "secret-value" not in " ".join(run.argv)
+        assert run.argv[run.argv.index("HF_TOKEN") - 1] == "-e"
+        assert run.env["HF_TOKEN"] == "secret-value"
+        assert run.env["CUDA_VISIBLE_DEVICES"] == "0"
+    finally:
+        run.cleanup()
+
+
+def test_a_leased_compose_run_holds_its_lease_through_the_container(
+    engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write(project, "docker-compose.yml", service(extra=COUNT_ALL))
+    with gpuroute.launch(
+        ["sleep", "20"],
+        gpus="any:1",
+        compose_service="app",
+        cwd=project,
+        inventory=h100,
+        compose=COMPOSE_V1,
+        lease=True,
+        lease_dir=tmp_path / "leases",
+    ) as run:
+        assert run.lease is not None
+        assert run.lease.record.container_id
+    assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == ["lock"]

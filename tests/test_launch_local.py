@@ -113,3 +113,19 @@ def test_local_misuse(h100: Inventory, kwargs: dict[str, object], fragment: str)
     }
     with pytest.raises(LaunchError, match=fragment):
         gpuroute.launch(**args)  # type: ignore[arg-type]
+
+
+def test_close_stops_what_the_process_left_behind(h100: Inventory, tmp_path: Path) -> None:
+    """The leader exits at once; its background child must still be stopped."""
+    pidfile = tmp_path / "bg.pid"
+    script = f"sleep 60 & echo $! > {pidfile}; exit 0"
+    with gpuroute.launch(
+        ["sh", "-c", script], gpus="0", inventory=h100, context=CallerContext()
+    ) as h:
+        assert h.wait(timeout=30) == 0
+        background = int(pidfile.read_text())
+        assert _alive(background)
+    deadline = time.monotonic() + 5
+    while _alive(background) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(background)

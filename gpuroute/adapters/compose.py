@@ -266,10 +266,14 @@ def prepare(
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     argv = [*base, "run", "--rm", "-T", "--name", name]
-    for key, value in container_env.items():
-        argv += ["-e", f"{key}={value}"]
+    for key in container_env:
+        # The name only: Compose takes the value from its own environment, so that no value
+        # (a token, a password) shows on the command line, which every local user can read.
+        argv += ["-e", key]
     argv += [service, *command]
-    return ComposeRun(argv, base, service, clean, generated, project, name, notes)
+    return ComposeRun(
+        argv, base, service, {**clean, **container_env}, generated, project, name, notes
+    )
 
 
 def _check_generated(

@@ -256,10 +256,21 @@ class FakeNVML:
         return [mode, mode]
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
+        """As NVML: 0 while MIG is not enabled."""
         gpu = self._whole(handle)
         if gpu.mig_compute_slices_total is None:
             raise self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return gpu.mig_compute_slices_total
+        return gpu.mig_compute_slices_total if gpu.mig_mode else 0
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Any, profile: int) -> SimpleNamespace:
+        """Profile information, only while MIG is enabled (the conservative reading)."""
+        gpu = self._whole(handle)
+        if gpu.mig_compute_slices_total is None or not gpu.mig_mode:
+            raise self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        slices = 1 if profile == pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE else 0
+        return SimpleNamespace(
+            sliceCount=slices, instanceCount=gpu.mig_compute_slices_total // max(slices, 1)
+        )
 
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int) -> _Handle:
         gpu = self._whole(handle)
