@@ -15,7 +15,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -772,7 +771,7 @@ def _launch_container(
     where = docker_host or engine_address()
     kwargs = container_kwargs(plan, cdi=cdi)
     kwargs["environment"] = merge_env(env, kwargs["environment"])
-    container_name = name or f"gpuroute-{uuid.uuid4().hex[:12]}"
+    container_name = name or f"gpuroute-{os.urandom(6).hex()}"
     labels = {
         "gpuroute.spec": plan.spec,
         "gpuroute.devices": ",".join(plan.uuids),

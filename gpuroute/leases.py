@@ -27,7 +27,6 @@ import functools
 import json
 import os
 import pwd
-import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -330,7 +329,7 @@ class LeaseDir:
         return records, notes
 
     def _set_aside(self, name: str, exc: BaseException) -> str:
-        aside = f"corrupt-{name}-{int(time.time())}-{secrets.token_hex(3)}"
+        aside = f"corrupt-{name}-{int(time.time())}-{os.urandom(3).hex()}"
         with contextlib.suppress(OSError):
             os.rename(self.path / name, self.path / aside)
         return f"set aside the unreadable lease file {name} as {aside} ({exc})"
@@ -341,7 +340,7 @@ class LeaseDir:
         written: list[str] = []
         try:
             for uuid in record.devices:
-                tmp = f"{self._dir}/.tmp-{uuid}-{os.getpid()}-{secrets.token_hex(4)}"
+                tmp = f"{self._dir}/.tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
                 fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
                     try:
@@ -651,7 +650,7 @@ def _acquire_once(
 
     def record_for(plan: RoutingPlan, now: float) -> LeaseRecord:
         return LeaseRecord(
-            lease_id=secrets.token_hex(6),
+            lease_id=os.urandom(6).hex(),
             devices=plan.uuids,
             spec=parsed.text,
             uid=uid,

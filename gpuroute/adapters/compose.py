@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +245,7 @@ def prepare(
         )
     notes = _rewrite_service(services[service], plan, paths, service)
     project = _project_name(config, paths, clean)
-    name = container_name or f"gpuroute-{project}-{service}-{uuid.uuid4().hex[:10]}"
+    name = container_name or f"gpuroute-{project}-{service}-{os.urandom(5).hex()}"
     workdir = Path(tempfile.mkdtemp(prefix="gpuroute-compose-"))
     generated = workdir / "compose.gpuroute.yml"
     generated.write_text(yaml.safe_dump(config, sort_keys=False))
