@@ -772,10 +772,12 @@ def _launch_container(
     kwargs = container_kwargs(plan, cdi=cdi)
     kwargs["environment"] = merge_env(env, kwargs["environment"])
     container_name = name or f"gpuroute-{os.urandom(6).hex()}"
+    launch_id = os.urandom(8).hex()
     labels = {
+        **dict(docker_kwargs.get("labels") or {}),
         "gpuroute.spec": plan.spec,
         "gpuroute.devices": ",".join(plan.uuids),
-        **dict(docker_kwargs.get("labels") or {}),
+        "gpuroute.launch": launch_id,
     }
     create_kwargs: dict[str, Any] = {
         **docker_kwargs,
@@ -793,8 +795,11 @@ def _launch_container(
         try:
             return client.containers.create(**create_kwargs)
         except docker.errors.APIError as exc:
-            if exc.status_code == 409 and name is None:  # a retried create that had succeeded
-                return client.containers.get(container_name)
+            if exc.status_code == 409:  # the name is taken: by our own earlier try?
+                with contextlib.suppress(docker.errors.NotFound):
+                    existing = client.containers.get(container_name)
+                    if existing.labels.get("gpuroute.launch") == launch_id:
+                        return existing  # a retried create that had succeeded
             raise
 
     try:

@@ -427,3 +427,20 @@ def test_permission_denied_on_the_engine_socket(engine: SimulatedGPUHost) -> Non
         engine.root.chmod(0o700)
     assert result.stdout.startswith("EnginePermissionError permission denied"), result.stderr
     assert "docker` group" in result.stdout
+
+
+def test_a_name_taken_by_another_container_is_not_adopted(
+    engine: SimulatedGPUHost, h100: Inventory
+) -> None:
+    client = engine.client()
+    try:
+        theirs = client.containers.create(IMAGE, ["sleep", "30"], name="taken", network_mode="none")
+        with pytest.raises(gpuroute.EngineError, match="taken"):
+            gpuroute.launch(
+                ["true"], gpus="0", image=IMAGE, inventory=h100, name="taken", docker_kwargs=NO_NET
+            )
+        theirs.reload()
+        assert "gpuroute.launch" not in theirs.labels
+        theirs.remove(force=True)
+    finally:
+        client.close()
