@@ -9,6 +9,7 @@ private Docker Engine with the stand-in NVIDIA toolkit, when one can run here.
 from __future__ import annotations
 
 from gpuroute.api import plan as make_plan
+from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 from gpuroute.errors import NVMLError
 from gpuroute.host import default_inventory
@@ -56,7 +57,8 @@ def demo(spec: str | None = None, image: str | None = None) -> int:
     else:
         print(f"Planning on this host's GPUs ({len(inventory.gpus)} found).")
     spec = spec or example_spec(inventory)
-    plan = make_plan(spec, inventory)
+    # On the simulated host, this machine's own CUDA variables and container say nothing.
+    plan = make_plan(spec, inventory, context=CallerContext() if simulated else None)
     print(f"Example request: GPUs {spec!r}, in that order.\n")
     print(plan.explain())
     if simulated:
@@ -95,6 +97,7 @@ def _simulated_container(spec: str, inventory: Inventory) -> int:
             gpus=spec,
             image=IMAGE,
             inventory=inventory,
+            context=CallerContext(),
             docker_host=host.base_url,
             verify=True,
             docker_kwargs={"network_mode": "none"},
