@@ -56,7 +56,17 @@ def diagnose(
     checks += _caller_policy(env, inv)
     if inv is not None:
         checks += _mig(inv)
-        checks.append(_health(inv, nvml))
+        if nvml is None and (inventory is not None or env.get("GPUROUTE_INVENTORY")):
+            # Not this host's NVML inventory: its live state is not to be read here.
+            checks.append(
+                Check(
+                    "GPU health",
+                    "info",
+                    "not checked: the inventory is not this host's live NVML inventory",
+                )
+            )
+        else:
+            checks.append(_health(inv, nvml))
     checks.append(_leases(lease_dir, env))
     return checks
 

@@ -185,3 +185,13 @@ def test_doctor_on_a_machine_without_any_driver() -> None:
         assert "[FAIL] GPU inventory: cannot start NVML" in result.stdout
         assert "GPUROUTE_INVENTORY" in result.stdout
     assert "[FAIL] Docker engine" in result.stdout
+
+
+def test_doctor_does_not_judge_a_snapshots_gpus_by_this_hosts_nvml(tmp_path: Path) -> None:
+    checks = diagnose(
+        environ={"GPUROUTE_INVENTORY": topology_path("h100-sxm-8")},
+        docker_host="unix:///nonexistent.sock",
+        lease_dir=str(tmp_path),
+    )
+    health = next(c for c in checks if c.name == "GPU health")
+    assert (health.status, "not this host's live NVML inventory" in health.detail) == ("info", True)
