@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -291,7 +292,7 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     import time
 
     from gpuroute.leases import LeaseDir, boot_id, stale_reason
-    from gpuroute.limits import usage_of
+    from gpuroute.limits import format_equivalents, usage_of
 
     directory = LeaseDir(args.lease_dir, create=False)
     with directory.locked():
@@ -308,8 +309,6 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     for r in sorted(by_lease.values(), key=lambda r: r.created):
         labels = [d.label if (d := inventory.by_uuid(u)) else u[:12] for u in r.devices]
         usage = usage_of(r.devices, inventory)
-        from gpuroute.limits import format_equivalents
-
         holder = f"container {r.container_id[:12]}" if r.container_id else f"pid {r.pid}"
         stale = stale_reason(r, now=now, this_boot=boot_id())
         rows.append(
@@ -333,14 +332,14 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
 
 
 def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
-    from gpuroute.leases import LeaseDir, _who
+    from gpuroute.leases import LeaseDir, caller_identity
     from gpuroute.limits import Policy, groups_of, usage_of
 
     policy = Policy.load(args.policy) if args.policy else Policy.from_default_location()
     directory = LeaseDir(args.lease_dir, create=False)
     with directory.locked():
         records, _ = directory.read()
-    uid, user = _who()
+    uid, user = caller_identity()
     by_lease = {r.lease_id: r for r in records.values()}
     mine = usage_of([u for r in by_lease.values() if r.uid == uid for u in r.devices], inventory)
     limit = policy.user_limit(user)
@@ -403,7 +402,9 @@ def _run(args: argparse.Namespace) -> int:
         else:
             from gpuroute.nvml import read_state
 
-            live = None if _has_inventory_option(args) else read_state(inventory)
+            # Live state only for this host's own GPUs, not for a snapshot of another host.
+            from_nvml = not (_has_inventory_option(args) or os.environ.get(INVENTORY_ENV))
+            live = read_state(inventory) if from_nvml else None
             print(_ls(inventory, live), end="")
         return 0
     if args.command == "leases":
