@@ -16,10 +16,12 @@ client's API-version request.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
 import time
+from typing import Any
 
 import docker
 from docker.types import DeviceRequest
@@ -68,34 +70,22 @@ def main() -> int:
             container.wait()
             container.remove(force=True)
 
-        def routed() -> None:
+        def routed(**engine: Any) -> None:
             with gpuroute.launch(
                 ["true"],
                 gpus="3,1",
                 image=IMAGE,
                 inventory=inventory,
                 context=context,
-                docker_client=client,
                 docker_kwargs={"network_mode": "none"},
-            ) as run:
-                run.wait()
-
-        def routed_own_connection() -> None:
-            with gpuroute.launch(
-                ["true"],
-                gpus="3,1",
-                image=IMAGE,
-                inventory=inventory,
-                context=context,
-                docker_host=host.base_url,
-                docker_kwargs={"network_mode": "none"},
+                **engine,
             ) as run:
                 run.wait()
 
         sides = (
             ("docker-py", plain),
-            ("gpuroute", routed),
-            ("gpuroute, own connection", routed_own_connection),
+            ("gpuroute", functools.partial(routed, docker_client=client)),
+            ("gpuroute, own connection", functools.partial(routed, docker_host=host.base_url)),
         )
         times: dict[str, list[float]] = {label: [] for label, _ in sides}
         for i in range(args.runs + 2):

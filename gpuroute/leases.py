@@ -475,7 +475,8 @@ def _own_start_time() -> int | None:
     return _own_start_time_of(os.getpid())
 
 
-def _who() -> tuple[int, str]:
+def caller_identity() -> tuple[int, str]:
+    """The caller's OS uid and user name: the only identity leases and limits use."""
     uid = os.getuid()
     try:
         return uid, pwd.getpwuid(uid).pw_name
@@ -585,7 +586,7 @@ def _acquire_once(
     container_probe: ContainerProbe,
 ) -> Lease:
     parsed = parse_spec(request)
-    uid, user = _who()
+    uid, user = caller_identity()
     holder = os.getpid() if pid is None else pid
     notes: list[str] = []
     if state.source == "none":

@@ -299,7 +299,7 @@ def test_gpu_equivalents_and_physical_gpus_are_separate(a100: Inventory) -> None
 
 
 def test_limits_are_enforced_per_user_both_ways(tmp_path: Path, a100: Inventory) -> None:
-    me = gpuroute.leases._who()[1]
+    me = gpuroute.leases.caller_identity()[1]
     policy = Policy(users={me: Limit(Fraction(3, 7), 1)})
     take("1:2", a100, tmp_path, policy=policy, allow_multiple_mig=True)
     take("1:3", a100, tmp_path, policy=policy)

@@ -51,9 +51,6 @@ class RetryPolicy:
             raise ValueError("RetryPolicy.attempts must be at least 1")
 
 
-NO_RETRY = RetryPolicy(attempts=1)
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc
