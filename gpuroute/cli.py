@@ -24,11 +24,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gpuroute.api import plan as make_plan
 from gpuroute.core.inventory import Inventory
 from gpuroute.core.selection import HostState
 from gpuroute.errors import GpurouteError
+
+if TYPE_CHECKING:
+    from gpuroute.leases import LeaseDir, LeaseRecord
 from gpuroute.host import INVENTORY_ENV, default_inventory
 
 __all__ = ["main"]
@@ -288,13 +292,26 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
             return 130
 
 
+def _existing_lease_dir(path: str | None) -> LeaseDir | None:
+    """The lease directory, or None (having said so) where none exists yet: no leases."""
+    from gpuroute.leases import DEFAULT_LEASE_DIR, LEASE_DIR_ENV, LeaseDir
+
+    where = path or os.environ.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR
+    if not os.path.lexists(where):
+        print(f"No leases: the lease directory {where} does not exist yet.")
+        return None
+    return LeaseDir(where, create=False)
+
+
 def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     import time
 
-    from gpuroute.leases import LeaseDir, boot_id, stale_reason
+    from gpuroute.leases import boot_id, stale_reason
     from gpuroute.limits import format_equivalents, usage_of
 
-    directory = LeaseDir(args.lease_dir, create=False)
+    directory = _existing_lease_dir(args.lease_dir)
+    if directory is None:
+        return 0
     with directory.locked():
         records, notes = directory.read()
     by_lease = {r.lease_id: r for r in records.values()}
@@ -332,13 +349,15 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
 
 
 def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
-    from gpuroute.leases import LeaseDir, caller_identity
+    from gpuroute.leases import caller_identity
     from gpuroute.limits import Policy, groups_of, usage_of
 
     policy = Policy.load(args.policy) if args.policy else Policy.from_default_location()
-    directory = LeaseDir(args.lease_dir, create=False)
-    with directory.locked():
-        records, _ = directory.read()
+    directory = _existing_lease_dir(args.lease_dir)
+    records: dict[str, LeaseRecord] = {}
+    if directory is not None:
+        with directory.locked():
+            records, _ = directory.read()
     uid, user = caller_identity()
     by_lease = {r.lease_id: r for r in records.values()}
     mine = usage_of([u for r in by_lease.values() if r.uid == uid for u in r.devices], inventory)

@@ -195,3 +195,14 @@ def test_doctor_does_not_judge_a_snapshots_gpus_by_this_hosts_nvml(tmp_path: Pat
     )
     health = next(c for c in checks if c.name == "GPU health")
     assert (health.status, "not this host's live NVML inventory" in health.detail) == ("info", True)
+
+
+def test_no_lease_directory_means_no_leases(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none"
+    assert main(["leases", "--simulate", "h100-sxm-8", "--lease-dir", str(missing)]) == 0
+    assert (
+        f"No leases: the lease directory {missing} does not exist yet." in capsys.readouterr().out
+    )
+    assert not missing.exists()

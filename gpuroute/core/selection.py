@@ -157,7 +157,7 @@ def choose(
         raise NoFreeDeviceError(
             f"{spec!r} needs {need.count} free {kind}; {len(free)} available"
             + (f" ({', '.join(d.label for d in free)})" if free else "")
-            + (f". Not offered:\n{reasons}" if reasons else ". This host has none."),
+            + (f". Not offered:\n{reasons}" if reasons else f"; this host has no more {kind}."),
             spec=spec,
             token=spec,
         )
