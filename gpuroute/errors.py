@@ -31,6 +31,9 @@ The tree::
             ├── ToolkitMissingError    the engine has no "nvidia" device driver
             ├── ToolkitDeviceError     the toolkit does not know a requested device
             └── ImageNotFoundError     the image is neither local nor pullable
+    └── BenchError                     a benchmark or campaign cannot be set up or run
+        ├── BenchConfigError (ValueError) bad runner options or campaign file
+        └── NativeReportError          a tool's native report is missing or not its format
 
 Every message names the offending input and says what would work. Errors raised while
 resolving a spec carry the whole ``spec`` and the offending ``token``.
@@ -40,6 +43,9 @@ from __future__ import annotations
 
 __all__ = [
     "AmbiguousDeviceError",
+    "BenchConfigError",
+    "BenchError",
+    "NativeReportError",
     "ContextError",
     "ComposeConflictError",
     "DuplicateDeviceError",
@@ -208,3 +214,18 @@ class ToolkitDeviceError(EngineError):
 
 class ImageNotFoundError(EngineError):
     """The image is not on the engine and could not be pulled."""
+
+
+class BenchError(GpurouteError):
+    """A benchmark or a campaign could not be set up or run. What it started is stopped and
+    what it measured is kept (a failed result is still written)."""
+
+
+class BenchConfigError(BenchError, ValueError):
+    """Runner options or a campaign file are invalid; the message names the option and says
+    what would work."""
+
+
+class NativeReportError(BenchError):
+    """A benchmark tool's own report is missing, or is not in the format of that tool; the
+    message names the file, the tool and the key that was expected."""
