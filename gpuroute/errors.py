@@ -21,16 +21,16 @@ The tree::
     ├── InventoryError                 the GPU inventory cannot be read
     │   ├── SnapshotError (ValueError) a snapshot file is missing, malformed or of another schema
     │   └── NVMLError                  NVML is missing, not loaded, not permitted, or a GPU is lost
-    └── LaunchError                    starting, watching or stopping the work failed
-        ├── LaunchTimeout (TimeoutError) wait(timeout=...) ran out; the work goes on
-        ├── ComposeConflictError       a compose setting would expose other GPUs than planned
-        ├── VerificationError          the container sees other GPUs than the plan
-        └── EngineError                the Docker engine refused or failed
-            ├── EngineUnavailableError the engine cannot be reached (after retries)
-            ├── EnginePermissionError  no permission on the engine's socket
-            ├── ToolkitMissingError    the engine has no "nvidia" device driver
-            ├── ToolkitDeviceError     the toolkit does not know a requested device
-            └── ImageNotFoundError     the image is neither local nor pullable
+    ├── LaunchError                    starting, watching or stopping the work failed
+    │   ├── LaunchTimeout (TimeoutError) wait(timeout=...) ran out; the work goes on
+    │   ├── ComposeConflictError       a compose setting would expose other GPUs than planned
+    │   ├── VerificationError          the container sees other GPUs than the plan
+    │   └── EngineError                the Docker engine refused or failed
+    │       ├── EngineUnavailableError the engine cannot be reached (after retries)
+    │       ├── EnginePermissionError  no permission on the engine's socket
+    │       ├── ToolkitMissingError    the engine has no "nvidia" device driver
+    │       ├── ToolkitDeviceError     the toolkit does not know a requested device
+    │       └── ImageNotFoundError     the image is neither local nor pullable
     └── BenchError                     a benchmark or campaign cannot be set up or run
         ├── BenchConfigError (ValueError) bad runner options or campaign file
         └── NativeReportError          a tool's native report is missing or not its format

@@ -255,7 +255,9 @@ class Result(_Model):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    schema_: Literal["gpuroute.bench.result/1"] = Field(default=SCHEMA, alias="schema")
+    schema_: Literal["gpuroute.bench.result/1"] = Field(
+        default="gpuroute.bench.result/1", alias="schema"
+    )
     run_id: str
     status: Literal["ok", "failed", "partial"]
     error: str | None = None

@@ -18,7 +18,9 @@ __all__ = ["PercentileMethod", "percentile", "summarize"]
 PercentileMethod = Literal["numpy_linear", "nearest_rank"]
 
 
-def percentile(values: Sequence[float], q: float, method: PercentileMethod = "numpy_linear") -> float:
+def percentile(
+    values: Sequence[float], q: float, method: PercentileMethod = "numpy_linear"
+) -> float:
     """The ``q``-th percentile (0..100) of a non-empty sequence."""
     if not values:
         raise ValueError("percentile of no values")

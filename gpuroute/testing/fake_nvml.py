@@ -9,8 +9,9 @@ NVML's own codes, so code under test sees exactly what it would see on a real ho
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -49,7 +50,14 @@ class FakeNVML:
       ``mismatch_versions()``: ``nvmlInit`` then fails with the matching NVML error;
     * ``lose_gpu(i)`` / ``recover_gpu(i)``: calls on that GPU raise ``GPU is lost``;
     * ``start_process(...)`` / ``end_process(pid)``: processes and their memory;
-    * ``set_power(i, watts)`` and ``advance(seconds)``: energy counters accumulate.
+    * ``set_power(i, watts)`` and ``advance(seconds)``: energy counters accumulate;
+    * ``reset_energy_counter(i)`` (a driver reload) and ``drop_energy_counter(i)`` (a GPU
+      older than Volta, whose counter is not supported).
+
+    With ``clock`` (for example ``time.monotonic``), the virtual clock follows that clock, so
+    counters advance with real time while real work runs; ``energy_update_s`` makes the
+    counter and the power reading change only at multiples of that period, as a real
+    driver's do (every 20-100 ms).
     """
 
     NVMLError = pynvml.NVMLError
@@ -60,10 +68,14 @@ class FakeNVML:
         *,
         power_w: float | Mapping[int, float] = 75.0,
         energy_start_mj: int = 1_000_000,
+        clock: Callable[[], float] | None = None,
+        energy_update_s: float = 0.0,
     ) -> None:
         self.inventory = inventory
         self.init_count = 0
-        self.now = 0.0
+        self.clock = clock
+        self.energy_update_s = energy_update_s
+        self.now = self._clock_time() if clock is not None else 0.0
         self._library = True
         self._driver = True
         self._permission = True
@@ -81,6 +93,7 @@ class FakeNVML:
         self._retired_pending: set[int] = set()
         self._xids: list[tuple[int, int]] = []
         self._event_sets: dict[int, set[int]] = {}
+        self._no_energy_counter: set[int] = set()
 
     # -- changing the simulated host -----------------------------------------------------
 
@@ -143,6 +156,30 @@ class FakeNVML:
         self.now += seconds
         for index, watts in self._power_w.items():
             self._energy_mj[index] += watts * seconds * 1000.0
+
+    def reset_energy_counter(self, index: int) -> None:
+        """The counter restarts from zero, as it does when the driver is reloaded."""
+        self._gpu(index)
+        self._energy_mj[index] = 0.0
+
+    def drop_energy_counter(self, index: int) -> None:
+        """The GPU has no total-energy counter (older than Volta): NOT_SUPPORTED."""
+        self._gpu(index)
+        self._no_energy_counter.add(index)
+
+    def _clock_time(self) -> float:
+        assert self.clock is not None
+        t = self.clock()
+        if self.energy_update_s > 0:
+            t = math.floor(t / self.energy_update_s) * self.energy_update_s
+        return t
+
+    def _sync(self) -> None:
+        """With a clock, bring the counters up to the clock's (quantised) time."""
+        if self.clock is not None:
+            t = self._clock_time()
+            if t > self.now:
+                self.advance(t - self.now)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -332,10 +369,14 @@ class FakeNVML:
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
         gpu = self._whole(handle)
+        if gpu.index in self._no_energy_counter:
+            raise self._fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        self._sync()
         return int(self._energy_mj[gpu.index])
 
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
         gpu = self._whole(handle)
+        self._sync()
         return int(self._power_w[gpu.index] * 1000)
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> SimpleNamespace:

@@ -1,0 +1,483 @@
+"""Energy, power and memory of the routed GPUs, read on the host through NVML by UUID.
+
+``EnergyMonitor(devices)`` follows the physical GPUs behind a routing plan's devices (the
+parent GPU of a MIG device). A background thread samples, every ``interval_s``, each GPU's
+total-energy counter (mJ since the driver loaded; Volta and newer), its power, and the memory
+in use on each routed device; every ``process_scan_s`` it lists the compute processes on the
+routed devices and records those the run did not start (NVML gives host pids, so this check
+is only right on the host, which is where the monitor runs).
+
+Energy is computed afterwards for an explicit window, ``reading.energy(start, end)``: the
+counter is interpolated between the samples that bracket each end of the window, so a
+window can be the benchmark's own timed region (model load and warm-up excluded) even
+when only the whole process was watched. Where the counter is not supported the sampled
+power is integrated instead (trapezoids). Recorded problems, never hidden:
+
+* ``counter_reset:<uuid>``: the counter went backwards (a driver reload); that GPU's energy,
+  and the total, are null rather than partial;
+* ``window_shorter_than_counter_update:<uuid>``: the counter did not move in the window; the
+  energy is estimated from the sampled power;
+* ``window_shorter_than_1s``: too short to be trusted, whatever the method;
+* ``mig_shared_counter:<uuid>``: a MIG run; the counter is the whole GPU's, shared with the
+  GPU's other slices and their work;
+* ``foreign_process_on_gpu:pid=<pid>``: a process the run did not start used a routed device.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpuroute.bench.result import (
+    Energy,
+    EnergyWindow,
+    ForeignProcess,
+    GPUEnergy,
+    GPUMemory,
+    Isolation,
+    Memory,
+)
+from gpuroute.core.inventory import GPU, Device
+from gpuroute.errors import NVMLError
+
+__all__ = ["EnergyMonitor", "EnergyReading", "MIN_TRUSTED_WINDOW_S", "unavailable_energy"]
+
+MIB = 1024 * 1024
+MIN_TRUSTED_WINDOW_S = 1.0
+NVML_ERROR_NOT_SUPPORTED = 3
+
+
+def unavailable_energy(reason: str) -> Energy:
+    """An energy section with nothing measured, saying why."""
+    return Energy(method="none", unavailable_reason=reason)
+
+
+@dataclass
+class _Sample:
+    t: float
+    counter_mj: int | None
+    power_w: float | None
+
+
+@dataclass
+class _Watched:
+    gpu: GPU
+    handle: Any
+    devices: list[tuple[Device, Any]]
+    """The routed devices on this GPU, with their NVML handles (the MIG handle for MIG)."""
+    has_counter: bool = True
+    samples: list[_Sample] = field(default_factory=list)
+    peak_used_mib: dict[str, float] = field(default_factory=dict)
+    idle_power_w: float | None = None
+
+    @property
+    def mig_uuids(self) -> list[str]:
+        return [d.uuid for d, _ in self.devices if d.is_mig]
+
+
+class EnergyMonitor:
+    """Samples the routed GPUs in a background thread; ``stop()`` returns the reading.
+
+    ``own_pids`` returns the host pids that belong to the run (the benchmark process tree or
+    the container's); it is called at each process scan, while the run is alive. With
+    ``idle_baseline_s`` the GPUs' power is sampled for that long at ``start()``, before the
+    run begins, and the idle-adjusted energy is reported as well.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[Device],
+        *,
+        nvml: Any = None,
+        interval_s: float = 0.1,
+        process_scan_s: float = 1.0,
+        idle_baseline_s: float = 0.0,
+        own_pids: Callable[[], Iterable[int]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, not {interval_s}")
+        self.devices = tuple(devices)
+        self.interval_s = interval_s
+        self.process_scan_s = process_scan_s
+        self.idle_baseline_s = idle_baseline_s
+        self.own_pids = own_pids
+        self._clock = clock
+        self._nvml = nvml
+        self._api: Any = None
+        self._watched: list[_Watched] = []
+        self._foreign: dict[tuple[int, str], ForeignProcess] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._cpu_s = 0.0
+        self._last_scan = float("-inf")
+        self._scanned = False
+        self._failure: str | None = None
+        self.unavailable_reason: str | None = None
+        self.driver_version: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> EnergyMonitor:
+        """Open NVML, take the idle baseline if asked, take the first sample and start the
+        sampler. If NVML cannot be used, the monitor records why and measures nothing."""
+        if not self.devices:
+            self.unavailable_reason = "no GPU was routed to this run"
+            return self
+        try:
+            self._open()
+        except NVMLError as exc:
+            self.unavailable_reason = f"NVML is not usable here: {exc}"
+            self._close_nvml()
+            return self
+        if self.idle_baseline_s > 0:
+            self._baseline()
+        self._sample(scan=True)
+        self._thread = threading.Thread(target=self._run, name="gpuroute-energy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> EnergyReading:
+        """Stop sampling (taking a last sample) and return what was read."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            with contextlib.suppress(Exception):
+                self._sample(scan=True)
+        self._close_nvml()
+        reason = self.unavailable_reason
+        if reason is None and self._failure is not None:
+            reason = self._failure
+        return EnergyReading(
+            watched=self._watched,
+            foreign=list(self._foreign.values()),
+            scanned=self._scanned,
+            interval_s=self.interval_s,
+            sampler_cpu_s=self._cpu_s if self._watched else None,
+            unavailable_reason=reason,
+        )
+
+    def __enter__(self) -> EnergyMonitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None or self._api is not None:
+            self.stop()
+
+    # -- NVML -----------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        from gpuroute.nvml import _load_pynvml, _text, nvml_errors
+
+        api = self._nvml if self._nvml is not None else _load_pynvml()
+        with nvml_errors("cannot start NVML"):
+            api.nvmlInit()
+        self._api = api
+        with nvml_errors("cannot read the driver version"):
+            self.driver_version = _text(api.nvmlSystemGetDriverVersion()) or None
+        by_gpu: dict[str, _Watched] = {}
+        for device in self.devices:
+            with nvml_errors(f"cannot open {device.describe()}"):
+                watched = by_gpu.get(device.gpu.uuid)
+                if watched is None:
+                    handle = api.nvmlDeviceGetHandleByUUID(device.gpu.uuid)
+                    watched = by_gpu[device.gpu.uuid] = _Watched(device.gpu, handle, [])
+                own = (
+                    api.nvmlDeviceGetHandleByUUID(device.uuid) if device.is_mig else watched.handle
+                )
+                watched.devices.append((device, own))
+        base = _load_pynvml().NVMLError
+        for watched in by_gpu.values():
+            try:
+                api.nvmlDeviceGetTotalEnergyConsumption(watched.handle)
+            except base as exc:
+                if getattr(exc, "value", None) != NVML_ERROR_NOT_SUPPORTED:
+                    raise NVMLError(
+                        f"cannot read the energy counter of {watched.gpu.uuid}: {exc}"
+                    ) from exc
+                watched.has_counter = False
+        self._watched = list(by_gpu.values())
+
+    def _close_nvml(self) -> None:
+        api, self._api = self._api, None
+        if api is not None:
+            with contextlib.suppress(Exception):
+                api.nvmlShutdown()
+
+    def _optional(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception:
+            return None
+
+    def _baseline(self) -> None:
+        api = self._api
+        powers: dict[str, list[float]] = {w.gpu.uuid: [] for w in self._watched}
+        end = time.monotonic() + self.idle_baseline_s
+        while True:
+            for w in self._watched:
+                mw = self._optional(api.nvmlDeviceGetPowerUsage, w.handle)
+                if mw is not None:
+                    powers[w.gpu.uuid].append(mw / 1000.0)
+            if time.monotonic() >= end:
+                break
+            time.sleep(min(self.interval_s, max(0.0, end - time.monotonic())))
+        for w in self._watched:
+            values = powers[w.gpu.uuid]
+            w.idle_power_w = sum(values) / len(values) if values else None
+
+    def _sample(self, *, scan: bool = False) -> None:
+        api = self._api
+        if api is None:
+            return
+        now = self._clock()
+        for w in self._watched:
+            counter = (
+                self._optional(api.nvmlDeviceGetTotalEnergyConsumption, w.handle)
+                if w.has_counter
+                else None
+            )
+            mw = self._optional(api.nvmlDeviceGetPowerUsage, w.handle)
+            sample = _Sample(now, int(counter) if counter is not None else None, None)
+            if mw is not None:
+                sample.power_w = mw / 1000.0
+            with self._lock:
+                w.samples.append(sample)
+            for device, handle in w.devices:
+                memory = self._optional(api.nvmlDeviceGetMemoryInfo, handle)
+                if memory is not None:
+                    used = memory.used / MIB
+                    if used > w.peak_used_mib.get(device.uuid, -1.0):
+                        w.peak_used_mib[device.uuid] = used
+        if scan or now - self._last_scan >= self.process_scan_s:
+            self._scan(now)
+
+    def _scan(self, now: float) -> None:
+        if self.own_pids is None:
+            return
+        self._last_scan = now
+        try:
+            own = set(self.own_pids())
+        except Exception:
+            return
+        for w in self._watched:
+            for device, handle in w.devices:
+                processes = self._optional(self._api.nvmlDeviceGetComputeRunningProcesses, handle)
+                if processes is None:
+                    continue
+                self._scanned = True
+                for p in processes:
+                    if p.pid in own:
+                        continue
+                    used = getattr(p, "usedGpuMemory", None)
+                    self._foreign[(p.pid, device.uuid)] = ForeignProcess(
+                        pid=p.pid,
+                        uuid=device.uuid,
+                        nvml_index=device.gpu.index,
+                        used_mib=used / MIB if isinstance(used, int) else None,
+                    )
+
+    def _run(self) -> None:
+        start_cpu = time.thread_time()
+        try:
+            while not self._stop.wait(self.interval_s):
+                self._sample()
+        except Exception as exc:  # a sampler failure is reported, not raised in a thread
+            self._failure = f"the energy sampler failed: {exc}"
+        finally:
+            self._cpu_s = time.thread_time() - start_cpu
+
+
+@dataclass
+class EnergyReading:
+    """What the monitor read; energy is computed for a window on demand."""
+
+    watched: list[_Watched]
+    foreign: list[ForeignProcess]
+    scanned: bool
+    interval_s: float
+    sampler_cpu_s: float | None
+    unavailable_reason: str | None
+
+    @property
+    def first_sample_s(self) -> float | None:
+        times = [w.samples[0].t for w in self.watched if w.samples]
+        return min(times) if times else None
+
+    @property
+    def last_sample_s(self) -> float | None:
+        times = [w.samples[-1].t for w in self.watched if w.samples]
+        return max(times) if times else None
+
+    def energy(
+        self,
+        start_s: float | None = None,
+        end_s: float | None = None,
+        *,
+        includes: Sequence[str] = ("benchmark",),
+        excludes: Sequence[str] = (),
+    ) -> Energy:
+        """Energy of each watched GPU between ``start_s`` and ``end_s`` (unix seconds;
+        default: the whole watch), and the totals."""
+        if self.unavailable_reason is not None or not self.watched:
+            return unavailable_energy(self.unavailable_reason or "no GPU was watched")
+        first, last = self.first_sample_s, self.last_sample_s
+        assert first is not None
+        assert last is not None
+        t0 = first if start_s is None else max(start_s, first)
+        t1 = last if end_s is None else min(end_s, last)
+        warnings: list[str] = []
+        if start_s is not None and start_s < first - self.interval_s:
+            warnings.append("window_starts_before_monitoring")
+        if end_s is not None and end_s > last + self.interval_s:
+            warnings.append("window_ends_after_monitoring")
+        duration = max(t1 - t0, 0.0)
+        if duration < MIN_TRUSTED_WINDOW_S:
+            warnings.append("window_shorter_than_1s")
+        per_gpu = [self._gpu_energy(w, t0, t1, warnings) for w in self.watched]
+        methods = {g.method for g in per_gpu}
+        method: Any = methods.pop() if len(methods) == 1 else "mixed"
+        total = (
+            sum(g.energy_j for g in per_gpu if g.energy_j is not None)
+            if all(g.energy_j is not None for g in per_gpu)
+            else None
+        )
+        idle_adjusted = None
+        if total is not None and all(g.idle_power_w is not None for g in per_gpu):
+            idle = sum(g.idle_power_w or 0.0 for g in per_gpu)
+            idle_adjusted = total - idle * duration
+        for foreign in self.foreign:
+            tag = f"foreign_process_on_gpu:pid={foreign.pid}"
+            if tag not in warnings:
+                warnings.append(tag)
+        return Energy(
+            method=method if method is not None else "none",
+            window=EnergyWindow(
+                start_unix_s=t0,
+                end_unix_s=t1,
+                duration_s=duration,
+                includes=list(includes),
+                excludes=list(excludes),
+            ),
+            per_gpu=per_gpu,
+            gpu_energy_j=total,
+            avg_gpu_power_w=total / duration if total is not None and duration > 0 else None,
+            idle_adjusted_gpu_energy_j=idle_adjusted,
+            sample_interval_s=self.interval_s,
+            sampler_cpu_s=self.sampler_cpu_s,
+            warnings=warnings,
+        )
+
+    def _gpu_energy(self, w: _Watched, t0: float, t1: float, warnings: list[str]) -> GPUEnergy:
+        mig = w.mig_uuids
+        if mig:
+            warnings.append(f"mig_shared_counter:{w.gpu.uuid}")
+        samples = w.samples
+        inside = [s for s in samples if t0 <= s.t <= t1]
+        powers = [s for s in samples if s.power_w is not None]
+        common: dict[str, Any] = {
+            "uuid": w.gpu.uuid,
+            "nvml_index": w.gpu.index,
+            "name": w.gpu.name,
+            "idle_power_w": w.idle_power_w,
+            "power_samples": len([s for s in inside if s.power_w is not None]),
+            "mig_devices": mig,
+            "shared_with_other_slices": bool(mig),
+        }
+        duration = t1 - t0
+        counters = [s for s in samples if s.counter_mj is not None]
+        if w.has_counter and len(counters) >= 1:
+            if any(
+                (b.counter_mj or 0) < (a.counter_mj or 0) for a, b in itertools.pairwise(counters)
+            ):
+                warnings.append(f"counter_reset:{w.gpu.uuid}")
+                return GPUEnergy(
+                    method="nvml_total_energy_counter", energy_j=None, avg_power_w=None, **common
+                )
+            start_mj = _interpolate(counters, t0)
+            end_mj = _interpolate(counters, t1)
+            energy_j = (end_mj - start_mj) / 1000.0
+            if energy_j > 0 or duration <= 0:
+                return GPUEnergy(
+                    method="nvml_total_energy_counter",
+                    energy_j=energy_j,
+                    avg_power_w=energy_j / duration if duration > 0 else None,
+                    counter_start_mj=round(start_mj),
+                    counter_end_mj=round(end_mj),
+                    **common,
+                )
+            warnings.append(f"window_shorter_than_counter_update:{w.gpu.uuid}")
+        energy = _integrate(powers, t0, t1)
+        return GPUEnergy(
+            method="nvml_power_integration",
+            energy_j=energy,
+            avg_power_w=energy / duration if energy is not None and duration > 0 else None,
+            **common,
+        )
+
+    def memory(self) -> Memory:
+        rows = []
+        for w in self.watched:
+            for device, _ in w.devices:
+                rows.append(
+                    GPUMemory(
+                        uuid=device.uuid,
+                        nvml_index=device.gpu.index,
+                        peak_used_mib=w.peak_used_mib.get(device.uuid),
+                    )
+                )
+        return Memory(per_gpu=rows)
+
+    def isolation(self) -> Isolation:
+        if self.unavailable_reason is not None:
+            return Isolation(checked=False, reason=self.unavailable_reason)
+        if not self.scanned:
+            return Isolation(
+                checked=False, reason="NVML listed no processes for the routed devices"
+            )
+        return Isolation(checked=True, foreign_processes=sorted(self.foreign, key=lambda p: p.pid))
+
+
+def _interpolate(samples: Sequence[_Sample], t: float) -> float:
+    """The counter at time ``t``, linear between the samples that bracket it."""
+    times = [s.t for s in samples]
+    i = bisect.bisect_left(times, t)
+    if i <= 0:
+        return float(samples[0].counter_mj or 0)
+    if i >= len(samples):
+        return float(samples[-1].counter_mj or 0)
+    a, b = samples[i - 1], samples[i]
+    ca, cb = float(a.counter_mj or 0), float(b.counter_mj or 0)
+    if b.t == a.t:
+        return cb
+    return ca + (cb - ca) * (t - a.t) / (b.t - a.t)
+
+
+def _integrate(samples: Sequence[_Sample], t0: float, t1: float) -> float | None:
+    """Trapezoidal integral of sampled power over [t0, t1] (power held at the ends)."""
+    points = [(s.t, s.power_w) for s in samples if s.power_w is not None]
+    if not points:
+        return None
+    if t1 <= t0:
+        return 0.0
+    times = [t for t, _ in points]
+
+    def power_at(t: float) -> float:
+        i = bisect.bisect_left(times, t)
+        if i <= 0:
+            return points[0][1]
+        if i >= len(points):
+            return points[-1][1]
+        (ta, pa), (tb, pb) = points[i - 1], points[i]
+        return pa if tb == ta else pa + (pb - pa) * (t - ta) / (tb - ta)
+
+    knots = [t0, *(t for t in times if t0 < t < t1), t1]
+    return sum((b - a) * (power_at(a) + power_at(b)) / 2 for a, b in itertools.pairwise(knots))

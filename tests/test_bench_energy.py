@@ -1,0 +1,197 @@
+"""The energy monitor against FakeNVML, whose counters advance with a clock."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from gpuroute import Inventory, plan
+from gpuroute.bench.energy import EnergyMonitor
+from gpuroute.testing import FakeNVML
+
+
+class ManualClock:
+    """A clock the test moves; shared by FakeNVML and the monitor."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def watch(
+    inventory: Inventory, spec: str, fake: FakeNVML, clock: ManualClock, **kwargs: object
+) -> EnergyMonitor:
+    devices = plan(spec, inventory).devices
+    # A long interval: only the samples at start() and stop() are taken, at the clock's time.
+    return EnergyMonitor(devices, nvml=fake, interval_s=3600, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def test_counter_delta_for_exactly_the_routed_gpus(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(h100, power_w={2: 300.0, 5: 500.0}, clock=clock)
+    monitor = watch(h100, "5,2", fake, clock).start()
+    clock.t += 10
+    reading = monitor.stop()
+    energy = reading.energy()
+    assert [(g.uuid, g.nvml_index) for g in energy.per_gpu] == [
+        (h100.gpus[5].uuid, 5),
+        (h100.gpus[2].uuid, 2),
+    ]
+    assert [g.energy_j for g in energy.per_gpu] == pytest.approx([5000.0, 3000.0])
+    assert energy.gpu_energy_j == pytest.approx(8000.0)
+    assert energy.avg_gpu_power_w == pytest.approx(800.0)
+    assert energy.method == "nvml_total_energy_counter"
+    assert energy.per_gpu[0].counter_end_mj - energy.per_gpu[0].counter_start_mj == 5_000_000  # type: ignore[operator]
+    assert energy.warnings == []
+    assert fake.init_count == 0, "NVML is shut down again"
+
+
+def test_window_is_interpolated_between_samples(h100: Inventory) -> None:
+    clock = ManualClock(0.0)
+    fake = FakeNVML(h100, power_w=100.0, clock=clock)
+    monitor = watch(h100, "0", fake, clock).start()
+    clock.t = 20.0
+    energy = monitor.stop().energy(5.0, 15.0, includes=["generate"], excludes=["model_load"])
+    assert energy.gpu_energy_j == pytest.approx(1000.0)
+    assert energy.window is not None
+    assert (energy.window.duration_s, energy.window.includes, energy.window.excludes) == (
+        10.0,
+        ["generate"],
+        ["model_load"],
+    )
+
+
+def test_a_counter_reset_makes_the_energy_null_not_partial(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(h100, clock=clock)
+    monitor = EnergyMonitor(plan("1,3", h100).devices, nvml=fake, interval_s=0.01, clock=clock)
+    monitor.start()
+    clock.t += 5
+    fake.reset_energy_counter(3)
+    clock.t += 5
+    energy = monitor.stop().energy()
+    by_index = {g.nvml_index: g for g in energy.per_gpu}
+    assert by_index[1].energy_j == pytest.approx(750.0)
+    assert by_index[3].energy_j is None
+    assert energy.gpu_energy_j is None
+    assert f"counter_reset:{h100.gpus[3].uuid}" in energy.warnings
+
+
+def test_without_a_counter_sampled_power_is_integrated(h100: Inventory) -> None:
+    fake = FakeNVML(h100, power_w=200.0, clock=time.time)
+    fake.drop_energy_counter(4)
+    monitor = EnergyMonitor(plan("4", h100).devices, nvml=fake, interval_s=0.02).start()
+    time.sleep(0.3)
+    fake.set_power(4, 400.0)
+    time.sleep(0.3)
+    energy = monitor.stop().energy()
+    gpu = energy.per_gpu[0]
+    assert energy.method == gpu.method == "nvml_power_integration"
+    assert gpu.counter_start_mj is None
+    assert gpu.power_samples >= 10
+    assert energy.window is not None
+    # 200 W then 400 W for about equal halves: the mean power lies between them.
+    assert gpu.avg_power_w is not None
+    assert 230.0 < gpu.avg_power_w < 370.0
+
+
+def test_a_window_shorter_than_the_counter_update_is_estimated_and_flagged(
+    h100: Inventory,
+) -> None:
+    clock = ManualClock(100.0)
+    fake = FakeNVML(h100, power_w=250.0, clock=clock, energy_update_s=0.1)
+    monitor = watch(h100, "0", fake, clock).start()
+    clock.t += 0.05  # the counter does not move before the next 100 ms boundary
+    energy = monitor.stop().energy()
+    gpu = energy.per_gpu[0]
+    assert gpu.method == "nvml_power_integration"
+    assert gpu.energy_j == pytest.approx(250.0 * 0.05)
+    assert f"window_shorter_than_counter_update:{h100.gpus[0].uuid}" in energy.warnings
+    assert "window_shorter_than_1s" in energy.warnings
+
+
+def test_idle_baseline_is_subtracted(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(h100, power_w=60.0, clock=clock)
+    monitor = watch(h100, "6", fake, clock, idle_baseline_s=0.05).start()
+    fake.set_power(6, 360.0)
+    clock.t += 10
+    energy = monitor.stop().energy()
+    assert energy.per_gpu[0].idle_power_w == pytest.approx(60.0)
+    assert energy.gpu_energy_j == pytest.approx(3600.0)
+    assert energy.idle_adjusted_gpu_energy_j == pytest.approx(3000.0)
+
+
+def test_processes_the_run_did_not_start_are_reported(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(h100, clock=clock)
+    mine = os.getpid()
+    fake.start_process(mine, 2, 1000)
+    fake.start_process(4242, 2, 3000)
+    fake.start_process(5151, 7, 500)  # on a GPU this run does not use
+    monitor = watch(h100, "2", fake, clock, own_pids=lambda: {mine}).start()
+    clock.t += 2
+    reading = monitor.stop()
+    isolation = reading.isolation()
+    assert isolation.checked
+    assert [(p.pid, p.nvml_index, p.used_mib) for p in isolation.foreign_processes] == [
+        (4242, 2, 3000.0)
+    ]
+    assert "foreign_process_on_gpu:pid=4242" in reading.energy().warnings
+    assert [(m.nvml_index, m.peak_used_mib) for m in reading.memory().per_gpu] == [(2, 4000.0)]
+
+
+def test_a_mig_run_reads_the_parent_gpu_and_says_it_is_shared(a100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(a100, power_w=400.0, clock=clock)
+    devices = plan("2:1", a100).devices
+    fake.start_process(777, 2, 2048, mig=1)
+    monitor = EnergyMonitor(devices, nvml=fake, interval_s=3600, clock=clock).start()
+    clock.t += 3
+    reading = monitor.stop()
+    energy = reading.energy()
+    gpu = a100.gpus[2]
+    assert [(g.uuid, g.mig_devices) for g in energy.per_gpu] == [(gpu.uuid, [devices[0].uuid])]
+    assert energy.per_gpu[0].shared_with_other_slices
+    assert energy.gpu_energy_j == pytest.approx(1200.0)
+    assert f"mig_shared_counter:{gpu.uuid}" in energy.warnings
+    # Memory is the MIG device's own.
+    assert [(m.uuid, m.peak_used_mib) for m in reading.memory().per_gpu] == [
+        (devices[0].uuid, 2048.0)
+    ]
+
+
+def test_without_nvml_energy_is_null_with_a_reason(h100: Inventory) -> None:
+    fake = FakeNVML(h100)
+    fake.remove_library()
+    reading = EnergyMonitor(plan("0", h100).devices, nvml=fake).start().stop()
+    energy = reading.energy()
+    assert energy.method == "none"
+    assert energy.gpu_energy_j is None
+    assert energy.per_gpu == []
+    assert energy.unavailable_reason is not None
+    assert "NVML" in energy.unavailable_reason
+    assert "libnvidia-ml" in energy.unavailable_reason
+    assert not reading.isolation().checked
+
+
+def test_no_routed_gpu_means_no_energy(h100: Inventory) -> None:
+    reading = EnergyMonitor(plan("none", h100).devices, nvml=FakeNVML(h100)).start().stop()
+    assert reading.energy().unavailable_reason == "no GPU was routed to this run"
+
+
+def test_background_sampling_follows_real_time(h100: Inventory) -> None:
+    fake = FakeNVML(h100, power_w=100.0, clock=time.time, energy_update_s=0.02)
+    monitor = EnergyMonitor(plan("0,1", h100).devices, nvml=fake, interval_s=0.02).start()
+    time.sleep(0.5)
+    reading = monitor.stop()
+    energy = reading.energy()
+    assert energy.window is not None
+    assert all(g.power_samples >= 10 for g in energy.per_gpu)
+    assert energy.gpu_energy_j == pytest.approx(2 * 100.0 * energy.window.duration_s, rel=0.1)
+    assert energy.sampler_cpu_s is not None
+    assert energy.sampler_cpu_s >= 0.0
