@@ -33,6 +33,7 @@ The tree::
     │       └── ImageNotFoundError     the image is neither local nor pullable
     └── BenchError                     a benchmark or campaign cannot be set up or run
         ├── BenchConfigError (ValueError) bad runner options or campaign file
+        ├── BenchTimeout               the benchmark ran past its time limit and was stopped
         └── NativeReportError          a tool's native report is missing or not its format
 
 Every message names the offending input and says what would work. Errors raised while
@@ -45,6 +46,7 @@ __all__ = [
     "AmbiguousDeviceError",
     "BenchConfigError",
     "BenchError",
+    "BenchTimeout",
     "NativeReportError",
     "ContextError",
     "ComposeConflictError",
@@ -229,3 +231,7 @@ class BenchConfigError(BenchError, ValueError):
 class NativeReportError(BenchError):
     """A benchmark tool's own report is missing, or is not in the format of that tool; the
     message names the file, the tool and the key that was expected."""
+
+
+class BenchTimeout(BenchError):
+    """The benchmark ran past its time limit; it was stopped, and its result says so."""

@@ -1,0 +1,625 @@
+"""What every runner shares: route, lease, watch energy, launch, collect, build the result.
+
+A runner describes its benchmark as a ``Job`` (the command, how to read its native report,
+how to check the routing) and ``execute(job, options)`` does the rest, the same way for every
+runner:
+
+1. resolve the GPUs (or lease them) into a routing plan, and let the job check it (tensor
+   parallelism against the number and kind of devices);
+2. start the energy monitor on the plan's physical GPUs, on the host, by UUID;
+3. run the command through ``gpuroute.launch``: a local process, or a container with a work
+   directory mounted at ``/gpuroute-bench`` (the benchmark's inputs and native reports);
+   for a server benchmark, start the server, run the client next to it, stop the server;
+4. read the native report, compute energy over the benchmark's own window, and return a
+   ``Result``. A failure at any step still gives a result (``status: failed`` and the
+   error), with everything that was measured; containers are removed and leases released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gpuroute.bench.energy import EnergyMonitor, EnergyReading, unavailable_energy
+from gpuroute.bench.result import (
+    Environment,
+    Isolation,
+    Latency,
+    Memory,
+    Result,
+    RoutedDevice,
+    Routing,
+    RunnerInfo,
+    Throughput,
+    Timing,
+    Tokens,
+    Workload,
+    derive_energy,
+)
+from gpuroute.errors import BenchConfigError, BenchTimeout, GpurouteError, LaunchTimeout
+
+if TYPE_CHECKING:
+    from gpuroute.core.context import CallerContext
+    from gpuroute.core.inventory import Inventory
+    from gpuroute.core.plan import RoutingPlan
+    from gpuroute.launch import Launch
+    from gpuroute.leases import Lease
+
+__all__ = [
+    "MOUNT",
+    "Collected",
+    "Execution",
+    "Job",
+    "RunOptions",
+    "check_parallelism",
+    "execute",
+    "process_tree",
+]
+
+MOUNT = "/gpuroute-bench"
+Execution = Literal["inprocess", "subprocess", "container"]
+_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a benchmark runs; the same for every runner.
+
+    ``gpus`` is any gpuroute spec (``"0,1"``, ``"GPU-…"``, ``"2:1"``, ``"any:2"`` with
+    ``lease=True``, or ``"none"``). ``nvml`` may be a ``gpuroute.testing.FakeNVML``;
+    ``simulated_host`` names the simulated topology, recorded in the result.
+    """
+
+    gpus: str = "none"
+    execution: Execution = "subprocess"
+    image: str | None = None
+    inventory: Inventory | None = None
+    nvml: Any = None
+    simulated_host: str | None = None
+    context: CallerContext | None = None
+    docker_host: str | None = None
+    docker_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    verify: bool = False
+    lease: bool = False
+    lease_dir: str | os.PathLike[str] | None = None
+    lease_wait_s: float = 0.0
+    timeout_s: float | None = None
+    energy_interval_s: float = 0.1
+    idle_baseline_s: float = 0.0
+    workdir: str | os.PathLike[str] | None = None
+    """Where inputs and native reports are written (and kept); default: a new temporary
+    directory, removed afterwards."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Collected:
+    """What a job read back from its run."""
+
+    tokens: Tokens
+    throughput: Throughput
+    latency: Latency
+    duration_s: float | None
+    window: tuple[float, float] | None
+    """The benchmark's timed region in unix seconds, for the energy window."""
+    includes: list[str]
+    excludes: list[str]
+    measured_window: str
+    native_report: Any = None
+    native_report_path: str | None = None
+    tool_version: str | None = None
+    cuda_visible_devices: str | None = None
+    cuda_device_order: str | None = None
+    device: str | None = None
+    framework_versions: dict[str, str] = field(default_factory=dict)
+    peak_process_allocated_mib: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """One benchmark, as a runner describes it."""
+
+    runner: Literal["transformers", "vllm", "trtllm"]
+    mode: str
+    tool: str
+    workload: Workload
+    command: Callable[[str], list[str]]
+    """The argv, given the work directory as the benchmark sees it."""
+    collect: Callable[[Path, str], Collected]
+    """Reads the results from the work directory (host path) and the logs."""
+    prepare: Callable[[Path], None] = lambda _workdir: None
+    entrypoint: list[str] | None = None
+    """Always set for containers: an image's own entrypoint differs between versions."""
+    container_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    client_command: Callable[[str], list[str]] | None = None
+    """For a server benchmark: ``command`` starts the server, this runs the client."""
+    inprocess: Callable[[Path], None] | None = None
+    check: Callable[[RoutingPlan], None] = lambda _plan: None
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    distributed_executor_backend: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    local_ids: Literal["uuid", "index"] = "uuid"
+    """How a local process names its GPUs: ``index`` for tools that cannot parse UUIDs."""
+
+
+def check_parallelism(plan: RoutingPlan, tool: str, tp: int, pp: int = 1) -> None:
+    """Tensor x pipeline parallelism must use exactly the routed devices, never MIG ones."""
+    n = len(plan.devices)
+    if n == 0:
+        raise BenchConfigError(
+            f"{tool} needs at least one GPU, and --gpus {plan.spec!r} routes none; name GPUs "
+            "(for example --gpus 0,1) or use any:N with a lease"
+        )
+    if tp < 1 or pp < 1:
+        raise BenchConfigError(f"parallel sizes must be at least 1 (tensor {tp}, pipeline {pp})")
+    if tp * pp != n:
+        raise BenchConfigError(
+            f"{tool}: tensor parallel size {tp} x pipeline parallel size {pp} = {tp * pp} "
+            f"must equal the number of routed GPUs, {n} ({plan.spec!r}); route {tp * pp} "
+            f"GPUs or set the sizes so that their product is {n}"
+        )
+    migs = [d for d in plan.devices if d.is_mig]
+    if migs and n > 1:
+        raise BenchConfigError(
+            f"{tool}: parallelism across MIG devices is not possible "
+            f"({', '.join(d.label for d in migs)}): a CUDA process can use only one MIG "
+            "device, and MIG devices have no peer-to-peer links; run on one MIG device, or "
+            "on whole GPUs"
+        )
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and all its descendants, read from /proc."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _inventory(options: RunOptions) -> Inventory:
+    if options.inventory is not None:
+        return options.inventory
+    from gpuroute.core.inventory import Inventory
+    from gpuroute.host import default_inventory
+
+    try:
+        return default_inventory()
+    except GpurouteError:
+        if options.gpus.strip().lower() in ("none", ""):
+            return Inventory(gpus=())  # a CPU-only machine: no GPU asked for, none needed
+        raise
+
+
+def _routing(job: Job, plan: RoutingPlan, options: RunOptions, lease: Lease | None) -> Routing:
+    container = options.execution == "container"
+    env: Mapping[str, str] = {}
+    if container:
+        env = plan.container_env
+    elif plan.local_refusal is None:
+        env = plan.local_env
+    return Routing(
+        spec=plan.spec,
+        devices=[
+            RoutedDevice(
+                cuda_ordinal=i,
+                uuid=d.uuid,
+                gpu_uuid=d.gpu.uuid,
+                nvml_index=d.gpu.index,
+                pci_bus_id=d.gpu.pci_bus_id,
+                name=d.gpu.name,
+                mig_profile=d.mig.profile if d.mig else None,
+            )
+            for i, d in enumerate(plan.devices)
+        ],
+        cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"),
+        cuda_device_order=env.get("CUDA_DEVICE_ORDER"),
+        nvidia_visible_devices=plan.host_env["NVIDIA_VISIBLE_DEVICES"] if container else None,
+        tensor_parallel_size=job.tensor_parallel_size,
+        pipeline_parallel_size=job.pipeline_parallel_size,
+        distributed_executor_backend=job.distributed_executor_backend,
+        lease_id=lease.id if lease is not None else None,
+        plan=plan.to_dict(),
+    )
+
+
+def _tail(text: str) -> str | None:
+    return text[-_TAIL:] if text else None
+
+
+def execute(job: Job, options: RunOptions) -> Result:
+    """Run ``job`` as ``options`` say and return its result (never raises for a failure of
+    the benchmark itself: that is a result with ``status: failed``). Errors in the request
+    (a bad spec, an impossible parallel size, a device leased by someone else) raise."""
+    from gpuroute.api import plan as make_plan
+    from gpuroute.core.context import CallerContext
+
+    if options.execution == "container" and not options.image:
+        raise BenchConfigError(
+            f"execution 'container' needs an image for {job.tool} (--image NAME)"
+        )
+    if options.execution == "inprocess" and job.inprocess is None:
+        raise BenchConfigError(
+            f"{job.tool} cannot run in-process; use execution 'subprocess' or 'container'"
+        )
+    inventory = _inventory(options)
+    context = options.context
+    if context is None and options.simulated_host is not None:
+        context = CallerContext()  # this machine's own CUDA variables say nothing there
+    target: Literal["container", "local"] = (
+        "container" if options.execution == "container" else "local"
+    )
+    lease: Lease | None = None
+    if options.lease:
+        from gpuroute.leases import acquire
+
+        lease = acquire(
+            options.gpus,
+            inventory=inventory,
+            nvml=options.nvml,
+            lease_dir=options.lease_dir,
+            wait_s=options.lease_wait_s,
+            context=context,
+            target=target,
+            local_ids=job.local_ids,
+        )
+        plan = lease.plan
+    else:
+        plan = make_plan(
+            options.gpus, inventory, context=context, target=target, local_ids=job.local_ids
+        )
+    try:
+        job.check(plan)
+        if target == "local" and plan.devices:
+            plan.local_env  # noqa: B018 - raises ContextError if a parent mask forbids it
+        return _run(job, options, plan, lease, inventory)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _run(
+    job: Job,
+    options: RunOptions,
+    plan: RoutingPlan,
+    lease: Lease | None,
+    inventory: Inventory,
+) -> Result:
+    started_at = _now()
+    own_workdir = options.workdir is None
+    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="gpuroute-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o777)  # the container's user may not be root  # noqa: S103
+    owned: set[int] = {os.getpid()}
+    handle_box: list[Launch] = []
+
+    def own_pids() -> Iterable[int]:
+        if not handle_box:
+            return set(owned)
+        return owned | _handle_pids(handle_box[0])
+
+    monitor = EnergyMonitor(
+        plan.devices,
+        nvml=options.nvml,
+        interval_s=options.energy_interval_s,
+        idle_baseline_s=options.idle_baseline_s,
+        own_pids=own_pids,
+    )
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None
+    logs = ""
+    collected: Collected | None = None
+    reading: EnergyReading | None = None
+    wall_start = time.time()
+    try:
+        job.prepare(workdir)
+        monitor.start()
+        try:
+            logs, code = _launch(job, options, plan, lease, workdir, handle_box)
+        finally:
+            reading = monitor.stop()
+        if code != 0:
+            status, error = "failed", f"{job.tool} exited with status {code}" + _last_lines(logs)
+        try:
+            collected = job.collect(workdir, logs)
+        except GpurouteError as exc:
+            if status == "ok":
+                status, error = "failed", str(exc)
+    except (GpurouteError, OSError) as exc:
+        if isinstance(exc, (BenchConfigError,)):
+            raise
+        status, error = "failed", str(exc)
+    finally:
+        if reading is None:
+            reading = monitor.stop()
+    wall_end = time.time()
+    result = _result(
+        job,
+        options,
+        plan,
+        lease,
+        inventory,
+        collected,
+        reading,
+        status,
+        error,
+        logs,
+        started_at,
+        wall_start,
+        wall_end,
+        workdir,
+    )
+    if own_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _last_lines(logs: str, n: int = 15) -> str:
+    lines = [line for line in logs.strip().splitlines() if line.strip()]
+    if not lines:
+        return " (it printed nothing)"
+    return "; its last lines:\n" + "\n".join(lines[-n:])
+
+
+def _handle_pids(handle: Launch) -> set[int]:
+    process = getattr(handle, "process", None)
+    if process is not None:
+        return process_tree(process.pid)
+    container = getattr(handle, "container", None)
+    if container is not None:
+        with contextlib.suppress(Exception):
+            container.reload()
+            pid = int(container.attrs["State"]["Pid"])
+            if pid > 0:
+                return process_tree(pid)
+    return set()
+
+
+def _launch(
+    job: Job,
+    options: RunOptions,
+    plan: RoutingPlan,
+    lease: Lease | None,
+    workdir: Path,
+    handle_box: list[Launch],
+) -> tuple[str, int]:
+    """Run the job; return its logs and exit status."""
+    from gpuroute.launch import launch
+
+    env = {**job.env, **options.env}
+    if options.execution == "inprocess":
+        assert job.inprocess is not None
+        if plan.devices:
+            os.environ.update(plan.local_env)
+        job.inprocess(workdir)
+        return "", 0
+    container = options.execution == "container"
+    where = MOUNT if container else str(workdir)
+    common: dict[str, Any] = {
+        "gpus": plan.spec,
+        "inventory": plan.inventory,
+        "context": plan.context,
+        "env": env,
+        "lease": lease if lease is not None else False,
+        "local_ids": job.local_ids,
+    }
+    if container:
+        docker_kwargs = {
+            **job.container_kwargs,
+            **options.docker_kwargs,
+            "volumes": {str(workdir): {"bind": MOUNT, "mode": "rw"}},
+        }
+        if job.entrypoint is not None:
+            docker_kwargs["entrypoint"] = job.entrypoint
+        common.update(
+            image=options.image,
+            docker_host=options.docker_host,
+            docker_kwargs=docker_kwargs,
+            verify=options.verify,
+        )
+    with launch(job.command(where), **common) as handle:
+        handle_box.append(handle)
+        try:
+            if job.client_command is None:
+                code = handle.wait(options.timeout_s)
+                return handle.logs(), code
+            client_logs, code = _client(job, handle, where, env, options.timeout_s)
+            handle.stop()
+            return handle.logs() + client_logs, code
+        except LaunchTimeout:
+            handle.stop()
+            return handle.logs(), _timed_out(job, options)
+
+
+def _timed_out(job: Job, options: RunOptions) -> int:
+    raise BenchTimeout(
+        f"{job.tool} was still running after {options.timeout_s} s and was stopped; raise "
+        "the time limit (--timeout) or shrink the workload"
+    )
+
+
+def _client(
+    job: Job, handle: Launch, where: str, env: Mapping[str, str], timeout_s: float | None
+) -> tuple[str, int]:
+    """Run a server benchmark's client next to the running server (in its container, so
+    that it reaches the server on the loopback even without a network)."""
+    import subprocess
+
+    assert job.client_command is not None
+    argv = job.client_command(where)
+    container = getattr(handle, "container", None)
+    if container is not None:
+        result = container.exec_run(argv, environment=dict(env), demux=False)
+        return result.output.decode(errors="replace"), int(result.exit_code)
+    completed = subprocess.run(
+        argv,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    return completed.stdout + completed.stderr, completed.returncode
+
+
+def _result(
+    job: Job,
+    options: RunOptions,
+    plan: RoutingPlan,
+    lease: Lease | None,
+    inventory: Inventory,
+    collected: Collected | None,
+    reading: EnergyReading,
+    status: Literal["ok", "failed"],
+    error: str | None,
+    logs: str,
+    started_at: str,
+    wall_start: float,
+    wall_end: float,
+    workdir: Path,
+) -> Result:
+    import gpuroute
+
+    routing = _routing(job, plan, options, lease)
+    if collected is not None:
+        if collected.cuda_visible_devices is not None:
+            routing.cuda_visible_devices = collected.cuda_visible_devices
+        if collected.cuda_device_order is not None:
+            routing.cuda_device_order = collected.cuda_device_order
+        tokens, throughput, latency = collected.tokens, collected.throughput, collected.latency
+        window = collected.window
+        energy = reading.energy(
+            *(window or (None, None)), includes=collected.includes, excludes=collected.excludes
+        )
+        timing = Timing(
+            measured_window=collected.measured_window,
+            duration_s=collected.duration_s,
+            start_unix_s=window[0] if window else None,
+            end_unix_s=window[1] if window else None,
+        )
+    else:
+        tokens, throughput, latency = Tokens(), Throughput(), Latency()
+        energy = reading.energy(includes=["whole_run"])
+        timing = Timing(measured_window="whole_run", duration_s=wall_end - wall_start)
+    if energy.method != "none":
+        energy = derive_energy(energy, tokens)
+    if not plan.devices and energy.method == "none":
+        energy = unavailable_energy("no GPU was routed to this run (--gpus none)")
+    memory = reading.memory()
+    if collected is not None and collected.peak_process_allocated_mib is not None:
+        memory = Memory(
+            per_gpu=memory.per_gpu,
+            peak_process_allocated_mib=collected.peak_process_allocated_mib,
+        )
+    isolation = (
+        reading.isolation()
+        if plan.devices
+        else Isolation(checked=False, reason="no GPU was routed to this run")
+    )
+    environment = Environment(
+        driver_version=inventory.driver_version,
+        gpu_names=[d.gpu.name + (f" MIG {d.mig.profile}" if d.mig else "") for d in plan.devices],
+        hostname=socket.gethostname(),
+        python_version=platform.python_version(),
+        gpuroute_version=gpuroute.__version__,
+        framework_versions=dict(collected.framework_versions) if collected else {},
+        device=collected.device if collected else None,
+        simulated_host=options.simulated_host,
+    )
+    native_path = collected.native_report_path if collected else None
+    return Result(
+        run_id=str(uuid.uuid4()),
+        status=status,
+        error=error,
+        started_at=started_at,
+        ended_at=_now(),
+        runner=RunnerInfo(
+            name=job.runner,
+            mode=job.mode,
+            execution=options.execution,
+            tool=job.tool,
+            tool_version=collected.tool_version if collected else None,
+            image=options.image if options.execution == "container" else None,
+            entrypoint=job.entrypoint if options.execution == "container" else None,
+            argv=job.command(MOUNT if options.execution == "container" else str(workdir))
+            if options.execution != "inprocess"
+            else [sys.executable, "-c", "<in-process>"],
+            native_report_path=native_path,
+        ),
+        routing=routing,
+        workload=job.workload,
+        timing=timing,
+        tokens=tokens,
+        throughput=throughput,
+        latency=latency,
+        energy=energy,
+        memory=memory,
+        environment=environment,
+        isolation=isolation,
+        labels=dict(options.labels),
+        native_report=collected.native_report if collected else None,
+        native_log_tail=_tail(logs),
+    )
+
+
+def collected_from_report(
+    parsed: Any,
+    *,
+    report: Any,
+    path: Path,
+    notes: Iterable[str] = (),
+) -> Collected:
+    """A tool's parsed native report as a Collected. The tool reports only how long its
+    timed region lasted, and writes its report right after it: the window ends at the
+    report file's modification time and lasts ``duration_s``, so model loading and warm-up
+    before it are left out of the energy."""
+    end = path.stat().st_mtime
+    duration = parsed.duration_s
+    window = (end - duration, end) if duration is not None else None
+    return Collected(
+        tokens=parsed.tokens,
+        throughput=parsed.throughput,
+        latency=parsed.latency,
+        duration_s=duration,
+        window=window,
+        includes=["benchmark"],
+        excludes=["model_load", "warmup"] if window else [],
+        measured_window="benchmark" if window else "whole_run",
+        native_report=report,
+        native_report_path=str(path),
+        tool_version=parsed.tool_version,
+        notes=[*parsed.notes, *notes],
+    )
