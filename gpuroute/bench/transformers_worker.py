@@ -46,10 +46,8 @@ class _TokenClock:
         pass
 
 
-def _tiny_model(torch: Any, dtype: Any) -> Any:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(
+def _tiny_model(tf: Any, dtype: Any) -> Any:
+    config = tf.LlamaConfig(
         vocab_size=256,
         hidden_size=64,
         intermediate_size=128,
@@ -61,7 +59,7 @@ def _tiny_model(torch: Any, dtype: Any) -> Any:
         eos_token_id=2,
         pad_token_id=0,
     )
-    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +67,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    tf: Any = transformers  # untyped in places: used through Any
 
     seed = int(config.get("seed", 0))
     torch.manual_seed(seed)
@@ -85,8 +84,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     notes: list[str] = []
 
     load_start = time.time()
+    model: Any
     if config.get("model") == TINY:
-        model = _tiny_model(torch, dtype)
+        model = _tiny_model(tf, dtype)
         model.to(device)
     else:
         kwargs: dict[str, Any] = {"dtype": dtype}
@@ -94,7 +94,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             kwargs["revision"] = config["revision"]
         if device == "cuda" and torch.cuda.device_count() > 1:
             kwargs["device_map"] = "auto"  # layers spread over every visible GPU
-        model = AutoModelForCausalLM.from_pretrained(config["model"], **kwargs)
+        model = tf.AutoModelForCausalLM.from_pretrained(config["model"], **kwargs)
         if "device_map" not in kwargs:
             model.to(device)
     model.eval()
@@ -107,7 +107,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     prompts = torch.randint(low, vocab, (num_prompts, input_len), generator=generator)
     first_device = next(model.parameters()).device
-    gen = GenerationConfig(
+    gen = tf.GenerationConfig(
         max_new_tokens=output_len,
         min_new_tokens=output_len,
         do_sample=False,
@@ -158,9 +158,9 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
     peak = None
     if device == "cuda":
-        peak = sum(
-            torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())
-        ) / (1024 * 1024)
+        peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / (
+            1024 * 1024
+        )
     return {
         "format": FORMAT,
         "window": {"start_unix_s": window_start, "end_unix_s": window_end},
@@ -170,9 +170,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER"),
-        "cuda_devices": [
-            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
-        ]
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if device == "cuda"
         else [],
         "input_tokens_total": num_prompts * input_len,

@@ -6,8 +6,10 @@ root and pid file, in a fresh temporary directory; never the system engine) whos
 registers its ``nvidia`` device driver and calls the hook for every GPU device request, as it
 does on a real GPU host. A runtime named ``nvidia`` is registered too. It builds, locally,
 the test image ``gpuroute-sim:latest`` (a static busybox with stand-ins for ``nvidia-smi -L``
-and CUDA's device enumeration, ``cuda-devices``) and ``gpuroute-sim-cuda:latest``, which bakes
-``NVIDIA_VISIBLE_DEVICES=all`` as CUDA base images do.
+and CUDA's device enumeration, ``cuda-devices``, and for the benchmark tools ``vllm`` and
+``trtllm-bench``), ``gpuroute-sim-cuda:latest``, which bakes ``NVIDIA_VISIBLE_DEVICES=all`` as
+CUDA base images do, and ``gpuroute-sim-vllm:latest`` / ``gpuroute-sim-trtllm:latest``, which
+stand in for the vLLM and TensorRT-LLM images.
 
 It needs root, ``dockerd`` and a static ``busybox`` (Debian: ``docker.io``, ``busybox-static``).
 ``SimulatedGPUHost.unavailable()`` says why it cannot run here, or returns None.
@@ -36,11 +38,16 @@ from typing import Any
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing import toolkit
 
-__all__ = ["IMAGE", "IMAGE_CUDA_ALL", "SimulatedGPUHost"]
+__all__ = ["IMAGE", "IMAGE_CUDA_ALL", "IMAGE_TRTLLM", "IMAGE_VLLM", "SimulatedGPUHost"]
 
 IMAGE = "gpuroute-sim:latest"
 IMAGE_CUDA_ALL = "gpuroute-sim-cuda:latest"
-_TOOLS = ("nvidia-smi", "cuda-devices")
+IMAGE_VLLM = "gpuroute-sim-vllm:latest"
+"""Stands in for the vLLM image: the stand-in ``vllm``, and the entrypoint ``vllm serve`` of
+newer vLLM images (a runner that does not set its own entrypoint runs a server)."""
+IMAGE_TRTLLM = "gpuroute-sim-trtllm:latest"
+"""Stands in for the TensorRT-LLM release image: the stand-in ``trtllm-bench``."""
+_TOOLS = ("nvidia-smi", "cuda-devices", "vllm", "trtllm-bench")
 
 
 class EngineStartError(RuntimeError):
@@ -226,6 +233,14 @@ class SimulatedGPUHost:
                         "ENV NVIDIA_REQUIRE_CUDA=cuda>=12.8",
                     ],
                 ),
+                (
+                    IMAGE_VLLM,
+                    [
+                        "ENV NVIDIA_VISIBLE_DEVICES=all",
+                        'ENTRYPOINT ["vllm", "serve"]',
+                    ],
+                ),
+                (IMAGE_TRTLLM, ["ENV NVIDIA_VISIBLE_DEVICES=all"]),
             ):
                 repository, _, version = tag.partition(":")
                 client.api.import_image_from_data(

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpuroute.bench.result import Latency, Throughput, Tokens, Workload
+from gpuroute.bench.result import Latency, Result, Throughput, Tokens, Workload
 from gpuroute.bench.runners.common import MOUNT, Collected, Execution, Job, RunOptions, execute
 from gpuroute.bench.stats import PercentileMethod, summarize
 from gpuroute.errors import BenchConfigError, NativeReportError
@@ -190,7 +190,7 @@ def collect_worker_report(path: Path) -> Collected:
     )
 
 
-def run_transformers(options: RunOptions | None = None, **workload: Any) -> Any:
+def run_transformers(options: RunOptions | None = None, **workload: Any) -> Result:
     """Run the generation benchmark; ``workload`` takes ``transformers_job``'s arguments
     (``model``, ``input_len``, ``output_len``, ``num_prompts``, ``batch_size``, …)."""
     options = options or RunOptions()

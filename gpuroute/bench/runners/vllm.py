@@ -25,7 +25,7 @@ from gpuroute.bench.parsers import (
     parse_vllm_serve,
     parse_vllm_throughput,
 )
-from gpuroute.bench.result import Workload
+from gpuroute.bench.result import Result, Workload
 from gpuroute.bench.runners.common import (
     Collected,
     Execution,
@@ -234,7 +234,7 @@ def vllm_job(
     return job
 
 
-def run_vllm(options: RunOptions | None = None, **workload: Any) -> Any:
+def run_vllm(options: RunOptions | None = None, **workload: Any) -> Result:
     """Run a vLLM benchmark; ``workload`` takes ``vllm_job``'s arguments. In a container
     the image defaults to ``DEFAULT_IMAGE``."""
     options = options or RunOptions(execution="container")
