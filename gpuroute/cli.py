@@ -11,6 +11,9 @@
                                                real GPUs or, with no NVIDIA driver, on a
                                                simulated host
     gpuroute topologies                        the built-in simulated hosts
+    gpuroute bench transformers|vllm|trtllm …  an LLM benchmark on exactly the routed GPUs,
+                                               energy measured on them (gpuroute.bench.cli)
+    gpuroute campaign run FILE | report DIR    a grid of benchmarks, resumable, with plots
 
 ``--inventory FILE`` plans against a snapshot and ``--simulate NAME`` against a built-in
 simulated host, instead of ``GPUROUTE_INVENTORY`` or NVML. User errors print one line
@@ -186,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", help="on a real GPU host: also run nvidia-smi -L in this image")
 
     sub.add_parser("topologies", help="list the built-in simulated hosts")
+
+    from gpuroute.bench.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -400,6 +407,10 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("bench", "campaign"):
+        from gpuroute.bench.cli import run
+
+        return run(args)
     if args.command == "topologies":
         from gpuroute.testing import TOPOLOGIES
 

@@ -320,7 +320,7 @@ def _run(
 ) -> Result:
     started_at = _now()
     own_workdir = options.workdir is None
-    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="gpuroute-bench-"))
+    workdir = Path(options.workdir or tempfile.mkdtemp(prefix="gpuroute-bench-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o777)  # the container's user may not be root  # noqa: S103
     owned: set[int] = {os.getpid()}

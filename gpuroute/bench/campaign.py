@@ -1,0 +1,545 @@
+"""Campaigns: a grid of benchmark runs, run with leases, stored as they finish, resumable.
+
+A campaign file (YAML) names a grid over runners x models x GPU sets x workload
+parameters, and a number of repeats::
+
+    name: tiny-sweep
+    host: {simulate: h100-sxm-8}     # optional: the built-in simulated host
+    execution: subprocess            # or inprocess, container (per runner: images)
+    images: {vllm: vllm/vllm-openai:v0.11.0}
+    repeats: 2
+    max_parallel: 2                  # experiments at once, on disjoint GPU sets
+    retry: {attempts: 2, backoff_s: 5}
+    grid:
+      runner: [transformers]
+      model: [tiny]
+      gpus: ["0", "1", "2,3"]
+      input_len: [16, 32]
+    fixed: {output_len: 8, num_prompts: 4}
+
+Each experiment (one point of the grid, one repeat) has a stable id. Every attempt's result
+(``gpuroute.bench.result/1``, a failure included) is appended to ``results.jsonl`` in the
+campaign directory as soon as it ends, with the campaign, experiment, configuration,
+repeat and attempt in its labels. Run the campaign again and it resumes: experiments with a
+result ``ok`` are skipped, the rest run (a failed one again only while it has attempts
+left, or with ``retry_failed``). Experiments whose GPU sets do not overlap run at the same
+time, each measuring the energy of its own GPUs; leases keep them, and anyone else's work,
+apart. A lock on the directory keeps two runs of one campaign from interleaving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import inspect
+import itertools
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gpuroute.bench.result import (
+    Energy,
+    Isolation,
+    Result,
+    Routing,
+    RunnerInfo,
+    Timing,
+    Workload,
+)
+from gpuroute.bench.runners.common import Execution, Job, RunOptions, execute
+from gpuroute.bench.simhost import SimulatedBenchHost
+from gpuroute.errors import BenchConfigError, BenchError, GpurouteError
+
+__all__ = [
+    "Campaign",
+    "Experiment",
+    "load_campaign",
+    "read_results",
+    "report_campaign",
+    "run_campaign",
+]
+
+RESULTS = "results.jsonl"
+RunnerName = Literal["transformers", "vllm", "trtllm"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Retry(_Strict):
+    attempts: int = Field(default=1, ge=1)
+    backoff_s: float = Field(default=5.0, ge=0)
+
+
+class Host(_Strict):
+    simulate: str | None = None
+    """A built-in simulated topology (``gpuroute topologies``): FakeNVML energy, and a
+    private engine with stand-in images for containers."""
+
+
+class EnergySettings(_Strict):
+    interval_s: float = Field(default=0.1, gt=0)
+    idle_baseline_s: float = Field(default=0.0, ge=0)
+
+
+class Campaign(_Strict):
+    """A campaign file."""
+
+    name: str = Field(min_length=1)
+    host: Host = Field(default_factory=Host)
+    execution: Execution = "subprocess"
+    images: dict[str, str] = Field(default_factory=dict)
+    repeats: int = Field(default=1, ge=1)
+    max_parallel: int = Field(default=1, ge=1)
+    retry: Retry = Field(default_factory=Retry)
+    timeout_s: float | None = Field(default=None, gt=0)
+    lease: bool = True
+    lease_dir: str | None = None
+    lease_wait_s: float = Field(default=3600.0, ge=0)
+    energy: EnergySettings = Field(default_factory=EnergySettings)
+    grid: dict[str, Any]
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One point of the grid, one repeat."""
+
+    id: str
+    runner: RunnerName
+    gpus: str
+    params: Mapping[str, Any]
+    repeat: int
+
+    @property
+    def config(self) -> str:
+        """The configuration's readable key (the same for every repeat)."""
+        rest = " ".join(f"{k}={v}" for k, v in sorted(self.params.items()) if k != "model")
+        return f"{self.runner} {self.params.get('model', '?')} gpus={self.gpus} {rest}".strip()
+
+
+def _runner(name: str) -> Callable[..., Job]:
+    if name == "transformers":
+        from gpuroute.bench.runners.transformers import transformers_job
+
+        return transformers_job
+    if name == "vllm":
+        from gpuroute.bench.runners.vllm import vllm_job
+
+        return vllm_job
+    if name == "trtllm":
+        from gpuroute.bench.runners.trtllm import trtllm_job
+
+        return trtllm_job
+    raise BenchConfigError(f"no runner named {name!r}; choose transformers, vllm or trtllm")
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise BenchConfigError(f"grid.{key} is an empty list; give at least one value")
+    return values
+
+
+def load_campaign(path: str | os.PathLike[str]) -> Campaign:
+    """Read and check a campaign file; every problem names the key and says what works."""
+    import yaml
+
+    source = Path(path)
+    try:
+        data = yaml.safe_load(source.read_text())
+    except OSError as exc:
+        raise BenchConfigError(f"cannot read the campaign file {source}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise BenchConfigError(f"the campaign file {source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BenchConfigError(f"the campaign file {source} must be a mapping (name:, grid:, …)")
+    try:
+        campaign = Campaign.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BenchConfigError(f"the campaign file {source} is invalid: {problems}") from None
+    expand(campaign)  # checks the grid
+    return campaign
+
+
+def expand(campaign: Campaign) -> list[Experiment]:
+    """The experiments of a campaign, in grid order, repeats last."""
+    grid = dict(campaign.grid)
+    for key in ("runner", "model", "gpus"):
+        if key not in grid and key not in campaign.fixed:
+            raise BenchConfigError(f"the grid needs {key!r} (a value or a list of values)")
+    axes = {k: _as_list(k, v) for k, v in grid.items()}
+    fixed_overlap = set(axes) & set(campaign.fixed)
+    if fixed_overlap:
+        raise BenchConfigError(
+            f"{', '.join(sorted(fixed_overlap))} is both in grid and in fixed; keep it in one"
+        )
+    experiments = []
+    keys = list(axes)
+    for values in itertools.product(*(axes[k] for k in keys)):
+        point = {**campaign.fixed, **dict(zip(keys, values, strict=True))}
+        runner = str(point.pop("runner"))
+        gpus = str(point.pop("gpus"))
+        job = _runner(runner)
+        known = set(inspect.signature(job).parameters) - {"execution"}
+        unknown = sorted(set(point) - known)
+        if unknown:
+            raise BenchConfigError(
+                f"{', '.join(unknown)} is not a parameter of the {runner} runner; it takes: "
+                f"{', '.join(sorted(known))}"
+            )
+        for repeat in range(campaign.repeats):
+            identity = json.dumps(
+                {"runner": runner, "gpus": gpus, "params": point, "repeat": repeat},
+                sort_keys=True,
+                default=str,
+            )
+            digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+            experiments.append(Experiment(digest, runner, gpus, point, repeat))  # type: ignore[arg-type]
+    return experiments
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+def read_results(directory: str | os.PathLike[str]) -> list[Result]:
+    """Every result recorded in a campaign directory, in the order they were written. A
+    line cut short by a kill is skipped (the run it belonged to is run again)."""
+    path = Path(directory) / RESULTS
+    if not path.exists():
+        return []
+    results = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        with contextlib.suppress(ValueError, ValidationError):
+            results.append(Result.model_validate_json(line))
+    return results
+
+
+class _Store:
+    """Appends one JSON line per result; each is written with a single write and synced."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / RESULTS
+        self._lock = threading.Lock()
+        self._repair()
+
+    def _repair(self) -> None:
+        """A kill during a write can leave a last line without its newline: end it, so that
+        the next result starts on a line of its own (the partial line is then skipped)."""
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+
+    def append(self, result: Result) -> None:
+        line = (result.to_json(indent=None) + "\n").encode()
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    f: IO[str] = (directory / ".campaign.lock").open("a")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchError(
+                f"another run of this campaign is using {directory}; wait for it to end "
+                "(or give this run another --output-dir)"
+            ) from None
+        yield
+    finally:
+        f.close()
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _not_started(
+    experiment: Experiment, execution: Execution, error: str, labels: dict[str, str]
+) -> Result:
+    """The record of an attempt that failed before it ran (a bad parameter, a lease that
+    could not be had): nothing was measured, and the result says why."""
+    params = dict(experiment.params)
+    model = str(params.pop("model", "?"))
+    known = set(Workload.model_fields) - {"model", "extra"}
+    workload = Workload(
+        model=model,
+        **{k: v for k, v in params.items() if k in known and not isinstance(v, (list, dict))},
+        extra={k: v for k, v in params.items() if k not in known},
+    )
+    return Result(
+        run_id=str(uuid.uuid4()),
+        status="failed",
+        error=error,
+        started_at=_now(),
+        ended_at=_now(),
+        runner=RunnerInfo(
+            name=experiment.runner,
+            mode=str(
+                params.get(
+                    "mode", "generate" if experiment.runner == "transformers" else "throughput"
+                )
+            ),
+            execution=execution,
+            tool=experiment.runner,
+            argv=[],
+        ),
+        routing=Routing(
+            spec=experiment.gpus,
+            devices=[],
+            cuda_visible_devices=None,
+            cuda_device_order=None,
+            nvidia_visible_devices=None,
+            plan={},
+        ),
+        workload=workload,
+        timing=Timing(measured_window="not_started", duration_s=None),
+        energy=Energy(method="none", unavailable_reason="the run did not start"),
+        isolation=Isolation(checked=False, reason="the run did not start"),
+        labels=labels,
+    )
+
+
+class _Host:
+    """What every run of the campaign shares: the inventory, NVML, the engine."""
+
+    def __init__(self, campaign: Campaign, directory: Path) -> None:
+        self.campaign = campaign
+        self.inventory: Any = None
+        self.nvml: Any = None
+        self.docker_host: str | None = None
+        self.images = dict(campaign.images)
+        self.lease_dir = campaign.lease_dir
+        self.sim: SimulatedBenchHost | None = None
+        if campaign.host.simulate is not None:
+            self.sim = SimulatedBenchHost(campaign.host.simulate, lease_root=directory)
+            self.inventory, self.nvml = self.sim.inventory, self.sim.nvml
+            self.lease_dir = self.lease_dir or self.sim.lease_dir
+
+    def start_engine(self) -> None:
+        if self.sim is not None and self.campaign.execution == "container":
+            self.sim.start_engine()
+            self.docker_host = self.sim.docker_host
+            self.images = {**self.sim.images, **self.images}
+
+    def docker_kwargs(self, runner: str) -> dict[str, Any]:
+        return self.sim.docker_kwargs(runner) if self.sim is not None else {}
+
+    def close(self) -> None:
+        if self.sim is not None:
+            self.sim.close()
+
+
+def _busy(experiment: Experiment, host: _Host) -> set[str] | None:
+    """The devices an experiment names (None for ``any:N``: leases pick them)."""
+    if experiment.gpus.strip().lower().startswith("any"):
+        return None
+    from gpuroute.api import plan
+    from gpuroute.core.context import CallerContext
+
+    context = CallerContext() if host.campaign.host.simulate else None
+    try:
+        return {d.gpu.uuid for d in plan(experiment.gpus, host.inventory, context=context).devices}
+    except GpurouteError:
+        return set()
+
+
+def run_campaign(
+    path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str] | None = None,
+    *,
+    retry_failed: bool = False,
+    progress: Any = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> Path:
+    """Run (or resume) a campaign; returns its directory, which holds ``results.jsonl``,
+    the native reports of every attempt, ``summary.md``/``summary.json`` and the plots."""
+    from gpuroute.bench.progress import Progress
+
+    campaign = load_campaign(path)
+    directory = Path(output_dir) if output_dir else Path(path).resolve().parent / campaign.name
+    directory.mkdir(parents=True, exist_ok=True)
+    experiments = expand(campaign)
+    with _directory_lock(directory):
+        store = _Store(directory)
+        done: dict[str, list[Result]] = {}
+        for result in read_results(directory):
+            done.setdefault(result.labels.get("experiment", ""), []).append(result)
+        todo: list[tuple[Experiment, int]] = []
+        skipped = 0
+        for experiment in experiments:
+            previous = done.get(experiment.id, [])
+            if any(r.status == "ok" for r in previous):
+                skipped += 1
+                continue
+            attempts = len(previous)
+            if attempts >= campaign.retry.attempts and not retry_failed:
+                skipped += 1
+                continue
+            todo.append((experiment, attempts))
+        bar = progress if progress is not None else Progress(len(experiments), label=campaign.name)
+        if skipped:
+            bar.skipped(skipped)
+        host = _Host(campaign, directory)
+        try:
+            host.start_engine()
+            _schedule(campaign, host, directory, store, todo, bar, on_result)
+        finally:
+            host.close()
+            bar.close()
+        report_campaign(directory)
+    return directory
+
+
+def _schedule(
+    campaign: Campaign,
+    host: _Host,
+    directory: Path,
+    store: _Store,
+    todo: list[tuple[Experiment, int]],
+    bar: Any,
+    on_result: Callable[[Result], None] | None,
+) -> None:
+    pending = list(todo)
+    running: dict[Future[None], set[str] | None] = {}
+    with ThreadPoolExecutor(max_workers=campaign.max_parallel) as pool:
+        while pending or running:
+            in_use = set().union(*(s for s in running.values() if s))
+            for item in list(pending):
+                if len(running) >= campaign.max_parallel:
+                    break
+                devices = _busy(item[0], host)
+                if devices is not None and devices & in_use:
+                    continue  # it waits for the GPUs it shares with a running experiment
+                pending.remove(item)
+                in_use |= devices or set()
+                future = pool.submit(
+                    _attempts, campaign, host, directory, store, *item, bar, on_result
+                )
+                running[future] = devices
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
+                future.result()
+
+
+def _attempts(
+    campaign: Campaign,
+    host: _Host,
+    directory: Path,
+    store: _Store,
+    experiment: Experiment,
+    previous: int,
+    bar: Any,
+    on_result: Callable[[Result], None] | None,
+) -> None:
+    attempts_left = max(campaign.retry.attempts - previous, 1)
+    bar.started(experiment.config)
+    started = time.monotonic()
+    result: Result | None = None
+    for n in range(previous, previous + attempts_left):
+        if n > previous:
+            time.sleep(campaign.retry.backoff_s)
+        result = _attempt(campaign, host, directory, experiment, n)
+        store.append(result)
+        if on_result is not None:
+            on_result(result)
+        if result.status == "ok":
+            break
+    bar.finished(
+        experiment.config, result is not None and result.status == "ok", time.monotonic() - started
+    )
+
+
+def _attempt(
+    campaign: Campaign, host: _Host, directory: Path, experiment: Experiment, attempt: int
+) -> Result:
+    labels = {
+        "campaign": campaign.name,
+        "experiment": experiment.id,
+        "config": experiment.config,
+        "repeat": str(experiment.repeat),
+        "attempt": str(attempt),
+    }
+    execution = campaign.execution
+    try:
+        job = _runner(experiment.runner)(execution=execution, **experiment.params)
+        options = RunOptions(
+            gpus=experiment.gpus,
+            execution=execution,
+            image=host.images.get(experiment.runner),
+            inventory=host.inventory,
+            nvml=host.nvml,
+            simulated_host=campaign.host.simulate,
+            docker_host=host.docker_host,
+            docker_kwargs={
+                **host.docker_kwargs(experiment.runner),
+                "labels": {"gpuroute.campaign": campaign.name},
+            },
+            lease=campaign.lease,
+            lease_dir=host.lease_dir,
+            lease_wait_s=campaign.lease_wait_s,
+            timeout_s=campaign.timeout_s,
+            energy_interval_s=campaign.energy.interval_s,
+            idle_baseline_s=campaign.energy.idle_baseline_s,
+            workdir=directory / "native" / f"{experiment.id}-{attempt}",
+            labels=labels,
+        )
+        if options.execution == "container" and options.image is None:
+            from gpuroute.bench.runners import trtllm, vllm
+
+            defaults = {"vllm": vllm.DEFAULT_IMAGE, "trtllm": trtllm.DEFAULT_IMAGE}
+            if experiment.runner not in defaults:
+                raise BenchConfigError(
+                    f"execution 'container' needs an image for the {experiment.runner} runner: "
+                    f"images: {{{experiment.runner}: NAME}}"
+                )
+            options = replace(options, image=defaults[experiment.runner])
+        return execute(job, options)
+    except (GpurouteError, TypeError, ValueError) as exc:
+        return _not_started(experiment, execution, str(exc), labels)
+
+
+def report_campaign(directory: str | os.PathLike[str]) -> str:
+    """Write ``summary.md``, ``summary.json`` and the plots into a campaign directory and
+    return the summary table."""
+    from gpuroute.bench.report import render_table, summarize, write_plots, write_summary
+
+    results = read_results(directory)
+    if not results:
+        raise BenchError(
+            f"no results in {directory} (no {RESULTS}); run the campaign first: "
+            "gpuroute campaign run FILE"
+        )
+    write_summary(results, directory)
+    write_plots(results, directory)
+    return render_table(summarize(results))

@@ -1,0 +1,58 @@
+"""Benchmarks on the built-in simulated GPU host (``--simulate NAME``).
+
+The topology's inventory, a FakeNVML whose energy counters follow the clock (each GPU draws
+a steady 75 W unless told otherwise), a lease directory of its own (the simulated GPUs are
+not this machine's), and, for containers, a private engine whose images stand in for the
+vLLM and TensorRT-LLM images. Everything else runs for real.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SimulatedBenchHost"]
+
+
+class SimulatedBenchHost:
+    def __init__(self, name: str, *, lease_root: Path | None = None) -> None:
+        from gpuroute.testing import FakeNVML, topology
+
+        self.name = name
+        self.inventory = topology(name)
+        self.nvml = FakeNVML(self.inventory, clock=time.time, energy_update_s=0.02)
+        root = (
+            lease_root if lease_root is not None else Path(tempfile.mkdtemp(prefix="gpuroute-sim-"))
+        )
+        leases = root / "leases"
+        leases.mkdir(parents=True, exist_ok=True)
+        leases.chmod(0o1777)
+        self.lease_dir = str(leases)
+        self.engine: Any = None
+        self.docker_host: str | None = None
+        self.images: dict[str, str] = {}
+
+    def start_engine(self) -> None:
+        """Start the private engine (for container runs)."""
+        from gpuroute.testing.engine import IMAGE_TRTLLM, IMAGE_VLLM, SimulatedGPUHost
+
+        if self.engine is None:
+            self.engine = SimulatedGPUHost(self.inventory).start()
+            self.docker_host = self.engine.base_url
+            self.images = {"vllm": IMAGE_VLLM, "trtllm": IMAGE_TRTLLM}
+
+    @staticmethod
+    def docker_kwargs(runner: str) -> dict[str, Any]:
+        """The sandboxed engine has no network, and may not lift the memlock limit that the
+        TensorRT-LLM runner asks for; the stack limit still applies."""
+        kwargs: dict[str, Any] = {"network_mode": "none"}
+        if runner == "trtllm":
+            kwargs["ulimits"] = [{"Name": "stack", "Soft": 67108864, "Hard": 67108864}]
+        return kwargs
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
