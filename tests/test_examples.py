@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpuroute import Inventory
-from gpuroute.testing import topology_path
+from gpuroute.testing import topology, topology_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -62,3 +62,12 @@ def test_torchrun_job(h100: Inventory) -> None:
     assert f"worker 0: cuda:0 is {h100.gpus[5].uuid}" in out
     assert f"worker 1: cuda:1 is {h100.gpus[2].uuid}" in out
     assert "all_reduce sum 3" in out
+
+
+def test_energy_per_token_measures_the_routed_gpus_on_the_simulated_host() -> None:
+    out = run_example("energy_per_token.py", {"HOME": os.environ.get("HOME", "/tmp")})
+    h100 = topology("h100-sxm-8")
+    assert "128 output tokens" in out
+    assert f"GPU 3 {h100.gpus[3].uuid}:" in out
+    assert f"GPU 1 {h100.gpus[1].uuid}:" in out
+    assert "J per output token" in out

@@ -55,3 +55,24 @@ def test_the_core_never_reads_the_environment() -> None:
         text = path.read_text()
         assert "os.environ" not in text, path.name
         assert "getenv" not in text, path.name
+
+
+def test_import_gpuroute_bench_loads_neither_torch_nor_docker_nor_pynvml() -> None:
+    code = (
+        "import sys, gpuroute.bench, gpuroute.bench.campaign, gpuroute.bench.cli; "
+        "print(sorted(m for m in ('docker', 'pynvml', 'torch', 'transformers', 'matplotlib') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_transformers_worker_needs_nothing_of_gpuroute() -> None:
+    """It is copied into images that have torch and transformers but not gpuroute."""
+    tree = ast.parse((PACKAGE / "bench" / "transformers_worker.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert all(not a.name.startswith("gpuroute") for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.module is not None
+            assert not node.module.startswith("gpuroute"), node.module

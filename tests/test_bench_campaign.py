@@ -1,0 +1,216 @@
+"""Campaigns: the grid, the store, resuming after a kill, retries, parallel disjoint runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpuroute.bench.campaign import expand, load_campaign, read_results, run_campaign
+from gpuroute.bench.progress import Progress
+from gpuroute.errors import BenchConfigError, BenchError
+
+STAND_INS = Path(__file__).resolve().parent.parent / "gpuroute" / "testing" / "image"
+
+
+@pytest.fixture
+def stand_ins_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in ``vllm`` and ``trtllm-bench`` as local tools."""
+    monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
+
+
+def write_campaign(path: Path, **overrides: object) -> Path:
+    campaign: dict[str, object] = {
+        "name": "sweep",
+        "host": {"simulate": "h100-sxm-8"},
+        "execution": "subprocess",
+        "energy": {"interval_s": 0.02},
+        "retry": {"attempts": 1, "backoff_s": 0},
+        "grid": {"runner": "vllm", "model": "org/m", "gpus": ["0", "1", "2,3", "4"]},
+        "fixed": {"input_len": 8, "output_len": 4, "num_prompts": 5},
+    }
+    campaign.update(overrides)
+    path.write_text(yaml.safe_dump(campaign))
+    return path
+
+
+def quiet() -> Progress:
+    return Progress(1, io.StringIO())
+
+
+def test_the_grid_expands_with_stable_ids(tmp_path: Path) -> None:
+    campaign = load_campaign(
+        write_campaign(
+            tmp_path / "c.yaml",
+            repeats=2,
+            grid={"runner": "vllm", "model": ["a", "b"], "gpus": "0", "input_len": [8, 16]},
+            fixed={"output_len": 4},
+        )
+    )
+    experiments = expand(campaign)
+    assert len(experiments) == 2 * 2 * 2
+    assert len({e.id for e in experiments}) == 8
+    assert expand(campaign) == experiments  # the same ids every time: resuming relies on it
+    assert experiments[0].config == "vllm a gpus=0 input_len=8 output_len=4"
+    assert {e.repeat for e in experiments} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"grid": {"runner": "vllm", "gpus": "0"}}, "the grid needs 'model'"),
+        (
+            {"grid": {"runner": "vllm", "model": "m", "gpus": "0", "batch": [1]}},
+            "batch is not a parameter of the vllm runner; it takes: ",
+        ),
+        ({"grid": {"runner": "tgi", "model": "m", "gpus": "0"}}, "no runner named 'tgi'"),
+        ({"repeats": 0}, "repeats: Input should be greater than or equal to 1"),
+        ({"paralel": 2}, "paralel: Extra inputs are not permitted"),
+        (
+            {"grid": {"runner": "vllm", "model": "m", "gpus": "0", "input_len": [8]}},
+            "input_len is both in grid and in fixed",
+        ),
+        ({"grid": {"runner": "vllm", "model": [], "gpus": "0"}}, "grid.model is an empty list"),
+    ],
+)
+def test_a_bad_campaign_file_names_the_problem(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(BenchConfigError, match=message.replace("(", r"\(")):
+        load_campaign(write_campaign(tmp_path / "c.yaml", **overrides))
+
+
+def test_invalid_yaml_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(BenchConfigError, match="not valid YAML"):
+        load_campaign(bad)
+
+
+def test_a_campaign_killed_midway_resumes_without_repeating_anything(
+    tmp_path: Path, stand_ins_on_path: None
+) -> None:
+    file = write_campaign(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    argv = [
+        sys.executable,
+        "-m",
+        "gpuroute",
+        "campaign",
+        "run",
+        str(file),
+        "--output-dir",
+        str(out),
+    ]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = out / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if store.exists() and store.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
+    assert 1 <= len(before) < 4, "killed before the end, after a result was stored"
+
+    second = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert second.returncode == 0, second.stderr
+    results = read_results(out)
+    experiments = [r.labels["experiment"] for r in results]
+    assert len(experiments) == len(set(experiments)) == 4, "each experiment ran exactly once"
+    assert all(r.status == "ok" for r in results)
+    assert [r.run_id for r in results[: len(before)]] == [r["run_id"] for r in before]
+    # Energy of each run is that of its own GPUs.
+    by_config = {r.labels["config"]: [g.nvml_index for g in r.energy.per_gpu] for r in results}
+    assert by_config["vllm org/m gpus=2,3 input_len=8 num_prompts=5 output_len=4"] == [2, 3]
+    assert "skipped" in second.stderr
+    for name in (
+        "summary.md",
+        "summary.json",
+        "throughput_vs_energy.png",
+        "throughput_by_config.png",
+    ):
+        assert (out / name).stat().st_size > 0
+    assert (out / "throughput_vs_energy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The native reports of every attempt are kept.
+    assert len(list((out / "native").glob("*/vllm-throughput.json"))) == 4
+
+
+def test_disjoint_gpu_sets_run_at_the_same_time_and_overlapping_ones_do_not(
+    tmp_path: Path, stand_ins_on_path: None
+) -> None:
+    file = write_campaign(
+        tmp_path / "c.yaml",
+        max_parallel=3,
+        grid={"runner": "vllm", "model": "m", "gpus": ["0,1", "2", "1,3"]},
+    )
+    results = read_results(run_campaign(file, tmp_path / "out", progress=quiet()))
+    assert all(r.status == "ok" for r in results)
+    window = {
+        r.routing.spec: (r.energy.window.start_unix_s, r.energy.window.end_unix_s)  # type: ignore[union-attr]
+        for r in results
+    }
+
+    def overlap(a: str, b: str) -> bool:
+        return window[a][0] < window[b][1] and window[b][0] < window[a][1]
+
+    assert overlap("0,1", "2")
+    assert not overlap("0,1", "1,3"), "GPU 1 is shared: these two ran one after the other"
+
+
+def test_failures_are_retried_recorded_and_retried_again_on_request(
+    tmp_path: Path, stand_ins_on_path: None
+) -> None:
+    file = write_campaign(
+        tmp_path / "c.yaml",
+        retry={"attempts": 2, "backoff_s": 0},
+        grid={"runner": "vllm", "model": "m", "gpus": ["0", "1"]},
+        fixed={"input_len": 8, "output_len": 4, "num_prompts": 5, "tensor_parallel_size": 2},
+    )
+    out = tmp_path / "out"
+    run_campaign(file, out, progress=quiet())
+    results = read_results(out)
+    assert len(results) == 4, "two experiments, two attempts each, all recorded"
+    assert all(r.status == "failed" for r in results)
+    assert all("must equal the number of routed GPUs, 1" in (r.error or "") for r in results)
+    assert sorted(r.labels["attempt"] for r in results) == ["0", "0", "1", "1"]
+    summary = (out / "summary.md").read_text()
+    assert "must equal the number of routed GPUs" in summary
+
+    run_campaign(file, out, progress=quiet())
+    assert len(read_results(out)) == 4, "out of attempts: not run again by default"
+    run_campaign(file, out, retry_failed=True, progress=quiet())
+    assert len(read_results(out)) == 6
+
+
+def test_a_torn_last_line_is_skipped_and_the_store_goes_on(
+    tmp_path: Path, stand_ins_on_path: None
+) -> None:
+    file = write_campaign(tmp_path / "c.yaml", grid={"runner": "vllm", "model": "m", "gpus": "0"})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"schema": "gpuroute.bench.result/1", "run_id"')
+    run_campaign(file, out, progress=quiet())
+    results = read_results(out)
+    assert [r.status for r in results] == ["ok"]
+
+
+def test_two_runs_of_one_campaign_directory_are_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    file = write_campaign(tmp_path / "c.yaml")
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".campaign.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BenchError, match="another run of this campaign"):
+            run_campaign(file, out, progress=quiet())

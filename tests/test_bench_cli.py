@@ -1,0 +1,109 @@
+"""The bench and campaign commands, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuroute.bench.result import Result
+from gpuroute.cli import main
+from gpuroute.testing import topology
+
+STAND_INS = Path(__file__).resolve().parent.parent / "gpuroute" / "testing" / "image"
+
+
+def gpuroute_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpuroute", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_a_tiny_transformers_benchmark_runs_on_a_cpu_only_machine(tmp_path: Path) -> None:
+    run = gpuroute_cli(
+        "bench", "transformers", "--tiny", "--input-len", "16", "--output-len", "8",
+        "--num-prompts", "4", "--output", "r.json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["schema"] == "gpuroute.bench.result/1"
+    result = Result.model_validate(data)
+    assert result.tokens.output_total == 32
+    assert result.throughput.output_tok_per_s is not None
+    assert result.throughput.output_tok_per_s > 0
+    assert data["energy"]["gpu_energy_j"] is None
+    assert data["energy"]["j_per_output_token"] is None
+    assert data["energy"]["unavailable_reason"] == "no GPU was routed to this run (--gpus none)"
+    assert "32 out" in run.stdout
+    assert (tmp_path / "r.json.native" / "transformers-report.json").exists()
+
+
+def test_the_same_run_on_the_simulated_host_measures_exactly_the_routed_uuids(
+    tmp_path: Path,
+) -> None:
+    run = gpuroute_cli(
+        "bench", "transformers", "--tiny", "--input-len", "16", "--output-len", "8",
+        "--num-prompts", "4", "--simulate", "h100-sxm-8", "--gpus", "6,GPU-2513ead0",
+        "--output", "r.json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = Result.load(tmp_path / "r.json")
+    h100 = topology("h100-sxm-8")
+    routed = [h100.gpus[6].uuid, h100.gpus[1].uuid]
+    assert h100.gpus[1].uuid.startswith("GPU-2513ead0")
+    assert [g.uuid for g in result.energy.per_gpu] == routed
+    assert [(g.nvml_index, g.energy_j is not None) for g in result.energy.per_gpu] == [
+        (6, True),
+        (1, True),
+    ]
+    assert result.energy.j_per_output_token is not None
+    assert result.routing.cuda_visible_devices == ",".join(routed)
+    assert result.environment.simulated_host == "h100-sxm-8"
+    assert "J per output token" in run.stdout
+
+
+def test_a_wrong_request_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["bench", "vllm", "--simulate", "h100-sxm-8", "--gpus", "9", "--model", "m",
+         "--input-len", "8", "--output-len", "8", "--execution", "subprocess"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpuroute: error: ")
+    assert "9" in err
+
+
+def test_a_failed_benchmark_exits_1_and_still_writes_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "t.json"
+    code = main(
+        ["bench", "trtllm", "--simulate", "h100-sxm-8", "--gpus", "0,1", "--model", "m",
+         "--input-len", "8", "--output-len", "8", "--num-requests", "3",
+         "--execution", "subprocess", "--output", str(out), "--", "--dataset", "/nonexistent"]
+    )  # fmt: skip
+    assert code == 1
+    result = Result.load(out)
+    assert result.status == "failed"
+    assert "FileNotFoundError" in (result.error or "")
+    assert [g.nvml_index for g in result.energy.per_gpu] == [0, 1]
+    assert "failed" in capsys.readouterr().out
+
+
+def test_campaign_report_of_an_empty_directory_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["campaign", "report", str(tmp_path)]) == 2
+    assert "run the campaign first: gpuroute campaign run FILE" in capsys.readouterr().err
