@@ -17,6 +17,8 @@ import yaml
 from gpuroute.bench.campaign import expand, load_campaign, read_results, run_campaign
 from gpuroute.bench.progress import Progress
 from gpuroute.errors import BenchConfigError, BenchError
+from gpuroute.testing import topology_path
+from gpuroute.testing.engine import IMAGE_VLLM, SimulatedGPUHost
 
 STAND_INS = Path(__file__).resolve().parent.parent / "gpuroute" / "testing" / "image"
 
@@ -214,3 +216,45 @@ def test_two_runs_of_one_campaign_directory_are_refused(tmp_path: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(BenchError, match="another run of this campaign"):
             run_campaign(file, out, progress=quiet())
+
+
+@pytest.mark.engine
+def test_a_resumed_container_campaign_removes_what_a_killed_run_left(
+    engine: SimulatedGPUHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign on a host described by a snapshot (no NVML here, so no energy), whose
+    containers run on the engine DOCKER_HOST names."""
+    monkeypatch.setenv("GPUROUTE_INVENTORY", topology_path("h100-sxm-8"))
+    leases = tmp_path / "leases"
+    leases.mkdir(mode=0o1777)
+    out = tmp_path / "out"
+    out.mkdir()
+    file = write_campaign(
+        tmp_path / "c.yaml",
+        host={},
+        execution="container",
+        images={"vllm": IMAGE_VLLM},
+        network="none",
+        lease_dir=str(leases),
+        grid={"runner": "vllm", "model": "m", "gpus": "5"},
+    )
+    client = engine.client()
+    try:
+        orphan = client.containers.create(
+            IMAGE_VLLM,
+            ["sleep", "300"],
+            entrypoint=["sh", "-c", 'exec "$@"', "--"],
+            network_mode="none",
+            labels={"gpuroute.campaign.dir": str(out.resolve())},
+        )
+        orphan.start()
+        results = read_results(run_campaign(file, out, progress=quiet()))
+        assert [r.status for r in results] == ["ok"], results[0].error
+        assert client.containers.list(all=True) == [], "the orphan and the run's container are gone"
+    finally:
+        client.close()
+    result = results[0]
+    assert [d.nvml_index for d in result.routing.devices] == [5]
+    assert result.energy.method == "none"
+    assert result.energy.unavailable_reason is not None
+    assert "NVML" in result.energy.unavailable_reason

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from gpuroute.bench.runners.vllm import run_vllm
 from gpuroute.errors import BenchConfigError
 from gpuroute.leases import LeaseDir
 from gpuroute.testing import FakeNVML
-from gpuroute.testing.engine import IMAGE_TRTLLM, IMAGE_VLLM, SimulatedGPUHost
+from gpuroute.testing.engine import IMAGE, IMAGE_TRTLLM, IMAGE_VLLM, SimulatedGPUHost
 
 STAND_INS = Path(__file__).resolve().parent.parent / "gpuroute" / "testing" / "image"
 NO_NET = {"network_mode": "none"}
@@ -280,3 +281,54 @@ def test_a_leased_run_holds_its_gpus_and_gives_them_back(
     assert len(result.routing.devices) == 2
     assert result.routing.tensor_parallel_size == 2
     assert LeaseDir(leases).read()[0] == {}  # released
+
+
+@pytest.mark.engine
+def test_transformers_in_a_container_sees_its_gpus_renumbered(
+    engine: SimulatedGPUHost, h100: Inventory
+) -> None:
+    """Any image with python, torch and transformers will do: here the test image, with this
+    machine's interpreter and libraries mounted read-only, and the worker copied in."""
+    mounts = {
+        path: {"bind": path, "mode": "ro"}
+        for path in {sys.base_prefix, sys.prefix, "/usr", "/lib", "/lib64"}
+        if os.path.exists(path)
+    }
+    result = run_transformers(
+        simulated(
+            h100,
+            gpus="7,2",
+            execution="container",
+            image=IMAGE,
+            docker_kwargs={**NO_NET, "volumes": mounts},
+            env={"HOME": "/tmp"},
+        ),
+        python=sys.executable,
+        input_len=8,
+        output_len=4,
+        num_prompts=2,
+    )
+    assert result.status == "ok", result.error
+    assert result.tokens.output_total == 8
+    assert result.routing.cuda_visible_devices == "1,0"  # as the worker saw it, inside
+    assert result.routing.nvidia_visible_devices == f"{h100.gpus[7].uuid},{h100.gpus[2].uuid}"
+    assert [g.nvml_index for g in result.energy.per_gpu] == [7, 2]
+    assert result.runner.argv[1] == "/gpuroute-bench/transformers_worker.py"
+
+
+def test_a_server_that_dies_fails_the_run_at_once_with_its_output(
+    h100: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
+    started = time.monotonic()
+    result = run_vllm(
+        simulated(h100, gpus="0", execution="subprocess", timeout_s=120),
+        mode="serve",
+        model="missing/model",
+        input_len=8,
+        output_len=4,
+    )
+    assert time.monotonic() - started < 30, "no wait for a server that is gone"
+    assert result.status == "failed"
+    assert "vllm server exited with status 1 before serving" in (result.error or "")
+    assert "missing/model is not a local folder" in (result.error or "")

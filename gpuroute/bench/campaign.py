@@ -71,6 +71,9 @@ __all__ = [
 ]
 
 RESULTS = "results.jsonl"
+CAMPAIGN_LABEL = "gpuroute.campaign.dir"
+"""Every container of a campaign carries its directory, so that a resumed run can find the
+containers a killed one left behind."""
 RunnerName = Literal["transformers", "vllm", "trtllm"]
 
 
@@ -101,6 +104,8 @@ class Campaign(_Strict):
     host: Host = Field(default_factory=Host)
     execution: Execution = "subprocess"
     images: dict[str, str] = Field(default_factory=dict)
+    network: str | None = None
+    """The containers' network mode (``docker run --network``)."""
     repeats: int = Field(default=1, ge=1)
     max_parallel: int = Field(default=1, ge=1)
     retry: Retry = Field(default_factory=Retry)
@@ -359,6 +364,25 @@ class _Host:
             self.sim.close()
 
 
+def _remove_orphans(host: _Host, directory: Path) -> None:
+    """Remove the containers a killed run of this campaign left behind (the directory lock
+    says no other run of it is alive): their results can never be collected, and they would
+    hold their GPUs and leases."""
+    from gpuroute.adapters.engine import connect
+
+    try:
+        client = connect(host.docker_host)
+    except GpurouteError:
+        return  # no engine: nothing can have been left on it
+    try:
+        label = f"{CAMPAIGN_LABEL}={directory.resolve()}"
+        for container in client.containers.list(all=True, filters={"label": label}):
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+    finally:
+        client.close()
+
+
 def _busy(experiment: Experiment, host: _Host) -> set[str] | None:
     """The devices an experiment names (None for ``any:N``: leases pick them)."""
     if experiment.gpus.strip().lower().startswith("any"):
@@ -412,6 +436,8 @@ def run_campaign(
         host = _Host(campaign, directory)
         try:
             host.start_engine()
+            if todo and campaign.execution == "container":
+                _remove_orphans(host, directory)
             _schedule(campaign, host, directory, store, todo, bar, on_result)
         finally:
             host.close()
@@ -430,6 +456,7 @@ def _schedule(
     on_result: Callable[[Result], None] | None,
 ) -> None:
     pending = list(todo)
+    devices_of = {item[0].id: _busy(item[0], host) for item in pending}
     running: dict[Future[None], set[str] | None] = {}
     with ThreadPoolExecutor(max_workers=campaign.max_parallel) as pool:
         while pending or running:
@@ -437,7 +464,7 @@ def _schedule(
             for item in list(pending):
                 if len(running) >= campaign.max_parallel:
                     break
-                devices = _busy(item[0], host)
+                devices = devices_of[item[0].id]
                 if devices is not None and devices & in_use:
                     continue  # it waits for the GPUs it shares with a running experiment
                 pending.remove(item)
@@ -502,8 +529,12 @@ def _attempt(
             simulated_host=campaign.host.simulate,
             docker_host=host.docker_host,
             docker_kwargs={
+                **({"network_mode": campaign.network} if campaign.network else {}),
                 **host.docker_kwargs(experiment.runner),
-                "labels": {"gpuroute.campaign": campaign.name},
+                "labels": {
+                    "gpuroute.campaign": campaign.name,
+                    CAMPAIGN_LABEL: str(directory.resolve()),
+                },
             },
             lease=campaign.lease,
             lease_dir=host.lease_dir,

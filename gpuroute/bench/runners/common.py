@@ -48,7 +48,13 @@ from gpuroute.bench.result import (
     Workload,
     derive_energy,
 )
-from gpuroute.errors import BenchConfigError, BenchTimeout, GpurouteError, LaunchTimeout
+from gpuroute.errors import (
+    BenchConfigError,
+    BenchError,
+    BenchTimeout,
+    GpurouteError,
+    LaunchTimeout,
+)
 
 if TYPE_CHECKING:
     from gpuroute.core.context import CallerContext
@@ -69,6 +75,7 @@ __all__ = [
 ]
 
 MOUNT = "/gpuroute-bench"
+SERVING = "Application startup complete"  # what vLLM's server (uvicorn) logs once it serves
 Execution = Literal["inprocess", "subprocess", "container"]
 _TAIL = 4000
 
@@ -422,8 +429,7 @@ def _launch(
     env = {**job.env, **options.env}
     if options.execution == "inprocess":
         assert job.inprocess is not None
-        if plan.devices:
-            os.environ.update(plan.local_env)
+        _route_this_process(plan, env)
         job.inprocess(workdir)
         return "", 0
     container = options.execution == "container"
@@ -440,7 +446,10 @@ def _launch(
         docker_kwargs = {
             **job.container_kwargs,
             **options.docker_kwargs,
-            "volumes": {str(workdir): {"bind": MOUNT, "mode": "rw"}},
+            "volumes": {
+                **dict(options.docker_kwargs.get("volumes") or {}),
+                str(workdir): {"bind": MOUNT, "mode": "rw"},
+            },
         }
         if job.entrypoint is not None:
             docker_kwargs["entrypoint"] = job.entrypoint
@@ -456,12 +465,47 @@ def _launch(
             if job.client_command is None:
                 code = handle.wait(options.timeout_s)
                 return handle.logs(), code
+            _wait_until_serving(job, handle, options.timeout_s)
             client_logs, code = _client(job, handle, where, env, options.timeout_s)
             handle.stop()
             return handle.logs() + client_logs, code
         except LaunchTimeout:
             handle.stop()
             return handle.logs(), _timed_out(job, options)
+
+
+def _route_this_process(plan: RoutingPlan, env: Mapping[str, str]) -> None:
+    """Give this process the plan's GPUs, before CUDA starts: once it has, the devices a
+    process sees cannot change, and a run would silently use the old ones."""
+    wanted = dict(plan.local_env) if plan.devices else {"CUDA_VISIBLE_DEVICES": ""}
+    torch = sys.modules.get("torch")
+    initialized = torch is not None and bool(torch.cuda.is_initialized())
+    current = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if initialized and current != wanted["CUDA_VISIBLE_DEVICES"]:
+        raise BenchConfigError(
+            "CUDA is already initialised in this process with CUDA_VISIBLE_DEVICES="
+            f"{current!r}, and an in-process run cannot switch to {plan.spec!r}; use "
+            "execution='subprocess' (the default) or 'container'"
+        )
+    os.environ.update({**env, **wanted})
+
+
+def _wait_until_serving(job: Job, handle: Launch, timeout_s: float | None) -> None:
+    """Wait for the server to say it serves; fail at once, with its output, if it exits."""
+    deadline = time.monotonic() + (timeout_s or 1800.0)
+    while time.monotonic() < deadline:
+        logs = handle.logs()
+        if SERVING in logs:
+            return
+        try:
+            code = handle.wait(timeout=0.5)
+        except LaunchTimeout:
+            continue
+        raise BenchError(
+            f"the {job.runner} server exited with status {code} before serving"
+            + _last_lines(handle.logs())
+        )
+    raise BenchTimeout(f"the {job.runner} server did not start serving within {timeout_s} s")
 
 
 def _timed_out(job: Job, options: RunOptions) -> int:
@@ -559,7 +603,7 @@ def _result(
         device=collected.device if collected else None,
         simulated_host=options.simulated_host,
     )
-    native_path = collected.native_report_path if collected else None
+    native_path = collected.native_report_path if collected and options.workdir else None
     return Result(
         run_id=str(uuid.uuid4()),
         status=status,
