@@ -17,29 +17,28 @@ from gpuroute.bench import RunOptions, run_transformers
 from gpuroute.errors import NVMLError
 
 
-def options(spec: str | None) -> RunOptions:
+def main(spec: str | None) -> int:
+    from gpuroute.bench.simhost import SimulatedBenchHost
+    from gpuroute.nvml import read_inventory
+
+    sim = None
     try:
-        from gpuroute.nvml import read_inventory
-
-        return RunOptions(gpus=spec or "0", inventory=read_inventory())
+        options = RunOptions(gpus=spec or "0", inventory=read_inventory())
     except NVMLError:
-        from gpuroute.bench.simhost import SimulatedBenchHost
-
-        sim = SimulatedBenchHost("h100-sxm-8")
         print("No NVIDIA driver here: on the simulated 8 x H100 host.\n")
-        return RunOptions(
+        sim = SimulatedBenchHost("h100-sxm-8")
+        options = RunOptions(
             gpus=spec or "3,1",
             inventory=sim.inventory,
             nvml=sim.nvml,
             simulated_host=sim.name,
             lease_dir=sim.lease_dir,
         )
-
-
-def main(spec: str | None) -> int:
-    result = run_transformers(
-        options(spec), input_len=32, output_len=16, num_prompts=8, batch_size=4
-    )
+    try:
+        result = run_transformers(options, input_len=32, output_len=16, num_prompts=8, batch_size=4)
+    finally:
+        if sim is not None:
+            sim.close()
     if result.status != "ok":
         print(f"failed: {result.error}")
         return 1

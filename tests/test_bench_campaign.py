@@ -81,6 +81,10 @@ def test_the_grid_expands_with_stable_ids(tmp_path: Path) -> None:
             "input_len is both in grid and in fixed",
         ),
         ({"grid": {"runner": "vllm", "model": [], "gpus": "0"}}, "grid.model is an empty list"),
+        (
+            {"execution": "inprocess", "max_parallel": 2},
+            "execution 'inprocess' runs one experiment at a time",
+        ),
     ],
 )
 def test_a_bad_campaign_file_names_the_problem(

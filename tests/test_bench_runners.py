@@ -283,26 +283,30 @@ def test_a_leased_run_holds_its_gpus_and_gives_them_back(
     assert LeaseDir(leases).read()[0] == {}  # released
 
 
-@pytest.mark.engine
-def test_transformers_in_a_container_sees_its_gpus_renumbered(
-    engine: SimulatedGPUHost, h100: Inventory
-) -> None:
+def python_in_the_test_image(h100: Inventory, **docker_kwargs: object) -> RunOptions:
     """Any image with python, torch and transformers will do: here the test image, with this
-    machine's interpreter and libraries mounted read-only, and the worker copied in."""
+    machine's interpreter and libraries mounted read-only (the worker is copied in)."""
     mounts = {
         path: {"bind": path, "mode": "ro"}
         for path in {sys.base_prefix, sys.prefix, "/usr", "/lib", "/lib64"}
         if os.path.exists(path)
     }
+    return simulated(
+        h100,
+        gpus="7,2",
+        execution="container",
+        image=IMAGE,
+        docker_kwargs={**NO_NET, "volumes": mounts, **docker_kwargs},
+        env={"HOME": "/tmp"},
+    )
+
+
+@pytest.mark.engine
+def test_transformers_in_a_container_sees_its_gpus_renumbered(
+    engine: SimulatedGPUHost, h100: Inventory
+) -> None:
     result = run_transformers(
-        simulated(
-            h100,
-            gpus="7,2",
-            execution="container",
-            image=IMAGE,
-            docker_kwargs={**NO_NET, "volumes": mounts},
-            env={"HOME": "/tmp"},
-        ),
+        python_in_the_test_image(h100),
         python=sys.executable,
         input_len=8,
         output_len=4,
@@ -332,3 +336,83 @@ def test_a_server_that_dies_fails_the_run_at_once_with_its_output(
     assert result.status == "failed"
     assert "vllm server exited with status 1 before serving" in (result.error or "")
     assert "missing/model is not a local folder" in (result.error or "")
+
+
+@pytest.mark.engine
+def test_a_run_that_sees_other_gpus_than_planned_fails(
+    engine: SimulatedGPUHost, h100: Inventory
+) -> None:
+    """An entrypoint that rewrites CUDA_VISIBLE_DEVICES, as some images' scripts do."""
+    result = run_transformers(
+        python_in_the_test_image(h100, entrypoint=["env", "CUDA_VISIBLE_DEVICES=0"]),
+        python=sys.executable,
+        input_len=8,
+        output_len=4,
+        num_prompts=2,
+    )
+    assert result.status == "failed"
+    assert "saw CUDA_VISIBLE_DEVICES='0', not the plan's '1,0'" in (result.error or "")
+
+
+def test_a_stale_report_in_a_reused_directory_is_never_read(
+    h100: Inventory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
+    stale = {"elapsed_time": 2.0, "num_requests": 9, "total_num_tokens": 90,
+             "requests_per_second": 4.5, "tokens_per_second": 45.0}  # fmt: skip
+    (tmp_path / "vllm-throughput.json").write_text(json.dumps(stale))
+    result = run_vllm(
+        simulated(h100, gpus="0", execution="subprocess", workdir=tmp_path),
+        model="missing/model",
+        input_len=8,
+        output_len=4,
+    )
+    assert result.status == "failed"
+    assert "is not a local folder" in (result.error or "")
+    assert result.native_report is None
+    assert (result.tokens.output_total, result.throughput.output_tok_per_s) == (None, None)
+    assert result.energy.j_per_output_token is None
+
+
+def test_gpus_routed_to_a_torch_without_cuda_fail_rather_than_run_on_the_cpu(
+    h100: Inventory,
+) -> None:
+    fake = FakeNVML(h100, clock=time.time)
+    result = run_transformers(
+        RunOptions(gpus="0", inventory=h100, nvml=fake), input_len=8, output_len=4, num_prompts=1
+    )
+    assert result.status == "failed"
+    assert "sees no CUDA device" in (result.error or "")
+    assert "--device cpu" in (result.error or "")
+    knowingly = run_transformers(
+        RunOptions(gpus="0", inventory=h100, nvml=fake),
+        device="cpu",
+        input_len=8,
+        output_len=4,
+        num_prompts=1,
+    )
+    assert knowingly.status == "ok", knowingly.error
+    assert knowingly.environment.device == "cpu"
+
+
+def test_an_in_process_run_records_a_crash_and_puts_the_environment_back(
+    h100: Inventory,
+) -> None:
+    offline_before = os.environ.get("HF_HUB_OFFLINE")
+    result = run_transformers(
+        simulated(h100, gpus="4", execution="inprocess"),
+        dtype="bfloat17",
+        input_len=8,
+        output_len=4,
+        num_prompts=1,
+    )
+    assert result.status == "failed"
+    assert (result.error or "").startswith("AttributeError: ")
+    assert "bfloat17" in (result.error or "")
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert os.environ.get("HF_HUB_OFFLINE") == offline_before
+    ok = run_transformers(
+        simulated(h100, gpus="4", execution="inprocess"), input_len=8, output_len=4, num_prompts=1
+    )
+    assert ok.status == "ok", ok.error
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ

@@ -178,6 +178,11 @@ def load_campaign(path: str | os.PathLike[str]) -> Campaign:
             f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
         )
         raise BenchConfigError(f"the campaign file {source} is invalid: {problems}") from None
+    if campaign.execution == "inprocess" and campaign.max_parallel > 1:
+        raise BenchConfigError(
+            f"the campaign file {source}: execution 'inprocess' runs one experiment at a time "
+            "(the process has one set of GPUs); set max_parallel: 1, or use 'subprocess'"
+        )
     expand(campaign)  # checks the grid
     return campaign
 
@@ -555,9 +560,13 @@ def _attempt(
                     f"images: {{{experiment.runner}: NAME}}"
                 )
             options = replace(options, image=defaults[experiment.runner])
-        return execute(job, options)
     except (GpurouteError, TypeError, ValueError) as exc:
         return _not_started(experiment, execution, str(exc), labels)
+    try:
+        return execute(job, options)
+    except Exception as exc:  # refused before it ran (a spec, a lease): recorded, never lost
+        text = str(exc) if isinstance(exc, GpurouteError) else f"{type(exc).__name__}: {exc}"
+        return _not_started(experiment, execution, text, labels)
 
 
 def report_campaign(directory: str | os.PathLike[str]) -> str:

@@ -332,6 +332,11 @@ class EnergyReading:
         first, last = self.first_sample_s, self.last_sample_s
         assert first is not None
         assert last is not None
+        if (start_s is not None and start_s >= last) or (end_s is not None and end_s <= first):
+            return unavailable_energy(
+                f"the benchmark's window ({start_s}..{end_s}) lies outside the monitored "
+                f"interval ({first}..{last}): no sample covers it"
+            )
         t0 = first if start_s is None else max(start_s, first)
         t1 = last if end_s is None else min(end_s, last)
         warnings: list[str] = []

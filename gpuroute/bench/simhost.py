@@ -8,6 +8,7 @@ vLLM and TensorRT-LLM images. Everything else runs for real.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +24,11 @@ class SimulatedBenchHost:
         self.name = name
         self.inventory = topology(name)
         self.nvml = FakeNVML(self.inventory, clock=time.time, energy_update_s=0.02)
+        self._own_root = lease_root is None
         root = (
             lease_root if lease_root is not None else Path(tempfile.mkdtemp(prefix="gpuroute-sim-"))
         )
+        self.root = root
         leases = root / "leases"
         leases.mkdir(parents=True, exist_ok=True)
         leases.chmod(0o1777)
@@ -56,3 +59,5 @@ class SimulatedBenchHost:
         if self.engine is not None:
             self.engine.stop()
             self.engine = None
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -27,6 +27,7 @@ from typing import Any
 
 FORMAT = "gpuroute.bench.transformers-worker/1"
 TINY = "tiny"
+SIMULATED = "GPUROUTE_SIMULATED_HOST"  # the GPUs are simulated: the CPU stands in for them
 
 
 class _TokenClock:
@@ -74,14 +75,24 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(seed)
     want = config.get("device", "auto")
     device = "cuda" if want == "auto" and torch.cuda.is_available() else want
+    notes: list[str] = []
     if device == "auto":
+        routed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        if routed and not os.environ.get(SIMULATED):
+            raise SystemExit(
+                f"GPUs were routed to this run (CUDA_VISIBLE_DEVICES={routed}) but torch "
+                f"{torch.__version__} sees no CUDA device: a CPU-only torch build, or a driver "
+                "it cannot use. Install a CUDA build of torch, or pass --device cpu to run on "
+                "the CPU knowingly (the GPUs' energy would then not be this run's)."
+            )
+        if routed:
+            notes.append("simulated host: the model ran on the CPU")
         device = "cpu"
     dtype_name = config.get("dtype", "auto")
     if dtype_name == "auto":
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
     else:
         dtype = getattr(torch, dtype_name)
-    notes: list[str] = []
 
     load_start = time.time()
     model: Any

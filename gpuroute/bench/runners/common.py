@@ -75,6 +75,9 @@ __all__ = [
 ]
 
 MOUNT = "/gpuroute-bench"
+SIMULATED_ENV = "GPUROUTE_SIMULATED_HOST"
+"""Set for a run on the simulated host: its GPUs are not real, so a framework may run on the
+CPU instead (the transformers worker does)."""
 SERVING = "Application startup complete"  # what vLLM's server (uvicorn) logs once it serves
 Execution = Literal["inprocess", "subprocess", "container"]
 _TAIL = 4000
@@ -162,6 +165,16 @@ class Job:
     env: Mapping[str, str] = field(default_factory=dict)
     local_ids: Literal["uuid", "index"] = "uuid"
     """How a local process names its GPUs: ``index`` for tools that cannot parse UUIDs."""
+    outputs: tuple[str, ...] = ()
+    """The files the run writes in the work directory; removed before it starts, so that a
+    reused directory never yields an earlier run's report."""
+
+
+@dataclass
+class _RunState:
+    handle: Launch | None = None
+    stopped: bool = False
+    """The work is known to have ended and been cleaned up (its lease may go)."""
 
 
 def check_parallelism(plan: RoutingPlan, tool: str, tp: int, pp: int = 1) -> None:
@@ -308,13 +321,16 @@ def execute(job: Job, options: RunOptions) -> Result:
         plan = make_plan(
             options.gpus, inventory, context=context, target=target, local_ids=job.local_ids
         )
+    state = _RunState()
     try:
         job.check(plan)
         if target == "local" and plan.devices:
             plan.local_env  # noqa: B018 - raises ContextError if a parent mask forbids it
-        return _run(job, options, plan, lease, inventory)
+        return _run(job, options, plan, lease, inventory, state)
     finally:
-        if lease is not None:
+        # A lease goes only once its work has surely ended: if stopping it failed, the lease
+        # stays with the work (launch attached it) and ends when the work does.
+        if lease is not None and (state.handle is None or state.stopped):
             lease.release()
 
 
@@ -324,6 +340,7 @@ def _run(
     plan: RoutingPlan,
     lease: Lease | None,
     inventory: Inventory,
+    state: _RunState,
 ) -> Result:
     started_at = _now()
     own_workdir = options.workdir is None
@@ -331,12 +348,12 @@ def _run(
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o777)  # the container's user may not be root  # noqa: S103
     owned: set[int] = {os.getpid()}
-    handle_box: list[Launch] = []
 
     def own_pids() -> Iterable[int]:
-        if not handle_box:
-            return set(owned)
-        return owned | _handle_pids(handle_box[0])
+        # A running union: workers that have exited (or were re-parented) stay the run's own.
+        if state.handle is not None:
+            owned.update(_handle_pids(state.handle))
+        return set(owned)
 
     monitor = EnergyMonitor(
         plan.devices,
@@ -352,10 +369,12 @@ def _run(
     reading: EnergyReading | None = None
     wall_start = time.time()
     try:
+        for name in job.outputs:
+            (workdir / name).unlink(missing_ok=True)
         job.prepare(workdir)
         monitor.start()
         try:
-            logs, code = _launch(job, options, plan, lease, workdir, handle_box)
+            logs, code = _launch(job, options, plan, lease, workdir, state)
         finally:
             reading = monitor.stop()
         if code != 0:
@@ -365,32 +384,50 @@ def _run(
         except GpurouteError as exc:
             if status == "ok":
                 status, error = "failed", str(exc)
-    except (GpurouteError, OSError) as exc:
-        if isinstance(exc, (BenchConfigError,)):
-            raise
-        status, error = "failed", str(exc)
+        wall_end = time.time()
+        result = _result(
+            job,
+            options,
+            plan,
+            lease,
+            inventory,
+            collected,
+            reading,
+            status,
+            error,
+            logs,
+            started_at,
+            wall_start,
+            wall_end,
+            workdir,
+        )
+    except BenchConfigError:
+        raise
+    except Exception as exc:  # a failure of the benchmark is a result, never a crash
+        if reading is None:
+            reading = monitor.stop()
+        message = str(exc) if isinstance(exc, GpurouteError) else f"{type(exc).__name__}: {exc}"
+        result = _result(
+            job,
+            options,
+            plan,
+            lease,
+            inventory,
+            None,
+            reading,
+            "failed",
+            message,
+            logs,
+            started_at,
+            wall_start,
+            time.time(),
+            workdir,
+        )
     finally:
         if reading is None:
             reading = monitor.stop()
-    wall_end = time.time()
-    result = _result(
-        job,
-        options,
-        plan,
-        lease,
-        inventory,
-        collected,
-        reading,
-        status,
-        error,
-        logs,
-        started_at,
-        wall_start,
-        wall_end,
-        workdir,
-    )
-    if own_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
@@ -421,16 +458,22 @@ def _launch(
     plan: RoutingPlan,
     lease: Lease | None,
     workdir: Path,
-    handle_box: list[Launch],
+    state: _RunState,
 ) -> tuple[str, int]:
     """Run the job; return its logs and exit status."""
     from gpuroute.launch import launch
 
     env = {**job.env, **options.env}
+    if options.simulated_host is not None:
+        env[SIMULATED_ENV] = options.simulated_host
     if options.execution == "inprocess":
         assert job.inprocess is not None
-        _route_this_process(plan, env)
-        job.inprocess(workdir)
+        restore = _route_this_process(plan, env)
+        try:
+            job.inprocess(workdir)
+        finally:
+            restore()
+        state.stopped = True
         return "", 0
     container = options.execution == "container"
     where = MOUNT if container else str(workdir)
@@ -459,35 +502,56 @@ def _launch(
             docker_kwargs=docker_kwargs,
             verify=options.verify,
         )
-    with launch(job.command(where), **common) as handle:
-        handle_box.append(handle)
-        try:
-            if job.client_command is None:
-                code = handle.wait(options.timeout_s)
-                return handle.logs(), code
-            _wait_until_serving(job, handle, options.timeout_s)
-            client_logs, code = _client(job, handle, where, env, options.timeout_s)
-            handle.stop()
-            return handle.logs() + client_logs, code
-        except LaunchTimeout:
-            handle.stop()
-            return handle.logs(), _timed_out(job, options)
+    handle = launch(job.command(where), **common)
+    state.handle = handle
+    try:
+        if job.client_command is None:
+            code = handle.wait(options.timeout_s)
+            return handle.logs(), code
+        _wait_until_serving(job, handle, options.timeout_s)
+        client_logs, code = _client(job, handle, where, env, options.timeout_s)
+        handle.stop()
+        return handle.logs() + client_logs, code
+    except LaunchTimeout:
+        handle.stop()
+        return handle.logs(), _timed_out(job, options)
+    finally:
+        handle.close()  # raises if the work cannot be stopped and removed
+        state.stopped = True
 
 
-def _route_this_process(plan: RoutingPlan, env: Mapping[str, str]) -> None:
-    """Give this process the plan's GPUs, before CUDA starts: once it has, the devices a
-    process sees cannot change, and a run would silently use the old ones."""
-    wanted = dict(plan.local_env) if plan.devices else {"CUDA_VISIBLE_DEVICES": ""}
+def _cuda_started() -> bool:
     torch = sys.modules.get("torch")
-    initialized = torch is not None and bool(torch.cuda.is_initialized())
+    return torch is not None and bool(torch.cuda.is_initialized())
+
+
+def _route_this_process(plan: RoutingPlan, env: Mapping[str, str]) -> Callable[[], None]:
+    """Give this process the plan's GPUs, before CUDA starts: once it has, the devices a
+    process sees cannot change, and a run would silently use the old ones. Returns what puts
+    the environment back (the CUDA variables stay if CUDA started with them)."""
+    wanted = dict(plan.local_env) if plan.devices else {"CUDA_VISIBLE_DEVICES": ""}
     current = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if initialized and current != wanted["CUDA_VISIBLE_DEVICES"]:
+    if _cuda_started() and current != wanted["CUDA_VISIBLE_DEVICES"]:
         raise BenchConfigError(
             "CUDA is already initialised in this process with CUDA_VISIBLE_DEVICES="
             f"{current!r}, and an in-process run cannot switch to {plan.spec!r}; use "
             "execution='subprocess' (the default) or 'container'"
         )
-    os.environ.update({**env, **wanted})
+    changes = {**env, **wanted}
+    saved = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
+
+    def restore() -> None:
+        keep = set(wanted) if _cuda_started() else set()
+        for key, value in saved.items():
+            if key in keep:
+                continue
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    return restore
 
 
 def _wait_until_serving(job: Job, handle: Launch, timeout_s: float | None) -> None:
@@ -505,7 +569,10 @@ def _wait_until_serving(job: Job, handle: Launch, timeout_s: float | None) -> No
             f"the {job.runner} server exited with status {code} before serving"
             + _last_lines(handle.logs())
         )
-    raise BenchTimeout(f"the {job.runner} server did not start serving within {timeout_s} s")
+    raise BenchTimeout(
+        f"the {job.runner} server did not start serving within {timeout_s or 1800.0:.0f} s; "
+        "raise the time limit (--timeout) if loading the model takes longer"
+    )
 
 
 def _timed_out(job: Job, options: RunOptions) -> int:
@@ -558,13 +625,28 @@ def _result(
     import gpuroute
 
     routing = _routing(job, plan, options, lease)
+    notes: list[str] = []
     if collected is not None:
-        if collected.cuda_visible_devices is not None:
-            routing.cuda_visible_devices = collected.cuda_visible_devices
+        seen, planned = collected.cuda_visible_devices, routing.cuda_visible_devices
+        if seen is not None and planned is not None and seen != planned and status == "ok":
+            status, error = (
+                "failed",
+                (
+                    f"the benchmark saw CUDA_VISIBLE_DEVICES={seen!r}, not the plan's {planned!r}: "
+                    "something between gpuroute and the program changed it (an entrypoint "
+                    "script, or the image's environment); its figures are not those GPUs'"
+                ),
+            )
+        if seen is not None:
+            routing.cuda_visible_devices = seen
         if collected.cuda_device_order is not None:
             routing.cuda_device_order = collected.cuda_device_order
         tokens, throughput, latency = collected.tokens, collected.throughput, collected.latency
         window = collected.window
+        if window is not None and (window[0] < wall_start - 1.0 or window[1] > wall_end + 1.0):
+            # A report's time from another clock (a network file system, a remote engine).
+            notes.append("window_outside_the_run:clamped")
+            window = (max(window[0], wall_start), min(window[1], wall_end))
         energy = reading.energy(
             *(window or (None, None)), includes=collected.includes, excludes=collected.excludes
         )
@@ -580,6 +662,8 @@ def _result(
         timing = Timing(measured_window="whole_run", duration_s=wall_end - wall_start)
     if energy.method != "none":
         energy = derive_energy(energy, tokens)
+    if notes:
+        energy = energy.model_copy(update={"warnings": [*energy.warnings, *notes]})
     if not plan.devices and energy.method == "none":
         energy = unavailable_energy("no GPU was routed to this run (--gpus none)")
     memory = reading.memory()

@@ -109,6 +109,7 @@ def transformers_job(
         prepare=prepare,
         inprocess=inprocess,
         env={"HF_HUB_OFFLINE": "1"} if model == TINY else {},
+        outputs=(_REPORT,),
     )
 
 

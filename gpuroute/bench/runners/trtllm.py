@@ -155,6 +155,7 @@ def trtllm_job(
         check=check,
         pipeline_parallel_size=pipeline_parallel_size,
         distributed_executor_backend="mpi",
+        outputs=(_REPORT,),
     )
     return job
 

@@ -230,6 +230,7 @@ def vllm_job(
         pipeline_parallel_size=pipeline_parallel_size,
         distributed_executor_backend="mp",
         local_ids="index",
+        outputs=(*_REPORT.values(), _SERVE_REPORT),
     )
     return job
 
