@@ -145,7 +145,8 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
         generate(prompts[:batch_size])
     warmup_s = time.time() - warmup_start
     if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        for index in range(torch.cuda.device_count()):  # every GPU the model spans
+            torch.cuda.reset_peak_memory_stats(index)
 
     batches = []
     output_total = 0

@@ -593,6 +593,8 @@ def _client(
     argv = job.client_command(where)
     container = getattr(handle, "container", None)
     if container is not None:
+        if timeout_s is not None:  # an exec has no time limit of its own
+            argv = ["timeout", str(max(int(timeout_s), 1)), *argv]
         result = container.exec_run(argv, environment=dict(env), demux=False)
         return result.output.decode(errors="replace"), int(result.exit_code)
     completed = subprocess.run(
