@@ -26,8 +26,9 @@ from gpuroute.testing.engine import IMAGE, IMAGE_TRTLLM, IMAGE_VLLM, SimulatedGP
 
 STAND_INS = Path(__file__).resolve().parent.parent / "gpuroute" / "testing" / "image"
 NO_NET = {"network_mode": "none"}
-# The sandbox's engine may not raise the memlock limit; the stack limit still applies.
-TRT_SANDBOX = {
+# The private engine may not lift the memlock limit where it runs unprivileged; the stack
+# limit still applies.
+TRT_PRIVATE_ENGINE = {
     "network_mode": "none",
     "ulimits": [{"Name": "stack", "Soft": 67108864, "Hard": 67108864}],
 }
@@ -215,7 +216,7 @@ def test_trtllm_in_its_image_gets_the_routing_and_tp_size(
             gpus="2,0,7,5",
             execution="container",
             image=IMAGE_TRTLLM,
-            docker_kwargs=TRT_SANDBOX,
+            docker_kwargs=TRT_PRIVATE_ENGINE,
         ),
         mode=mode,
         model="org/model",

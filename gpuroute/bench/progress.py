@@ -10,7 +10,7 @@ screen. Anywhere else (a log file, a pipe, CI) every event writes one whole line
 happened after the status, and no carriage return is ever written.
 
 The estimate of the time left comes from the mean duration of the experiments finished in
-this session (those skipped because a resumed campaign had them already do not count), the
+this run (those skipped because a resumed campaign had them already do not count), the
 time already spent by those running, and the number not yet started, divided among as many
 workers as were ever seen running at once. It is omitted until one experiment has finished.
 

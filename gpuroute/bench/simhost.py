@@ -48,8 +48,8 @@ class SimulatedBenchHost:
 
     @staticmethod
     def docker_kwargs(runner: str) -> dict[str, Any]:
-        """The sandboxed engine has no network, and may not lift the memlock limit that the
-        TensorRT-LLM runner asks for; the stack limit still applies."""
+        """The private engine runs its containers without a network and, unprivileged, may
+        not lift the memlock limit the TensorRT-LLM runner asks for; the stack limit stays."""
         kwargs: dict[str, Any] = {"network_mode": "none"}
         if runner == "trtllm":
             kwargs["ulimits"] = [{"Name": "stack", "Soft": 67108864, "Hard": 67108864}]
