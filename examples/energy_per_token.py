@@ -27,13 +27,7 @@ def main(spec: str | None) -> int:
     except NVMLError:
         print("No NVIDIA driver here: on the simulated 8 x H100 host.\n")
         sim = SimulatedBenchHost("h100-sxm-8")
-        options = RunOptions(
-            gpus=spec or "3,1",
-            inventory=sim.inventory,
-            nvml=sim.nvml,
-            simulated_host=sim.name,
-            lease_dir=sim.lease_dir,
-        )
+        options = sim.apply(RunOptions(gpus=spec or "3,1"), "transformers")
     try:
         result = run_transformers(options, input_len=32, output_len=16, num_prompts=8, batch_size=4)
     finally:

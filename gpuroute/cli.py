@@ -38,21 +38,31 @@ if TYPE_CHECKING:
     from gpuroute.leases import LeaseDir, LeaseRecord
 from gpuroute.host import INVENTORY_ENV, default_inventory
 
-__all__ = ["main"]
+__all__ = ["add_inventory_options", "key_values", "main"]
 
 EXIT_USER_ERROR = 2
 
 
-def _add_inventory_options(parser: argparse.ArgumentParser) -> None:
+def add_inventory_options(parser: argparse.ArgumentParser) -> None:
+    """``--inventory FILE`` or ``--simulate NAME``: another host's GPUs than this one's."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--inventory", metavar="FILE", help="plan against this snapshot instead of NVML"
-    )
+    group.add_argument("--inventory", metavar="FILE", help="use this snapshot instead of NVML")
     group.add_argument(
         "--simulate",
         metavar="NAME",
-        help="plan against a built-in simulated host (see `gpuroute topologies`)",
+        help="use a built-in simulated host (see `gpuroute topologies`)",
     )
+
+
+def key_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` options (``--env``, ``--label``) as a mapping."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GpurouteError(f"{flag} {item!r} is not KEY=VALUE")
+        pairs[key] = value
+    return pairs
 
 
 def _inventory(args: argparse.Namespace) -> Inventory:
@@ -74,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list GPUs and MIG devices")
     ls.add_argument("--json", action="store_true", help="print the snapshot document")
-    _add_inventory_options(ls)
+    add_inventory_options(ls)
 
     pl = sub.add_parser("plan", help="show the routing plan for a GPU spec")
     pl.add_argument("spec", metavar="SPEC", help="e.g. 3,1  GPU-8932f937  1:0  all  none")
@@ -100,13 +110,13 @@ def _parser() -> argparse.ArgumentParser:
         default="compute,utility",
         help="NVIDIA_DRIVER_CAPABILITIES (default: compute,utility)",
     )
-    _add_inventory_options(pl)
+    add_inventory_options(pl)
 
     inv = sub.add_parser("inventory", help="inventory snapshots")
     inv_sub = inv.add_subparsers(dest="inventory_command", required=True, metavar="ACTION")
     save = inv_sub.add_parser("save", help="write a snapshot of this host's GPUs to FILE")
     save.add_argument("file", metavar="FILE")
-    _add_inventory_options(save)
+    add_inventory_options(save)
 
     run = sub.add_parser(
         "run",
@@ -155,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command and its arguments"
     )
-    _add_inventory_options(run)
+    add_inventory_options(run)
 
     run.add_argument(
         "--lease", action="store_true", help="lease the GPUs for the run (--gpus may be any:N)"
@@ -165,12 +175,12 @@ def _parser() -> argparse.ArgumentParser:
     leases = sub.add_parser("leases", help="list GPU leases on this host")
     leases.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
     leases.add_argument("--json", action="store_true", help="print the records as JSON")
-    _add_inventory_options(leases)
+    add_inventory_options(leases)
 
     limits = sub.add_parser("limits", help="your GPU usage against your limits")
     limits.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
     limits.add_argument("--policy", metavar="FILE", help="the limits policy file")
-    _add_inventory_options(limits)
+    add_inventory_options(limits)
 
     doctor = sub.add_parser("doctor", help="check what GPU launches depend on, with fixes")
     doctor.add_argument("--image", help="also start a GPU container of this image")
@@ -260,12 +270,7 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
     argv = list(args.argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise GpurouteError(f"--env {item!r} is not KEY=VALUE")
-        env[key] = value
+    env = key_values(args.env, "--env")
     handle = launch(
         argv,
         gpus=args.gpus,

@@ -43,7 +43,7 @@ def test_a_tiny_transformers_benchmark_runs_on_a_cpu_only_machine(tmp_path: Path
     assert result.throughput.output_tok_per_s > 0
     assert data["energy"]["gpu_energy_j"] is None
     assert data["energy"]["j_per_output_token"] is None
-    assert data["energy"]["unavailable_reason"] == "no GPU was routed to this run (--gpus none)"
+    assert data["energy"]["unavailable_reason"] == "no GPU was routed to this run (gpus: none)"
     assert "32 out" in run.stdout
     assert (tmp_path / "r.json.native" / "transformers-report.json").exists()
 

@@ -181,7 +181,7 @@ def test_without_nvml_energy_is_null_with_a_reason(h100: Inventory) -> None:
 
 def test_no_routed_gpu_means_no_energy(h100: Inventory) -> None:
     reading = EnergyMonitor(plan("none", h100).devices, nvml=FakeNVML(h100)).start().stop()
-    assert reading.energy().unavailable_reason == "no GPU was routed to this run"
+    assert reading.energy().unavailable_reason == "no GPU was routed to this run (gpus: none)"
 
 
 def test_background_sampling_follows_real_time(h100: Inventory) -> None:

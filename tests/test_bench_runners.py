@@ -97,7 +97,7 @@ def test_transformers_in_process_on_a_cpu_has_null_energy_with_a_reason() -> Non
     assert result.environment.device == "cpu"
     energy = result.energy
     assert (energy.gpu_energy_j, energy.j_per_output_token, energy.per_gpu) == (None, None, [])
-    assert energy.unavailable_reason == "no GPU was routed to this run (--gpus none)"
+    assert energy.unavailable_reason == "no GPU was routed to this run (gpus: none)"
     assert result.native_report["format"] == "gpuroute.bench.transformers-worker/1"
 
 

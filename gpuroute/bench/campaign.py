@@ -30,7 +30,6 @@ apart. A lock on the directory keeps two runs of one campaign from interleaving.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import hashlib
 import inspect
@@ -42,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -57,7 +56,7 @@ from gpuroute.bench.result import (
     Timing,
     Workload,
 )
-from gpuroute.bench.runners.common import Execution, Job, RunOptions, execute
+from gpuroute.bench.runners.common import Execution, Job, RunOptions, execute, now
 from gpuroute.bench.simhost import SimulatedBenchHost
 from gpuroute.errors import BenchConfigError, BenchError, GpurouteError
 
@@ -289,10 +288,6 @@ def _directory_lock(directory: Path) -> Iterator[None]:
 # -- running -------------------------------------------------------------------------------
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
 def _not_started(
     experiment: Experiment, execution: Execution, error: str, labels: dict[str, str]
 ) -> Result:
@@ -310,8 +305,8 @@ def _not_started(
         run_id=str(uuid.uuid4()),
         status="failed",
         error=error,
-        started_at=_now(),
-        ended_at=_now(),
+        started_at=now(),
+        ended_at=now(),
         runner=RunnerInfo(
             name=experiment.runner,
             mode=str(
@@ -339,44 +334,14 @@ def _not_started(
     )
 
 
-class _Host:
-    """What every run of the campaign shares: the inventory, NVML, the engine."""
-
-    def __init__(self, campaign: Campaign, directory: Path) -> None:
-        self.campaign = campaign
-        self.inventory: Any = None
-        self.nvml: Any = None
-        self.docker_host: str | None = None
-        self.images = dict(campaign.images)
-        self.lease_dir = campaign.lease_dir
-        self.sim: SimulatedBenchHost | None = None
-        if campaign.host.simulate is not None:
-            self.sim = SimulatedBenchHost(campaign.host.simulate, lease_root=directory)
-            self.inventory, self.nvml = self.sim.inventory, self.sim.nvml
-            self.lease_dir = self.lease_dir or self.sim.lease_dir
-
-    def start_engine(self) -> None:
-        if self.sim is not None and self.campaign.execution == "container":
-            self.sim.start_engine()
-            self.docker_host = self.sim.docker_host
-            self.images = {**self.sim.images, **self.images}
-
-    def docker_kwargs(self, runner: str) -> dict[str, Any]:
-        return self.sim.docker_kwargs(runner) if self.sim is not None else {}
-
-    def close(self) -> None:
-        if self.sim is not None:
-            self.sim.close()
-
-
-def _remove_orphans(host: _Host, directory: Path) -> None:
+def _remove_orphans(directory: Path) -> None:
     """Remove the containers a killed run of this campaign left behind (the directory lock
     says no other run of it is alive): their results can never be collected, and they would
     hold their GPUs and leases."""
     from gpuroute.adapters.engine import connect
 
     try:
-        client = connect(host.docker_host)
+        client = connect()
     except GpurouteError:
         return  # no engine: nothing can have been left on it
     try:
@@ -388,16 +353,16 @@ def _remove_orphans(host: _Host, directory: Path) -> None:
         client.close()
 
 
-def _busy(experiment: Experiment, host: _Host) -> set[str] | None:
+def _busy(experiment: Experiment, sim: SimulatedBenchHost | None) -> set[str] | None:
     """The devices an experiment names (None for ``any:N``: leases pick them)."""
     if experiment.gpus.strip().lower().startswith("any"):
         return None
     from gpuroute.api import plan
     from gpuroute.core.context import CallerContext
 
-    context = CallerContext() if host.campaign.host.simulate else None
+    inventory, context = (sim.inventory, CallerContext()) if sim is not None else (None, None)
     try:
-        return {d.gpu.uuid for d in plan(experiment.gpus, host.inventory, context=context).devices}
+        return {d.gpu.uuid for d in plan(experiment.gpus, inventory, context=context).devices}
     except GpurouteError:
         return set()
 
@@ -438,14 +403,18 @@ def run_campaign(
         bar = progress if progress is not None else Progress(len(experiments), label=campaign.name)
         if skipped:
             bar.skipped(skipped)
-        host = _Host(campaign, directory)
+        sim = (
+            SimulatedBenchHost(campaign.host.simulate, lease_root=directory)
+            if campaign.host.simulate is not None
+            else None
+        )
         try:
-            host.start_engine()
-            if todo and campaign.execution == "container":
-                _remove_orphans(host, directory)
-            _schedule(campaign, host, directory, store, todo, bar, on_result)
+            if sim is None and todo and campaign.execution == "container":
+                _remove_orphans(directory)  # a simulated host's engine is new each run
+            _schedule(campaign, sim, directory, store, todo, bar, on_result)
         finally:
-            host.close()
+            if sim is not None:
+                sim.close()
             bar.close()
         report_campaign(directory)
     return directory
@@ -453,7 +422,7 @@ def run_campaign(
 
 def _schedule(
     campaign: Campaign,
-    host: _Host,
+    sim: SimulatedBenchHost | None,
     directory: Path,
     store: _Store,
     todo: list[tuple[Experiment, int]],
@@ -461,7 +430,7 @@ def _schedule(
     on_result: Callable[[Result], None] | None,
 ) -> None:
     pending = list(todo)
-    devices_of = {item[0].id: _busy(item[0], host) for item in pending}
+    devices_of = {item[0].id: _busy(item[0], sim) for item in pending}
     running: dict[Future[None], set[str] | None] = {}
     with ThreadPoolExecutor(max_workers=campaign.max_parallel) as pool:
         while pending or running:
@@ -475,7 +444,7 @@ def _schedule(
                 pending.remove(item)
                 in_use |= devices or set()
                 future = pool.submit(
-                    _attempts, campaign, host, directory, store, *item, bar, on_result
+                    _attempts, campaign, sim, directory, store, *item, bar, on_result
                 )
                 running[future] = devices
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -486,7 +455,7 @@ def _schedule(
 
 def _attempts(
     campaign: Campaign,
-    host: _Host,
+    sim: SimulatedBenchHost | None,
     directory: Path,
     store: _Store,
     experiment: Experiment,
@@ -501,7 +470,7 @@ def _attempts(
     for n in range(previous, previous + attempts_left):
         if n > previous:
             time.sleep(campaign.retry.backoff_s)
-        result = _attempt(campaign, host, directory, experiment, n)
+        result = _attempt(campaign, sim, directory, experiment, n)
         store.append(result)
         if on_result is not None:
             on_result(result)
@@ -513,7 +482,11 @@ def _attempts(
 
 
 def _attempt(
-    campaign: Campaign, host: _Host, directory: Path, experiment: Experiment, attempt: int
+    campaign: Campaign,
+    sim: SimulatedBenchHost | None,
+    directory: Path,
+    experiment: Experiment,
+    attempt: int,
 ) -> Result:
     labels = {
         "campaign": campaign.name,
@@ -528,21 +501,16 @@ def _attempt(
         options = RunOptions(
             gpus=experiment.gpus,
             execution=execution,
-            image=host.images.get(experiment.runner),
-            inventory=host.inventory,
-            nvml=host.nvml,
-            simulated_host=campaign.host.simulate,
-            docker_host=host.docker_host,
+            image=campaign.images.get(experiment.runner),
             docker_kwargs={
                 **({"network_mode": campaign.network} if campaign.network else {}),
-                **host.docker_kwargs(experiment.runner),
                 "labels": {
                     "gpuroute.campaign": campaign.name,
                     CAMPAIGN_LABEL: str(directory.resolve()),
                 },
             },
             lease=campaign.lease,
-            lease_dir=host.lease_dir,
+            lease_dir=campaign.lease_dir,
             lease_wait_s=campaign.lease_wait_s,
             timeout_s=campaign.timeout_s,
             energy_interval_s=campaign.energy.interval_s,
@@ -550,21 +518,10 @@ def _attempt(
             workdir=directory / "native" / f"{experiment.id}-{attempt}",
             labels=labels,
         )
-        if options.execution == "container" and options.image is None:
-            from gpuroute.bench.runners import trtllm, vllm
-
-            defaults = {"vllm": vllm.DEFAULT_IMAGE, "trtllm": trtllm.DEFAULT_IMAGE}
-            if experiment.runner not in defaults:
-                raise BenchConfigError(
-                    f"execution 'container' needs an image for the {experiment.runner} runner: "
-                    f"images: {{{experiment.runner}: NAME}}"
-                )
-            options = replace(options, image=defaults[experiment.runner])
-    except (GpurouteError, TypeError, ValueError) as exc:
-        return _not_started(experiment, execution, str(exc), labels)
-    try:
+        if sim is not None:
+            options = sim.apply(options, experiment.runner)
         return execute(job, options)
-    except Exception as exc:  # refused before it ran (a spec, a lease): recorded, never lost
+    except Exception as exc:  # refused before it ran (a parameter, a spec, a lease): recorded
         text = str(exc) if isinstance(exc, GpurouteError) else f"{type(exc).__name__}: {exc}"
         return _not_started(experiment, execution, text, labels)
 

@@ -16,16 +16,20 @@ result is still written), 2 for a request that is wrong.
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuroute.errors import GpurouteError
+if TYPE_CHECKING:
+    from gpuroute.bench.runners.common import Job
 
 __all__ = ["add_parsers", "run"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from gpuroute.cli import add_inventory_options
+
     p.add_argument("--gpus", default="none", help="the GPUs (any gpuroute spec; default none)")
     p.add_argument(
         "--execution",
@@ -39,12 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep inputs and native reports here (default: FILE.native next to --output)",
     )
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--inventory", metavar="FILE", help="plan against this snapshot")
-    where.add_argument(
-        "--simulate", metavar="NAME", help="run on a built-in simulated host (gpuroute topologies)"
-    )
-    p.add_argument("--lease", action="store_true", help="lease the GPUs for the run")
+    add_inventory_options(p)
+    p.add_argument("--lease", action="store_true", default=False, help="lease the GPUs")
     p.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
     p.add_argument("--timeout", type=float, metavar="S", help="stop the benchmark after S seconds")
     p.add_argument("--energy-interval", type=float, default=0.1, metavar="S", help="sampling")
@@ -52,66 +52,83 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--idle-baseline", type=float, default=0.0, metavar="S", help="idle power for S seconds"
     )
     p.add_argument("--network", help="the container's network mode (docker run --network)")
-    p.add_argument("--verify", action="store_true", help="check the container's GPUs first")
+    p.add_argument(
+        "--verify", action="store_true", default=False, help="check the container's GPUs first"
+    )
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0)
+
+
+def _runner_parser(runners: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A runner's options are named after its job's parameters (``dest``) and left out when
+    not given, so that the job's own defaults apply: one place for each default."""
+    p: argparse.ArgumentParser = runners.add_parser(
+        name, help=help_text, argument_default=argparse.SUPPRESS
+    )
+    _common(p)
+    p.add_argument("--seed", type=int, help="the prompts' random seed (default 0)")
+    p.add_argument("--input-len", type=int, required=True)
+    p.add_argument("--output-len", type=int, required=True)
+    return p
 
 
 def add_parsers(sub: Any) -> None:
     bench = sub.add_parser("bench", help="run an LLM benchmark on exactly the routed GPUs")
     runners = bench.add_subparsers(dest="runner", required=True, metavar="RUNNER")
 
-    tf = runners.add_parser("transformers", help="Hugging Face transformers generate()")
-    _common(tf)
+    tf = _runner_parser(runners, "transformers", "Hugging Face transformers generate()")
     model = tf.add_mutually_exclusive_group(required=True)
-    model.add_argument("--tiny", action="store_true", help="a tiny random model, no hub access")
+    model.add_argument(
+        "--tiny",
+        dest="model",
+        action="store_const",
+        const="tiny",
+        help="a tiny random model, no hub access",
+    )
     model.add_argument("--model", help="a model name or local directory")
     tf.add_argument("--revision")
-    tf.add_argument("--input-len", type=int, required=True)
-    tf.add_argument("--output-len", type=int, required=True)
     tf.add_argument("--num-prompts", type=int, required=True)
-    tf.add_argument("--batch-size", type=int, default=1)
-    tf.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches")
-    tf.add_argument("--dtype", default="auto")
-    tf.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    tf.add_argument("--python", default="python3", help="the interpreter in the image")
+    tf.add_argument("--batch-size", type=int, help="default 1")
+    tf.add_argument("--warmup", type=int, help="untimed warm-up batches (default 1)")
+    tf.add_argument("--dtype", help="default: bfloat16 on a GPU, float32 on the CPU")
+    tf.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default auto")
+    tf.add_argument("--python", help="the interpreter in the image (default python3)")
 
-    vl = runners.add_parser("vllm", help="vllm bench throughput | latency | serve")
-    _common(vl)
-    vl.add_argument("--mode", choices=("throughput", "latency", "serve"), default="throughput")
+    vl = _runner_parser(runners, "vllm", "vllm bench throughput | latency | serve")
+    vl.add_argument("--mode", choices=("throughput", "latency", "serve"), help="default throughput")
     vl.add_argument("--model", required=True)
-    vl.add_argument("--input-len", type=int, required=True)
-    vl.add_argument("--output-len", type=int, required=True)
-    vl.add_argument("--num-prompts", type=int, default=1000)
-    vl.add_argument("--batch-size", type=int, default=8, help="latency mode")
-    vl.add_argument("--num-iters", type=int, default=30, help="latency mode")
-    vl.add_argument("--num-iters-warmup", type=int, default=10, help="latency mode")
-    vl.add_argument("--tp", type=int, help="tensor parallel size (default: the routed GPUs)")
-    vl.add_argument("--pp", type=int, default=1, help="pipeline parallel size")
+    vl.add_argument("--num-prompts", type=int, help="default 1000")
+    vl.add_argument("--batch-size", type=int, help="latency mode (default 8)")
+    vl.add_argument("--num-iters", type=int, help="latency mode (default 30)")
+    vl.add_argument("--num-iters-warmup", type=int, help="latency mode (default 10)")
     vl.add_argument("--load-format")
     vl.add_argument("--dtype")
     vl.add_argument("--max-model-len", type=int)
     vl.add_argument("--gpu-memory-utilization", type=float)
     vl.add_argument("--request-rate", type=float, help="serve mode")
     vl.add_argument("--max-concurrency", type=int, help="serve mode")
-    vl.add_argument("--port", type=int, default=8000, help="serve mode")
-    vl.add_argument("extra", nargs="*", help="after --: more vLLM arguments")
+    vl.add_argument("--port", type=int, help="serve mode (default 8000)")
 
-    tr = runners.add_parser("trtllm", help="trtllm-bench throughput | latency")
-    _common(tr)
-    tr.add_argument("--mode", choices=("throughput", "latency"), default="throughput")
+    tr = _runner_parser(runners, "trtllm", "trtllm-bench throughput | latency")
+    tr.add_argument("--mode", choices=("throughput", "latency"), help="default throughput")
     tr.add_argument("--model", required=True)
     tr.add_argument("--model-path")
-    tr.add_argument("--input-len", type=int, required=True)
-    tr.add_argument("--output-len", type=int, required=True)
-    tr.add_argument("--num-requests", type=int, default=1000)
-    tr.add_argument("--tp", type=int, help="tensor parallel size (default: the routed GPUs)")
-    tr.add_argument("--pp", type=int, default=1)
-    tr.add_argument("--backend", default="pytorch")
-    tr.add_argument("--warmup", type=int, default=2)
+    tr.add_argument("--num-requests", type=int, help="default 1000")
+    tr.add_argument("--backend", help="default pytorch")
+    tr.add_argument("--warmup", type=int, help="warm-up requests (default 2)")
     tr.add_argument("--concurrency", type=int)
     tr.add_argument("--streaming", action="store_true")
-    tr.add_argument("extra", nargs="*", help="after --: more trtllm-bench arguments")
+
+    for p, tool in ((vl, "vLLM"), (tr, "trtllm-bench")):
+        p.add_argument(
+            "--tp",
+            dest="tensor_parallel_size",
+            type=int,
+            help="tensor parallel size (default: the routed GPUs over --pp)",
+        )
+        p.add_argument("--pp", dest="pipeline_parallel_size", type=int, help="default 1")
+        p.add_argument(
+            "extra_args", nargs="*", metavar="EXTRA", help=f"after --: more {tool} arguments"
+        )
 
     campaign = sub.add_parser("campaign", help="run or report a benchmark campaign")
     csub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="COMMAND")
@@ -125,139 +142,58 @@ def add_parsers(sub: Any) -> None:
     crep.add_argument("directory")
 
 
-def _labels(items: list[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise GpurouteError(f"--label {item!r} is not KEY=VALUE")
-        labels[key] = value
-    return labels
+def _job_builder(runner: str) -> Callable[..., Job]:
+    if runner == "transformers":
+        from gpuroute.bench.runners.transformers import transformers_job
+
+        return transformers_job
+    if runner == "vllm":
+        from gpuroute.bench.runners.vllm import vllm_job
+
+        return vllm_job
+    from gpuroute.bench.runners.trtllm import trtllm_job
+
+    return trtllm_job
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from gpuroute.bench.runners.common import Execution, Job, RunOptions, execute
+    from gpuroute.bench.runners.common import Execution, RunOptions, execute
+    from gpuroute.cli import key_values
     from gpuroute.core.inventory import Inventory
 
     runner: str = args.runner
-    execution: Execution = args.execution or (
+    options_given = vars(args)
+    execution: Execution = options_given.get("execution") or (
         "subprocess" if runner == "transformers" else "container"
     )
-    build: Callable[..., Job]
-    if runner == "transformers":
-        from gpuroute.bench.runners.transformers import TINY, transformers_job
-
-        build = transformers_job
-        params: dict[str, Any] = {
-            "model": TINY if args.tiny else args.model,
-            "revision": args.revision,
-            "input_len": args.input_len,
-            "output_len": args.output_len,
-            "num_prompts": args.num_prompts,
-            "batch_size": args.batch_size,
-            "warmup": args.warmup,
-            "seed": args.seed,
-            "dtype": args.dtype,
-            "device": args.device,
-            "python": args.python,
-        }
-    elif runner == "vllm":
-        from gpuroute.bench.runners import vllm
-
-        build = vllm.vllm_job
-        params = {
-            "mode": args.mode,
-            "model": args.model,
-            "input_len": args.input_len,
-            "output_len": args.output_len,
-            "num_prompts": args.num_prompts,
-            "batch_size": args.batch_size,
-            "num_iters": args.num_iters,
-            "num_iters_warmup": args.num_iters_warmup,
-            "tensor_parallel_size": args.tp,
-            "pipeline_parallel_size": args.pp,
-            "load_format": args.load_format,
-            "dtype": args.dtype,
-            "max_model_len": args.max_model_len,
-            "gpu_memory_utilization": args.gpu_memory_utilization,
-            "seed": args.seed,
-            "request_rate": args.request_rate,
-            "max_concurrency": args.max_concurrency,
-            "port": args.port,
-            "extra_args": args.extra,
-        }
-    else:
-        from gpuroute.bench.runners import trtllm
-
-        build = trtllm.trtllm_job
-        params = {
-            "mode": args.mode,
-            "model": args.model,
-            "model_path": args.model_path,
-            "input_len": args.input_len,
-            "output_len": args.output_len,
-            "num_requests": args.num_requests,
-            "tensor_parallel_size": args.tp,
-            "pipeline_parallel_size": args.pp,
-            "backend": args.backend,
-            "warmup": args.warmup,
-            "concurrency": args.concurrency,
-            "streaming": args.streaming,
-            "seed": args.seed,
-            "extra_args": args.extra,
-        }
-    output = Path(args.output) if args.output else None
-    workdir = args.workdir or (str(output) + ".native" if output else None)
-    sim = None
-    docker_kwargs: dict[str, Any] = {}
-    if args.network:
-        docker_kwargs["network_mode"] = args.network
+    build = _job_builder(runner)
+    wanted = set(inspect.signature(build).parameters) - {"execution"}
+    params = {name: value for name, value in options_given.items() if name in wanted}
+    output = Path(args.output) if "output" in args else None
+    workdir = options_given.get("workdir") or (str(output) + ".native" if output else None)
+    network = options_given.get("network")
     options = RunOptions(
         gpus=args.gpus,
         execution=execution,
-        image=args.image,
-        inventory=Inventory.load(args.inventory) if args.inventory else None,
-        docker_kwargs=docker_kwargs,
+        image=options_given.get("image"),
+        inventory=Inventory.load(args.inventory) if "inventory" in args else None,
+        docker_kwargs={"network_mode": network} if network else {},
         verify=args.verify,
         lease=args.lease,
-        lease_dir=args.lease_dir,
-        timeout_s=args.timeout,
+        lease_dir=options_given.get("lease_dir"),
+        timeout_s=options_given.get("timeout"),
         energy_interval_s=args.energy_interval,
         idle_baseline_s=args.idle_baseline,
         workdir=workdir,
-        labels=_labels(args.label),
+        labels=key_values(args.label, "--label"),
     )
+    sim = None
     try:
-        if args.simulate:
-            from dataclasses import replace
-
+        if "simulate" in args:
             from gpuroute.bench.simhost import SimulatedBenchHost
 
             sim = SimulatedBenchHost(args.simulate)
-            if execution == "container":
-                sim.start_engine()
-            options = replace(
-                options,
-                inventory=sim.inventory,
-                nvml=sim.nvml,
-                simulated_host=args.simulate,
-                docker_host=sim.docker_host,
-                docker_kwargs={**sim.docker_kwargs(runner), **docker_kwargs},
-                image=args.image or sim.images.get(runner),
-                lease_dir=args.lease_dir or sim.lease_dir,
-            )
-        if execution == "container" and options.image is None:
-            from dataclasses import replace
-
-            from gpuroute.bench.runners import trtllm, vllm
-
-            default = {"vllm": vllm.DEFAULT_IMAGE, "trtllm": trtllm.DEFAULT_IMAGE}.get(runner)
-            if default is None:
-                raise GpurouteError(
-                    "--execution container needs --image for the transformers runner: an "
-                    "image with python3, torch and transformers"
-                )
-            options = replace(options, image=default)
+            options = sim.apply(options, runner)
         result = execute(build(execution=execution, **params), options)
     finally:
         if sim is not None:

@@ -129,7 +129,7 @@ class EnergyMonitor:
         """Open NVML, take the idle baseline if asked, take the first sample and start the
         sampler. If NVML cannot be used, the monitor records why and measures nothing."""
         if not self.devices:
-            self.unavailable_reason = "no GPU was routed to this run"
+            self.unavailable_reason = "no GPU was routed to this run (gpus: none)"
             return self
         try:
             self._open()

@@ -278,6 +278,8 @@ class Result(_Model):
     native_report: Any = None
     """The runner's own report, verbatim (parsed JSON)."""
     native_log_tail: str | None = None
+    notes: list[str] = Field(default_factory=list)
+    """How figures were derived from the native report, and anything odd found in it."""
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return self.model_dump_json(by_alias=True, indent=indent)

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from gpuroute.bench.runners.common import RunOptions
 
 __all__ = ["SimulatedBenchHost"]
 
@@ -34,26 +38,42 @@ class SimulatedBenchHost:
         leases.chmod(0o1777)
         self.lease_dir = str(leases)
         self.engine: Any = None
+        self._lock = threading.Lock()
         self.docker_host: str | None = None
         self.images: dict[str, str] = {}
 
-    def start_engine(self) -> None:
-        """Start the private engine (for container runs)."""
+    def apply(self, options: RunOptions, runner: str) -> RunOptions:
+        """``options`` for a run of ``runner`` here: this host's inventory, NVML and lease
+        directory, and for a container its private engine (started on first use) with the
+        stand-in image, no network, and the limits it can grant. What ``options`` sets
+        itself (an image, a lease directory, Docker arguments) is kept."""
+        docker: dict[str, Any] = {}
+        if options.execution == "container":
+            self._start_engine()
+            # Unprivileged, the private engine may not lift the memlock limit that the
+            # TensorRT-LLM runner asks for; the stack limit stays.
+            docker = {"network_mode": "none"}
+            if runner == "trtllm":
+                docker["ulimits"] = [{"Name": "stack", "Soft": 67108864, "Hard": 67108864}]
+        return replace(
+            options,
+            inventory=self.inventory,
+            nvml=self.nvml,
+            simulated_host=self.name,
+            docker_host=self.docker_host,
+            docker_kwargs={**docker, **options.docker_kwargs},
+            image=options.image or self.images.get(runner),
+            lease_dir=options.lease_dir or self.lease_dir,
+        )
+
+    def _start_engine(self) -> None:
         from gpuroute.testing.engine import IMAGE_TRTLLM, IMAGE_VLLM, SimulatedGPUHost
 
-        if self.engine is None:
-            self.engine = SimulatedGPUHost(self.inventory).start()
-            self.docker_host = self.engine.base_url
-            self.images = {"vllm": IMAGE_VLLM, "trtllm": IMAGE_TRTLLM}
-
-    @staticmethod
-    def docker_kwargs(runner: str) -> dict[str, Any]:
-        """The private engine runs its containers without a network and, unprivileged, may
-        not lift the memlock limit the TensorRT-LLM runner asks for; the stack limit stays."""
-        kwargs: dict[str, Any] = {"network_mode": "none"}
-        if runner == "trtllm":
-            kwargs["ulimits"] = [{"Name": "stack", "Soft": 67108864, "Hard": 67108864}]
-        return kwargs
+        with self._lock:  # campaign runs ask from several threads
+            if self.engine is None:
+                self.engine = SimulatedGPUHost(self.inventory).start()
+                self.docker_host = self.engine.base_url
+                self.images = {"vllm": IMAGE_VLLM, "trtllm": IMAGE_TRTLLM}
 
     def close(self) -> None:
         if self.engine is not None:

@@ -1,11 +1,12 @@
 """What every runner shares: route, lease, watch energy, launch, collect, build the result.
 
 A runner describes its benchmark as a ``Job`` (the command, how to read its native report,
-how to check the routing) and ``execute(job, options)`` does the rest, the same way for every
-runner:
+whether it is split over GPUs) and ``execute(job, options)`` does the rest, the same way for
+every runner:
 
-1. resolve the GPUs (or lease them) into a routing plan, and let the job check it (tensor
-   parallelism against the number and kind of devices);
+1. resolve the GPUs (or lease them) into a routing plan; for a tool that splits a model
+   over GPUs, derive the tensor-parallel size from the plan and check it against the number
+   and kind of devices;
 2. start the energy monitor on the plan's physical GPUs, on the host, by UUID;
 3. run the command through ``gpuroute.launch``: a local process, or a container with a work
    directory mounted at ``/gpuroute-bench`` (the benchmark's inputs and native reports);
@@ -32,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from gpuroute.bench.energy import EnergyMonitor, EnergyReading, unavailable_energy
+from gpuroute.bench.energy import EnergyMonitor, EnergyReading
+from gpuroute.bench.parsers import Parsed, load_native_report
 from gpuroute.bench.result import (
     Environment,
-    Isolation,
     Latency,
     Memory,
     Result,
@@ -72,6 +73,7 @@ __all__ = [
     "check_parallelism",
     "execute",
     "process_tree",
+    "read_report",
 ]
 
 MOUNT = "/gpuroute-bench"
@@ -158,7 +160,12 @@ class Job:
     client_command: Callable[[str], list[str]] | None = None
     """For a server benchmark: ``command`` starts the server, this runs the client."""
     inprocess: Callable[[Path], None] | None = None
-    check: Callable[[RoutingPlan], None] = lambda _plan: None
+    default_image: str | None = None
+    """The image for ``execution="container"`` when the options name none."""
+    parallel_tool: str | None = None
+    """For a tool that splits the model over the routed GPUs: its name, for messages.
+    ``execute`` then sets ``tensor_parallel_size`` (when not asked for: the routed GPUs over
+    ``pipeline_parallel_size``) and checks both against the plan."""
     tensor_parallel_size: int | None = None
     pipeline_parallel_size: int | None = None
     distributed_executor_backend: str | None = None
@@ -175,11 +182,15 @@ class _RunState:
     handle: Launch | None = None
     stopped: bool = False
     """The work is known to have ended and been cleaned up (its lease may go)."""
+    argv: list[str] = field(default_factory=list)
 
 
-def check_parallelism(plan: RoutingPlan, tool: str, tp: int, pp: int = 1) -> None:
-    """Tensor x pipeline parallelism must use exactly the routed devices, never MIG ones."""
+def check_parallelism(plan: RoutingPlan, tool: str, tp: int | None, pp: int = 1) -> int:
+    """Tensor x pipeline parallelism must use exactly the routed devices, never MIG ones.
+    Returns the tensor-parallel size: ``tp``, or by default the routed GPUs over ``pp``."""
     n = len(plan.devices)
+    if tp is None:
+        tp = max(n // max(pp, 1), 1)
     if n == 0:
         raise BenchConfigError(
             f"{tool} needs at least one GPU, and --gpus {plan.spec!r} routes none; name GPUs "
@@ -201,6 +212,7 @@ def check_parallelism(plan: RoutingPlan, tool: str, tp: int, pp: int = 1) -> Non
             "device, and MIG devices have no peer-to-peer links; run on one MIG device, or "
             "on whole GPUs"
         )
+    return tp
 
 
 def process_tree(root: int) -> set[int]:
@@ -226,7 +238,8 @@ def process_tree(root: int) -> set[int]:
     return found
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now, as results write it (UTC, ISO 8601, milliseconds)."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -287,9 +300,10 @@ def execute(job: Job, options: RunOptions) -> Result:
     from gpuroute.api import plan as make_plan
     from gpuroute.core.context import CallerContext
 
-    if options.execution == "container" and not options.image:
+    if options.execution == "container" and not (options.image or job.default_image):
         raise BenchConfigError(
-            f"execution 'container' needs an image for {job.tool} (--image NAME)"
+            f"execution 'container' needs an image for {job.tool}: name one (--image NAME, "
+            f"or images: {{{job.runner}: NAME}} in a campaign) that has what it runs"
         )
     if options.execution == "inprocess" and job.inprocess is None:
         raise BenchConfigError(
@@ -323,7 +337,10 @@ def execute(job: Job, options: RunOptions) -> Result:
         )
     state = _RunState()
     try:
-        job.check(plan)
+        if job.parallel_tool is not None:
+            job.tensor_parallel_size = check_parallelism(
+                plan, job.parallel_tool, job.tensor_parallel_size, job.pipeline_parallel_size or 1
+            )
         if target == "local" and plan.devices:
             plan.local_env  # noqa: B018 - raises ContextError if a parent mask forbids it
         return _run(job, options, plan, lease, inventory, state)
@@ -342,7 +359,7 @@ def _run(
     inventory: Inventory,
     state: _RunState,
 ) -> Result:
-    started_at = _now()
+    started_at = now()
     own_workdir = options.workdir is None
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="gpuroute-bench-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -366,7 +383,6 @@ def _run(
     error: str | None = None
     logs = ""
     collected: Collected | None = None
-    reading: EnergyReading | None = None
     wall_start = time.time()
     try:
         for name in job.outputs:
@@ -376,7 +392,7 @@ def _run(
         try:
             logs, code = _launch(job, options, plan, lease, workdir, state)
         finally:
-            reading = monitor.stop()
+            monitor.stop()
         if code != 0:
             status, error = "failed", f"{job.tool} exited with status {code}" + _last_lines(logs)
         try:
@@ -384,51 +400,30 @@ def _run(
         except GpurouteError as exc:
             if status == "ok":
                 status, error = "failed", str(exc)
-        wall_end = time.time()
-        result = _result(
-            job,
-            options,
-            plan,
-            lease,
-            inventory,
-            collected,
-            reading,
-            status,
-            error,
-            logs,
-            started_at,
-            wall_start,
-            wall_end,
-            workdir,
-        )
     except BenchConfigError:
         raise
     except Exception as exc:  # a failure of the benchmark is a result, never a crash
-        if reading is None:
-            reading = monitor.stop()
-        message = str(exc) if isinstance(exc, GpurouteError) else f"{type(exc).__name__}: {exc}"
-        result = _result(
-            job,
-            options,
-            plan,
-            lease,
-            inventory,
-            None,
-            reading,
-            "failed",
-            message,
-            logs,
-            started_at,
-            wall_start,
-            time.time(),
-            workdir,
-        )
+        status = "failed"
+        error = str(exc) if isinstance(exc, GpurouteError) else f"{type(exc).__name__}: {exc}"
     finally:
-        if reading is None:
-            reading = monitor.stop()
+        reading = monitor.stop()
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    return result
+    return _result(
+        job,
+        options,
+        plan,
+        lease,
+        inventory,
+        collected,
+        reading,
+        status,
+        error,
+        logs,
+        started_at,
+        (wall_start, time.time()),
+        state.argv,
+    )
 
 
 def _last_lines(logs: str, n: int = 15) -> str:
@@ -497,12 +492,14 @@ def _launch(
         if job.entrypoint is not None:
             docker_kwargs["entrypoint"] = job.entrypoint
         common.update(
-            image=options.image,
             docker_host=options.docker_host,
             docker_kwargs=docker_kwargs,
             verify=options.verify,
         )
-    handle = launch(job.command(where), **common)
+    if container:
+        common["image"] = options.image or job.default_image
+    state.argv = job.command(where)
+    handle = launch(state.argv, **common)
     state.handle = handle
     try:
         if job.client_command is None:
@@ -514,7 +511,10 @@ def _launch(
         return handle.logs() + client_logs, code
     except LaunchTimeout:
         handle.stop()
-        return handle.logs(), _timed_out(job, options)
+        raise BenchTimeout(
+            f"{job.tool} was still running after {options.timeout_s} s and was stopped; raise "
+            "the time limit (--timeout) or shrink the workload"
+        ) from None
     finally:
         handle.close()  # raises if the work cannot be stopped and removed
         state.stopped = True
@@ -575,13 +575,6 @@ def _wait_until_serving(job: Job, handle: Launch, timeout_s: float | None) -> No
     )
 
 
-def _timed_out(job: Job, options: RunOptions) -> int:
-    raise BenchTimeout(
-        f"{job.tool} was still running after {options.timeout_s} s and was stopped; raise "
-        "the time limit (--timeout) or shrink the workload"
-    )
-
-
 def _client(
     job: Job, handle: Launch, where: str, env: Mapping[str, str], timeout_s: float | None
 ) -> tuple[str, int]:
@@ -620,12 +613,12 @@ def _result(
     error: str | None,
     logs: str,
     started_at: str,
-    wall_start: float,
-    wall_end: float,
-    workdir: Path,
+    wall: tuple[float, float],
+    argv: list[str],
 ) -> Result:
     import gpuroute
 
+    wall_start, wall_end = wall
     routing = _routing(job, plan, options, lease)
     notes: list[str] = []
     if collected is not None:
@@ -666,19 +659,13 @@ def _result(
         energy = derive_energy(energy, tokens)
     if notes:
         energy = energy.model_copy(update={"warnings": [*energy.warnings, *notes]})
-    if not plan.devices and energy.method == "none":
-        energy = unavailable_energy("no GPU was routed to this run (--gpus none)")
     memory = reading.memory()
     if collected is not None and collected.peak_process_allocated_mib is not None:
         memory = Memory(
             per_gpu=memory.per_gpu,
             peak_process_allocated_mib=collected.peak_process_allocated_mib,
         )
-    isolation = (
-        reading.isolation()
-        if plan.devices
-        else Isolation(checked=False, reason="no GPU was routed to this run")
-    )
+    isolation = reading.isolation()
     environment = Environment(
         driver_version=inventory.driver_version,
         gpu_names=[d.gpu.name + (f" MIG {d.mig.profile}" if d.mig else "") for d in plan.devices],
@@ -695,18 +682,18 @@ def _result(
         status=status,
         error=error,
         started_at=started_at,
-        ended_at=_now(),
+        ended_at=now(),
         runner=RunnerInfo(
             name=job.runner,
             mode=job.mode,
             execution=options.execution,
             tool=job.tool,
             tool_version=collected.tool_version if collected else None,
-            image=options.image if options.execution == "container" else None,
+            image=(options.image or job.default_image)
+            if options.execution == "container"
+            else None,
             entrypoint=job.entrypoint if options.execution == "container" else None,
-            argv=job.command(MOUNT if options.execution == "container" else str(workdir))
-            if options.execution != "inprocess"
-            else [sys.executable, "-c", "<in-process>"],
+            argv=argv or [sys.executable, "-c", "<in-process>"],
             native_report_path=native_path,
         ),
         routing=routing,
@@ -722,20 +709,18 @@ def _result(
         labels=dict(options.labels),
         native_report=collected.native_report if collected else None,
         native_log_tail=_tail(logs),
+        notes=collected.notes if collected else [],
     )
 
 
-def collected_from_report(
-    parsed: Any,
-    *,
-    report: Any,
-    path: Path,
-    notes: Iterable[str] = (),
-) -> Collected:
-    """A tool's parsed native report as a Collected. The tool reports only how long its
-    timed region lasted, and writes its report right after it: the window ends at the
-    report file's modification time and lasts ``duration_s``, so model loading and warm-up
-    before it are left out of the energy."""
+def read_report(path: Path, tool: str, parse: Callable[..., Parsed], **context: Any) -> Collected:
+    """A tool's native report, read and parsed (``parse(report, source=path, **context)``).
+
+    The tool reports only how long its timed region lasted, and writes its report right
+    after it: the window ends at the report file's modification time and lasts the reported
+    duration, so model loading and warm-up before it are left out of the energy."""
+    report = load_native_report(path, tool)
+    parsed = parse(report, source=path, **context)
     end = path.stat().st_mtime
     duration = parsed.duration_s
     window = (end - duration, end) if duration is not None else None
@@ -751,5 +736,5 @@ def collected_from_report(
         native_report=report,
         native_report_path=str(path),
         tool_version=parsed.tool_version,
-        notes=[*parsed.notes, *notes],
+        notes=list(parsed.notes),
     )

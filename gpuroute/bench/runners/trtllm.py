@@ -16,16 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from gpuroute.bench.parsers import load_native_report, parse_trtllm
+from gpuroute.bench.parsers import parse_trtllm
 from gpuroute.bench.result import Result, Workload
 from gpuroute.bench.runners.common import (
     Collected,
     Execution,
     Job,
     RunOptions,
-    check_parallelism,
-    collected_from_report,
     execute,
+    read_report,
 )
 from gpuroute.errors import BenchConfigError
 
@@ -80,7 +79,6 @@ def trtllm_job(
         if value < 1:
             raise BenchConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     prefix = [] if execution == "container" else [executable]
-    state: dict[str, int] = {}
 
     def prepare(workdir: Path) -> None:
         rng = random.Random(seed)  # noqa: S311 - synthetic prompts, not secrets
@@ -103,7 +101,7 @@ def trtllm_job(
             "--backend",
             backend,
             "--tp",
-            str(state["tp"]),
+            str(job.tensor_parallel_size),
             "--pp",
             str(pipeline_parallel_size),
             "--num_requests",
@@ -119,17 +117,8 @@ def trtllm_job(
             args.append("--streaming")
         return [*head, *args, *extra_args]
 
-    def check(plan: Any) -> None:
-        n = len(plan.devices)
-        tp = tensor_parallel_size or max(n // max(pipeline_parallel_size, 1), 1)
-        check_parallelism(plan, "TensorRT-LLM", tp, pipeline_parallel_size)
-        state["tp"] = tp
-        job.tensor_parallel_size = tp
-
     def collect(workdir: Path, _logs: str) -> Collected:
-        path = workdir / _REPORT
-        report = load_native_report(path, f"trtllm-bench {mode}")
-        return collected_from_report(parse_trtllm(report, source=path), report=report, path=path)
+        return read_report(workdir / _REPORT, f"trtllm-bench {mode}", parse_trtllm)
 
     job = Job(
         runner="trtllm",
@@ -152,7 +141,9 @@ def trtllm_job(
         prepare=prepare,
         entrypoint=["trtllm-bench"],
         container_kwargs=_container_kwargs() if execution == "container" else {},
-        check=check,
+        default_image=DEFAULT_IMAGE,
+        parallel_tool="TensorRT-LLM",
+        tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size,
         distributed_executor_backend="mpi",
         outputs=(_REPORT,),
@@ -164,8 +155,4 @@ def run_trtllm(options: RunOptions | None = None, **workload: Any) -> Result:
     """Run a TensorRT-LLM benchmark; ``workload`` takes ``trtllm_job``'s arguments. In a
     container the image defaults to ``DEFAULT_IMAGE``."""
     options = options or RunOptions(execution="container")
-    if options.execution == "container" and options.image is None:
-        from dataclasses import replace
-
-        options = replace(options, image=DEFAULT_IMAGE)
     return execute(trtllm_job(execution=options.execution, **workload), options)

@@ -19,21 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from gpuroute.bench.parsers import (
-    load_native_report,
-    parse_vllm_latency,
-    parse_vllm_serve,
-    parse_vllm_throughput,
-)
+from gpuroute.bench.parsers import parse_vllm_latency, parse_vllm_serve, parse_vllm_throughput
 from gpuroute.bench.result import Result, Workload
 from gpuroute.bench.runners.common import (
     Collected,
     Execution,
     Job,
     RunOptions,
-    check_parallelism,
-    collected_from_report,
     execute,
+    read_report,
 )
 from gpuroute.errors import BenchConfigError
 
@@ -82,12 +76,11 @@ def vllm_job(
             "GPUs on one node); remove it from the extra arguments"
         )
     prefix = [] if execution == "container" else [executable]
-    state: dict[str, int] = {}
 
     def engine_args() -> list[str]:
         args = [
             "--tensor-parallel-size",
-            str(state["tp"]),
+            str(job.tensor_parallel_size),
             "--distributed-executor-backend",
             "mp",
             "--seed",
@@ -171,35 +164,18 @@ def vllm_job(
             argv += ["--max-concurrency", str(max_concurrency)]
         return argv
 
-    def check(plan: Any) -> None:
-        n = len(plan.devices)
-        tp = tensor_parallel_size or max(n // max(pipeline_parallel_size, 1), 1)
-        check_parallelism(plan, "vLLM", tp, pipeline_parallel_size)
-        state["tp"] = tp
-        job.tensor_parallel_size = tp
-
     def collect(workdir: Path, logs: str) -> Collected:
+        tool = f"vllm bench {mode}"
         if mode == "serve":
-            path = workdir / _SERVE_REPORT
-            report = load_native_report(path, "vllm bench serve")
-            return collected_from_report(
-                parse_vllm_serve(report, source=path), report=report, path=path
-            )
-        path = workdir / _REPORT[mode]
-        report = load_native_report(path, f"vllm bench {mode}")
+            return read_report(workdir / _SERVE_REPORT, tool, parse_vllm_serve)
+        lengths = {"input_len": input_len, "output_len": output_len}
         if mode == "throughput":
-            parsed = parse_vllm_throughput(
-                report, input_len=input_len, output_len=output_len, stdout=logs, source=path
+            return read_report(
+                workdir / _REPORT[mode], tool, parse_vllm_throughput, stdout=logs, **lengths
             )
-        else:
-            parsed = parse_vllm_latency(
-                report,
-                batch_size=batch_size,
-                input_len=input_len,
-                output_len=output_len,
-                source=path,
-            )
-        return collected_from_report(parsed, report=report, path=path)
+        return read_report(
+            workdir / _REPORT[mode], tool, parse_vllm_latency, batch_size=batch_size, **lengths
+        )
 
     job = Job(
         runner="vllm",
@@ -226,7 +202,9 @@ def vllm_job(
         entrypoint=["vllm"],
         container_kwargs={"ipc_mode": "host"},
         client_command=client_command if mode == "serve" else None,
-        check=check,
+        default_image=DEFAULT_IMAGE,
+        parallel_tool="vLLM",
+        tensor_parallel_size=tensor_parallel_size,
         pipeline_parallel_size=pipeline_parallel_size,
         distributed_executor_backend="mp",
         local_ids="index",
@@ -239,8 +217,4 @@ def run_vllm(options: RunOptions | None = None, **workload: Any) -> Result:
     """Run a vLLM benchmark; ``workload`` takes ``vllm_job``'s arguments. In a container
     the image defaults to ``DEFAULT_IMAGE``."""
     options = options or RunOptions(execution="container")
-    if options.execution == "container" and options.image is None:
-        from dataclasses import replace
-
-        options = replace(options, image=DEFAULT_IMAGE)
     return execute(vllm_job(execution=options.execution, **workload), options)
