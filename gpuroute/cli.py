@@ -435,11 +435,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(inventory.to_dict(), indent=2))
         else:
+            from gpuroute.host import reads_live_state
             from gpuroute.nvml import read_state
 
-            # Live state only for this host's own GPUs, not for a snapshot of another host.
-            from_nvml = not (_has_inventory_option(args) or os.environ.get(INVENTORY_ENV))
-            live = read_state(inventory) if from_nvml else None
+            live = read_state(inventory) if reads_live_state(_has_inventory_option(args)) else None
             print(_ls(inventory, live), end="")
         return 0
     if args.command == "leases":

@@ -14,6 +14,7 @@ from typing import Any
 
 from gpuroute.core.inventory import Inventory
 from gpuroute.errors import EngineError, GpurouteError, LeaseDirError
+from gpuroute.host import reads_live_state
 
 __all__ = ["Check", "diagnose", "render"]
 
@@ -56,7 +57,7 @@ def diagnose(
     checks += _caller_policy(env, inv)
     if inv is not None:
         checks += _mig(inv)
-        if nvml is None and (inventory is not None or env.get("GPUROUTE_INVENTORY")):
+        if not reads_live_state(inventory is not None, nvml, env):
             # Not this host's NVML inventory: its live state is not to be read here.
             checks.append(
                 Check(

@@ -11,7 +11,7 @@ from pathlib import Path
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 
-__all__ = ["INVENTORY_ENV", "default_inventory", "detect_context"]
+__all__ = ["INVENTORY_ENV", "default_inventory", "detect_context", "reads_live_state"]
 
 INVENTORY_ENV = "GPUROUTE_INVENTORY"
 """Names a snapshot file that replaces the live NVML inventory (remote planning, demos, tests)."""
@@ -26,6 +26,17 @@ def default_inventory(environ: Mapping[str, str] | None = None) -> Inventory:
     if path:
         return Inventory.load(path)
     return Inventory.from_nvml()
+
+
+def reads_live_state(
+    inventory_given: bool, nvml: object = None, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Whether the live state (processes, memory, health) is to be read for the inventory in
+    use: when an NVML is passed in, or when the inventory is this host's own (none given and
+    no ``GPUROUTE_INVENTORY``). A snapshot may be another host's: this host's NVML says
+    nothing about it."""
+    env = os.environ if environ is None else environ
+    return nvml is not None or not (inventory_given or env.get(INVENTORY_ENV, "").strip())
 
 
 def detect_context(environ: Mapping[str, str] | None = None, *, root: str = "/") -> CallerContext:

@@ -527,9 +527,11 @@ def acquire(
         NoFreeDeviceError, DeviceLeasedError, UnhealthyDeviceError, LimitExceededError,
         LeaseDirError, and the errors of ``gpuroute.plan``.
     """
-    from gpuroute.host import default_inventory, detect_context
+    from gpuroute.host import default_inventory, detect_context, reads_live_state
     from gpuroute.limits import Policy as PolicyFile
 
+    if state is None and not reads_live_state(inventory is not None, nvml):
+        state = HostState.unknown()  # a snapshot: only leases say what is free
     inventory = inventory if inventory is not None else default_inventory()
     context = context if context is not None else detect_context()
     directory = LeaseDir(lease_dir)

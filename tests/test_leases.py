@@ -475,3 +475,22 @@ def test_a_failed_write_leaves_no_partial_lease(tmp_path: Path) -> None:
         directory.write(record)
     assert not (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_snapshot_of_another_host_is_not_judged_by_this_hosts_nvml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This host's NVML (here: four A100s) knows nothing of an H100 snapshot's GPUs."""
+    this_host = FakeNVML(topology("a100-mig-4"))
+    monkeypatch.setattr("gpuroute.nvml._load_pynvml", lambda: this_host)
+    lease = gpuroute.acquire(
+        "0",
+        inventory=topology("h100-sxm-8"),
+        lease_dir=tmp_path,
+        policy=Policy(),
+        context=CallerContext(),
+    )
+    try:
+        assert [d.uuid for d in lease.devices] == [topology("h100-sxm-8").gpus[0].uuid]
+    finally:
+        lease.release()
