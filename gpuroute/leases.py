@@ -311,13 +311,7 @@ class LeaseDir:
                 continue
             uuid = entry.name[len(_PREFIX) : -len(_SUFFIX)]
             try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        raise ValueError("not a regular file")
-                    record = LeaseRecord.from_json(os.read(fd, 1 << 16).decode())
-                finally:
-                    os.close(fd)
+                record = self._load(entry.path)
                 if uuid not in record.devices:
                     raise ValueError("the record does not hold this device")
             except FileNotFoundError:
@@ -327,6 +321,18 @@ class LeaseDir:
                 continue
             records[uuid] = record
         return records, notes
+
+    @staticmethod
+    def _load(path: str) -> LeaseRecord:
+        """One record file. Never follows a link and never blocks: a FIFO or a device
+        planted in the directory is refused, not waited on."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError("not a regular file")
+            return LeaseRecord.from_json(os.read(fd, 1 << 16).decode())
+        finally:
+            os.close(fd)
 
     def _set_aside(self, name: str, exc: BaseException) -> str:
         aside = f"corrupt-{name}-{int(time.time())}-{os.urandom(3).hex()}"
@@ -363,11 +369,7 @@ class LeaseDir:
         path = self._device_file(uuid)
         if lease_id is not None:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    current = LeaseRecord.from_json(os.read(fd, 1 << 16).decode())
-                finally:
-                    os.close(fd)
+                current = self._load(path)
             except (OSError, ValueError, TypeError, KeyError):
                 return
             if current.lease_id != lease_id:

@@ -192,6 +192,23 @@ def test_symlink_tricks_are_refused(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
 
 
+def test_a_planted_fifo_is_set_aside_never_waited_on(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until someone writes: an acquirer holding the lock
+    would then block everyone. It is refused instead."""
+    inventory = four_gpus()
+    os.mkfifo(tmp_path / f"dev-{inventory.gpus[0].uuid}.json")
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(take("0", inventory, tmp_path)))
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "acquire blocked on the FIFO"
+    lease = outcome[0]
+    assert labels(lease) == ["0"]
+    assert any("not a regular file" in n for n in lease.notes)
+    lease.release()
+
+
 def test_a_directory_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "theirs"
     directory.mkdir()
