@@ -247,6 +247,15 @@ def test_any_prefers_gpus_on_one_pcie_switch(tmp_path: Path) -> None:
     assert labels(lease) == ["2", "3"]
 
 
+def test_any_prefers_one_socket_to_across_the_system(tmp_path: Path) -> None:
+    inventory = topology("h100-sxm-8")
+    fake = FakeNVML(inventory)
+    for pid, busy in enumerate((1, 2, 3, 5, 7), start=4000):  # no free switch pair is left
+        fake.start_process(pid, busy, 500)
+    lease = take("any:2", inventory, tmp_path, state=read_state(inventory, fake))
+    assert labels(lease) == ["4", "6"]  # one socket; 0 and 4 would cross the system
+
+
 def test_foreign_processes_health_and_filters(tmp_path: Path) -> None:
     inventory = topology("h100-sxm-8")
     fake = FakeNVML(inventory)

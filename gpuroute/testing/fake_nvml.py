@@ -407,7 +407,8 @@ class FakeNVML:
             return 0
         if len(order) > 2 and i // 2 == j // 2:
             return int(pynvml.NVML_TOPOLOGY_SINGLE)
-        if len(order) > 2 and i < len(order) // 2 == j < len(order) // 2:
+        half = len(order) // 2
+        if len(order) > 2 and (i < half) == (j < half):
             return int(pynvml.NVML_TOPOLOGY_NODE)
         return int(
             pynvml.NVML_TOPOLOGY_SYSTEM if len(order) > 2 else pynvml.NVML_TOPOLOGY_HOSTBRIDGE
