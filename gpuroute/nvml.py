@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gpuroute.core.inventory import GPU, Inventory, MIGDevice
@@ -235,7 +236,7 @@ NVML as critical but not a fault of the GPU, so not a reason to withhold it."""
 def read_state(
     inventory: Inventory, nvml: NVMLApi | Any = None, *, xid_window_ms: int = 0
 ) -> HostState:
-    """The live state of the inventory's devices: processes, memory, utilisation, health
+    """The live state of the inventory's devices: processes, memory, health
     (critical Xid events NVML has queued within ``xid_window_ms``, uncorrectable ECC errors,
     retired pages pending, lost from the bus) and GPU-to-GPU topology distances.
 
@@ -304,13 +305,11 @@ def _read_state(api: Any, inventory: Inventory, xid_window_ms: int) -> HostState
             problems.append(f"{ecc} uncorrectable ECC error(s) since the driver loaded")
         if optional(api.nvmlDeviceGetRetiredPagesPendingStatus, handle) == 1:
             problems.append("retired memory pages pending: the GPU needs a reset")
-        utilization = optional(api.nvmlDeviceGetUtilizationRates, handle)
         procs = optional(api.nvmlDeviceGetComputeRunningProcesses, handle) or []
         devices[gpu.uuid] = DeviceState(
             gpu.uuid,
             memory_used_mib=memory.used // MIB,
             memory_total_mib=memory.total // MIB,
-            utilization_pct=getattr(utilization, "gpu", None),
             pids=tuple(sorted({p.pid for p in procs})),
             problems=tuple(problems),
         )
@@ -328,14 +327,8 @@ def _read_state(api: Any, inventory: Inventory, xid_window_ms: int) -> HostState
             )
     for uuid, xids in _critical_xids(api, handles, xid_window_ms).items():
         current = devices[uuid]
-        devices[uuid] = DeviceState(
-            uuid,
-            current.memory_used_mib,
-            current.memory_total_mib,
-            current.utilization_pct,
-            current.pids,
-            (*current.problems, f"critical Xid {', '.join(map(str, xids))} pending"),
-        )
+        problem = f"critical Xid {', '.join(map(str, xids))} pending"
+        devices[uuid] = replace(current, problems=(*current.problems, problem))
     distances: dict[frozenset[str], int] = {}
     ordered = list(handles.items())
     for i, (a, ha) in enumerate(ordered):

@@ -32,7 +32,6 @@ class DeviceState:
     uuid: str
     memory_used_mib: int | None = None
     memory_total_mib: int | None = None
-    utilization_pct: int | None = None
     pids: tuple[int, ...] = ()
     problems: tuple[str, ...] = ()
     """Health problems; a device with any is never offered."""

@@ -88,7 +88,6 @@ class FakeNVML:
         else:
             self._power_w = dict.fromkeys(range(n), float(power_w))
         self._energy_mj = dict.fromkeys(range(n), float(energy_start_mj))
-        self._utilization = dict.fromkeys(range(n), 0)
         self._ecc_uncorrected = dict.fromkeys(range(n), 0)
         self._retired_pending: set[int] = set()
         self._xids: list[tuple[int, int]] = []
@@ -127,10 +126,6 @@ class FakeNVML:
     @property
     def processes(self) -> tuple[FakeProcess, ...]:
         return tuple(self._processes.values())
-
-    def set_utilization(self, index: int, percent: int) -> None:
-        self._gpu(index)
-        self._utilization[index] = percent
 
     def add_ecc_errors(self, index: int, uncorrected: int = 1) -> None:
         self._gpu(index)
@@ -378,10 +373,6 @@ class FakeNVML:
         gpu = self._whole(handle)
         self._sync()
         return int(self._power_w[gpu.index] * 1000)
-
-    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> SimpleNamespace:
-        gpu = self._whole(handle)
-        return SimpleNamespace(gpu=self._utilization[gpu.index], memory=0)
 
     def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter: int) -> int:
         gpu = self._whole(handle)
