@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,6 +18,21 @@ if TYPE_CHECKING:
     from gpuroute.testing.engine import SimulatedGPUHost
 
 _GPU_VARS = ("CUDA_", "NVIDIA_", "GPUROUTE_")
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The ``gpuroute`` command in a process of its own, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpuroute", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        check=False,
+        timeout=300,
+    )
 
 
 @pytest.fixture(autouse=True)

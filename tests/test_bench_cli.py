@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +11,13 @@ import pytest
 from gpuroute.bench.result import Result
 from gpuroute.cli import main
 from gpuroute.testing import topology
+from tests.conftest import run_cli
 
 STAND_INS = Path(__file__).resolve().parent.parent / "gpuroute" / "testing" / "image"
 
 
-def gpuroute_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpuroute", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-        timeout=300,
-    )
-
-
 def test_a_tiny_transformers_benchmark_runs_on_a_cpu_only_machine(tmp_path: Path) -> None:
-    run = gpuroute_cli(
+    run = run_cli(
         "bench", "transformers", "--tiny", "--input-len", "16", "--output-len", "8",
         "--num-prompts", "4", "--output", "r.json",
         cwd=tmp_path,
@@ -51,7 +39,7 @@ def test_a_tiny_transformers_benchmark_runs_on_a_cpu_only_machine(tmp_path: Path
 def test_the_same_run_on_the_simulated_host_measures_exactly_the_routed_uuids(
     tmp_path: Path,
 ) -> None:
-    run = gpuroute_cli(
+    run = run_cli(
         "bench", "transformers", "--tiny", "--input-len", "16", "--output-len", "8",
         "--num-prompts", "4", "--simulate", "h100-sxm-8", "--gpus", "6,GPU-2513ead0",
         "--output", "r.json",
@@ -81,7 +69,7 @@ def test_a_wrong_request_exits_2_with_one_line(capsys: pytest.CaptureFixture[str
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("gpuroute: error: ")
-    assert "9" in err
+    assert "index 9 is out of range; this host has indices 0-7" in err
 
 
 def test_a_failed_benchmark_exits_1_and_still_writes_its_result(

@@ -194,4 +194,4 @@ def test_background_sampling_follows_real_time(h100: Inventory) -> None:
     assert all(g.power_samples >= 10 for g in energy.per_gpu)
     assert energy.gpu_energy_j == pytest.approx(2 * 100.0 * energy.window.duration_s, rel=0.1)
     assert energy.sampler_cpu_s is not None
-    assert energy.sampler_cpu_s >= 0.0
+    assert energy.sampler_cpu_s > 0.0, "the sampler's own CPU time is measured"

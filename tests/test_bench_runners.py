@@ -279,17 +279,23 @@ def test_a_leased_run_holds_its_gpus_and_gives_them_back(
     monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
     leases = tmp_path / "leases"
     leases.mkdir(mode=0o1777)
-    result = run_trtllm(
-        simulated(h100, gpus="any:2", execution="subprocess", lease=True, lease_dir=leases),
-        model="m",
-        input_len=8,
-        output_len=4,
-        num_requests=3,
-    )
+    held_while_running: list[set[str]] = []
+
+    def clock() -> float:  # read by the energy sampler, while the benchmark runs
+        held_while_running.append(LeaseDir(leases).held())
+        return time.time()
+
+    options = simulated(h100, gpus="any:2", execution="subprocess", lease=True, lease_dir=leases)
+    assert isinstance(options.nvml, FakeNVML)
+    options.nvml.clock = clock
+    result = run_trtllm(options, model="m", input_len=8, output_len=4, num_requests=3)
     assert result.status == "ok", result.error
     assert result.routing.lease_id is not None
     assert len(result.routing.devices) == 2
     assert result.routing.tensor_parallel_size == 2
+    routed = {d.uuid for d in result.routing.devices}
+    assert len(held_while_running) > 5
+    assert all(held == routed for held in held_while_running), "held for the whole run"
     assert LeaseDir(leases).read()[0] == {}  # released
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,16 +13,7 @@ from gpuroute import Inventory
 from gpuroute.cli import main
 from gpuroute.testing import topology_path
 from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpuroute", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+from tests.conftest import run_cli
 
 
 def test_plan_explains(capsys: pytest.CaptureFixture[str], h100: Inventory) -> None:
