@@ -14,7 +14,7 @@ from typing import Any
 
 from gpuroute.core.inventory import Inventory
 from gpuroute.errors import EngineError, GpurouteError, LeaseDirError
-from gpuroute.host import reads_live_state
+from gpuroute.host import detect_context, reads_live_state
 
 __all__ = ["Check", "diagnose", "render"]
 
@@ -197,13 +197,14 @@ def _cdi() -> Check:
 
 
 def _caller_policy(env: Mapping[str, str], inventory: Inventory | None) -> list[Check]:
-    mask = env.get("CUDA_VISIBLE_DEVICES")
+    context = detect_context(env)
+    mask = context.cuda_visible_devices
     checks = []
     if mask is None:
         checks.append(
             Check("CUDA_VISIBLE_DEVICES", "ok", "not set: local launches may use any GPU they name")
         )
-    elif not mask.strip():
+    elif context.reserves_gpus_for_containers:
         checks.append(
             Check(
                 "CUDA_VISIBLE_DEVICES",
@@ -222,12 +223,12 @@ def _caller_policy(env: Mapping[str, str], inventory: Inventory | None) -> list[
                 "inside this allocation; containers are not bound by it",
             )
         )
-    order = (env.get("CUDA_DEVICE_ORDER") or "FASTEST_FIRST").upper()
+    order = context.device_order
     if inventory is None:
         checks.append(Check("CUDA_DEVICE_ORDER", "info", f"{order}; GPU models unknown"))
         return checks
     models = sorted({g.name for g in inventory.gpus})
-    if len(models) > 1 and order != "PCI_BUS_ID":
+    if not context.ordinals_follow_pci(inventory):
         checks.append(
             Check(
                 "CUDA_DEVICE_ORDER",

@@ -47,11 +47,6 @@ _FORBIDDEN_DOCKER_KWARGS = ("device_requests", "environment", "command", "image"
 _UUID = re.compile(r"\(UUID: ((?:GPU|MIG)-[^)]+)\)")
 
 
-def _log_file() -> IO[bytes]:
-    """A temporary file for the work's output; it lives as long as the handle."""
-    return tempfile.TemporaryFile()
-
-
 class Launch:
     """What ``launch`` returns. Subclasses: LocalLaunch, ContainerLaunch, ComposeLaunch."""
 
@@ -154,7 +149,8 @@ class _ProcessLaunch(Launch):
     ) -> None:
         super().__init__(plan, notes)
         self.argv = argv
-        self._log: IO[bytes] | None = None if stream else _log_file()
+        # The work's output, kept for logs() as long as the handle lives.
+        self._log: IO[bytes] | None = None if stream else tempfile.TemporaryFile()  # noqa: SIM115
         try:
             self.process = subprocess.Popen(
                 argv,

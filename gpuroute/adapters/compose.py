@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,6 @@ class ComposeRun:
     service: str
     env: dict[str, str]
     file: Path
-    project: str
     container_name: str
     notes: list[str] = field(default_factory=list)
 
@@ -85,22 +84,32 @@ def _is_gpu_node(entry: Any) -> bool:
     return bool(re.search(r"/dev/nvidia|nvidia\.com/gpu", text))
 
 
-def _origin(files: Sequence[Path], service: str, path: Sequence[str]) -> str:
-    """The last of the user's files that sets ``path`` on the service (the one that wins)."""
+def _origins(files: Sequence[Path], service: str) -> Callable[[Sequence[str]], str]:
+    """Names the last of the user's files that sets a key of the service (the one that
+    wins). The files are read once, when a first conflict is reported."""
     import yaml
 
-    found = None
-    for file in files:
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        node: Any = (data.get("services") or {}).get(service)
-        for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node not in (None, [], {}):
-            found = file
-    return str(found) if found else f"the effective configuration of {', '.join(map(str, files))}"
+    services: list[tuple[Path, Any]] = []
+
+    def origin(path: Sequence[str]) -> str:
+        if not services:
+            for file in files:
+                try:
+                    data = yaml.safe_load(file.read_text()) or {}
+                except (OSError, yaml.YAMLError):
+                    continue
+                services.append((file, (data.get("services") or {}).get(service)))
+        found = None
+        for file, node in services:
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if node not in (None, [], {}):
+                found = file
+        return (
+            str(found) if found else f"the effective configuration of {', '.join(map(str, files))}"
+        )
+
+    return origin
 
 
 def _project_name(config: Mapping[str, Any], files: Sequence[Path], env: Mapping[str, str]) -> str:
@@ -154,10 +163,11 @@ def _rewrite_service(
 ) -> list[str]:
     """Replace the service's GPU settings with the plan's; return notes on what changed."""
     notes: list[str] = []
+    origin = _origins(files, service)
     if svc.get("privileged"):
         raise ComposeConflictError(
             f"service {service!r} sets `privileged: true` in "
-            f"{_origin(files, service, ['privileged'])}: a privileged container sees every "
+            f"{origin(['privileged'])}: a privileged container sees every "
             "GPU on the host whatever is requested, so gpuroute cannot pin it. Remove "
             "`privileged`, or grant the capabilities the service needs with `cap_add`."
         )
@@ -165,13 +175,12 @@ def _rewrite_service(
     if gpu_nodes:
         raise ComposeConflictError(
             f"service {service!r} maps GPU devices directly ({gpu_nodes}) in "
-            f"{_origin(files, service, ['devices'])}: those reach the container whatever the "
+            f"{origin(['devices'])}: those reach the container whatever the "
             "plan says. Remove them and let gpuroute request the GPUs."
         )
     if "gpus" in svc:
         notes.append(
-            f"replaced `gpus: {svc['gpus']}` from {_origin(files, service, ['gpus'])} "
-            "with the planned devices"
+            f"replaced `gpus: {svc['gpus']}` from {origin(['gpus'])} with the planned devices"
         )
         del svc["gpus"]
     reservations = (
@@ -180,7 +189,7 @@ def _rewrite_service(
     kept = []
     for device in reservations.get("devices") or []:
         if _is_gpu_request(device):
-            where = _origin(files, service, ["deploy", "resources", "reservations", "devices"])
+            where = origin(["deploy", "resources", "reservations", "devices"])
             shown = {k: v for k, v in device.items() if k in ("count", "device_ids", "driver")}
             notes.append(f"replaced the GPU reservation {shown} from {where}")
         else:
@@ -204,11 +213,10 @@ def _rewrite_service(
         }
     for key in sorted(OWNED & environment.keys()):
         notes.append(
-            f"replaced `{key}` in the service's environment "
-            f"(from {_origin(files, service, ['environment'])})"
+            f"replaced `{key}` in the service's environment (from {origin(['environment'])})"
         )
     environment = {k: v for k, v in environment.items() if k not in OWNED}
-    environment.update({**plan.host_env, **plan.container_env})
+    environment.update(plan.container_run_env)
     svc["environment"] = environment
     if svc.get("runtime") == "nvidia":
         notes.append("the service uses `runtime: nvidia`; its NVIDIA_VISIBLE_DEVICES is the plan's")
@@ -249,7 +257,7 @@ def prepare(
     workdir = Path(tempfile.mkdtemp(prefix="gpuroute-compose-"))
     generated = workdir / "compose.gpuroute.yml"
     generated.write_text(yaml.safe_dump(config, sort_keys=False))
-    container_env = merge_env(env, {**plan.host_env, **plan.container_env})
+    container_env = merge_env(env, plan.container_run_env)
     base = [
         *compose,
         "-p",
@@ -270,9 +278,7 @@ def prepare(
         # (a token, a password) shows on the command line, which every local user can read.
         argv += ["-e", key]
     argv += [service, *command]
-    return ComposeRun(
-        argv, base, service, {**clean, **container_env}, generated, project, name, notes
-    )
+    return ComposeRun(argv, base, service, {**clean, **container_env}, generated, name, notes)
 
 
 def _check_generated(

@@ -45,6 +45,6 @@ def docker_run_argv(
             argv += ["--device", name]
     else:
         argv += gpus_flag(plan)
-    for key, value in {**plan.host_env, **plan.container_env}.items():
+    for key, value in plan.container_run_env.items():
         argv += ["-e", f"{key}={value}"]
     return [*argv, image, *command]

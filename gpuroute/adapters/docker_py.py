@@ -46,5 +46,5 @@ def container_kwargs(plan: RoutingPlan, *, cdi: bool = False) -> dict[str, Any]:
     """
     return {
         "device_requests": device_requests(plan, cdi=cdi),
-        "environment": {**plan.host_env, **plan.container_env},
+        "environment": dict(plan.container_run_env),
     }

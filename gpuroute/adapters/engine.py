@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from gpuroute.core.plan import DRIVER_CAPABILITIES
 from gpuroute.errors import (
     EngineError,
     EnginePermissionError,
@@ -119,7 +120,7 @@ def translate(exc: BaseException, *, where: str, image: str | None = None) -> En
     if m := re.search(r"unsupported capabilities found in '([^']*)'", text):
         return ToolkitDeviceError(
             f"the NVIDIA toolkit refused the driver capabilities {m[1]!r}; use some of "
-            "compute, compat32, graphics, utility, video, display"
+            f"{', '.join(sorted(DRIVER_CAPABILITIES - {'all'}))}"
         )
     if isinstance(exc, docker.errors.ImageNotFound) or (
         image is not None and re.search(r"No such image|pull access denied|manifest unknown", text)

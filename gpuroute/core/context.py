@@ -35,6 +35,17 @@ class CallerContext:
         """An empty parent mask: the host keeps its GPUs for containers."""
         return self.cuda_visible_devices is not None and not self.cuda_visible_devices.strip()
 
+    @property
+    def device_order(self) -> str:
+        """``CUDA_DEVICE_ORDER`` as CUDA reads it (``FASTEST_FIRST`` when unset)."""
+        return (self.cuda_device_order or "FASTEST_FIRST").strip().upper()
+
+    def ordinals_follow_pci(self, inventory: Inventory) -> bool:
+        """Whether CUDA's integer ordinals are NVML's indices on this host: under
+        ``PCI_BUS_ID`` order, or when every GPU is the same model (fastest first is then PCI
+        order)."""
+        return self.device_order == "PCI_BUS_ID" or len({g.name for g in inventory.gpus}) <= 1
+
     def visible_devices(self, inventory: Inventory) -> tuple[Device, ...] | None:
         """The devices the parent mask lets a local process use, as CUDA would read it
         (entries in order; the first entry that names nothing ends the list; a repeated
@@ -73,17 +84,16 @@ class CallerContext:
         return tuple(selected)
 
     def _check_integer_mask_is_readable(self, inventory: Inventory) -> None:
-        order = (self.cuda_device_order or "FASTEST_FIRST").strip().upper()
         if inventory.mig_gpus:
             raise ContextError(
                 f"the parent CUDA_VISIBLE_DEVICES={self.cuda_visible_devices!r} uses integer "
                 "ordinals on a host with GPUs in MIG mode, where CUDA's ordinals cannot be "
                 "derived from NVML. Name the allowed devices by UUID in CUDA_VISIBLE_DEVICES."
             )
-        if order != "PCI_BUS_ID" and len({g.name for g in inventory.gpus}) > 1:
+        if not self.ordinals_follow_pci(inventory):
             raise ContextError(
                 f"the parent CUDA_VISIBLE_DEVICES={self.cuda_visible_devices!r} uses integer "
-                f"ordinals under CUDA_DEVICE_ORDER={order}, and this host mixes GPU models, so "
-                "CUDA's ordinal 0 is the fastest GPU, not nvidia-smi's GPU 0. Set "
+                f"ordinals under CUDA_DEVICE_ORDER={self.device_order}, and this host mixes GPU "
+                "models, so CUDA's ordinal 0 is the fastest GPU, not nvidia-smi's GPU 0. Set "
                 "CUDA_DEVICE_ORDER=PCI_BUS_ID alongside the mask, or name GPUs by UUID."
             )

@@ -110,6 +110,12 @@ class RoutingPlan:
         )
 
     @property
+    def container_run_env(self) -> Mapping[str, str]:
+        """What a container is started with: ``host_env`` (read by the runtime on the host)
+        and ``container_env`` (read by the program inside)."""
+        return MappingProxyType({**self.host_env, **self.container_env})
+
+    @property
     def container_map(self) -> Mapping[int, Device]:
         """Container CUDA ordinal -> host device."""
         return MappingProxyType(dict(enumerate(self.devices)))
