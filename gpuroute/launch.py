@@ -273,12 +273,12 @@ class ContainerLaunch(Launch):
         self._exit_code = int(result["StatusCode"])
         return self._exit_code
 
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        """An engine call, retried and its errors made gpuroute's."""
+        return call(fn, retry=self._retry, where=self._where)
+
     def logs(self) -> str:
-        data = call(
-            lambda: self.container.logs(stdout=True, stderr=True),
-            retry=self._retry,
-            where=self._where,
-        )
+        data = self._call(lambda: self.container.logs(stdout=True, stderr=True))
         return bytes(data).decode(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -287,17 +287,13 @@ class ContainerLaunch(Launch):
         if self._exit_code is not None:
             return  # it has ended
         with contextlib.suppress(docker.errors.NotFound):
-            call(
-                lambda: self.container.stop(timeout=int(timeout)),
-                retry=self._retry,
-                where=self._where,
-            )
+            self._call(lambda: self.container.stop(timeout=int(timeout)))
 
     def _remove(self) -> None:
         import docker.errors
 
         with contextlib.suppress(docker.errors.NotFound):
-            call(lambda: self.container.remove(force=True), retry=self._retry, where=self._where)
+            self._call(lambda: self.container.remove(force=True))
 
     def _cleanup(self) -> None:
         if self._own_client:
@@ -326,6 +322,7 @@ class ComposeLaunch(_ProcessLaunch):
         self.run = run
         self._docker_host = docker_host
         self._retry = retry
+        self._client: Any = None
         try:
             super().__init__(plan, run.argv, run.env, cwd=cwd, stream=stream, notes=run.notes)
         except LaunchError:
@@ -336,15 +333,31 @@ class ComposeLaunch(_ProcessLaunch):
     def id(self) -> str:
         return self.run.container_name
 
+    def _docker(self) -> Any:
+        """One client for this launch's engine, opened on first use."""
+        if self._client is None:
+            self._client = connect(self._docker_host, retry=self._retry)
+        return self._client
+
     def _container(self, action: Callable[[Any], None]) -> None:
         import docker.errors
 
-        client = connect(self._docker_host, retry=self._retry)
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
+            action(self._docker().containers.get(self.run.container_name))
+
+    def _wait_for_container(self, timeout: float, *, running: bool = False) -> Any:
+        """The service's container once it exists (and runs, with ``running``), while the
+        compose process lives; None if it does not appear within ``timeout`` seconds."""
+        import docker.errors
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
             with contextlib.suppress(docker.errors.NotFound):
-                action(client.containers.get(self.run.container_name))
-        finally:
-            client.close()
+                container = self._docker().containers.get(self.run.container_name)
+                if not running or container.status == "running":
+                    return container
+            time.sleep(0.05)
+        return None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
@@ -361,28 +374,21 @@ class ComposeLaunch(_ProcessLaunch):
 
     def _cleanup(self) -> None:
         self.run.cleanup()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         super()._cleanup()
 
     def _attach(self, lease: Lease) -> None:
         """Tie the lease to the service's container once it exists (it outlives a killed
         compose client); to the compose process until then, or if it never appears."""
-        import docker.errors
-
-        client = connect(self._docker_host, retry=self._retry)
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self.process.poll() is None:
-                with contextlib.suppress(docker.errors.NotFound):
-                    container = client.containers.get(self.run.container_name)
-                    lease.attach(
-                        container_id=str(container.id),
-                        docker_host=self._docker_host or engine_address(),
-                    )
-                    return
-                time.sleep(0.05)
-        finally:
-            client.close()
-        lease.attach(pid=self.process.pid)
+        container = self._wait_for_container(30)
+        if container is not None:
+            lease.attach(
+                container_id=str(container.id), docker_host=self._docker_host or engine_address()
+            )
+        else:
+            lease.attach(pid=self.process.pid)
 
 
 # -- verification -------------------------------------------------------------------------
@@ -426,9 +432,7 @@ def check_seen(plan: RoutingPlan, output: str, where: str) -> None:
 def _verify_container(handle: ContainerLaunch, create_kwargs: dict[str, Any]) -> None:
     import docker.errors
 
-    def engine(fn: Callable[[], Any]) -> Any:
-        return call(fn, retry=handle._retry, where=handle._where)
-
+    engine = handle._call
     where = f"container {handle.container.short_id}"
     text = ""
     try:
@@ -461,9 +465,7 @@ TWIN_TIMEOUT_S = 120
 def _twin_output(handle: ContainerLaunch, create_kwargs: Mapping[str, Any]) -> str:
     """``nvidia-smi -L`` in a container created exactly like the one to verify."""
     kwargs = {k: v for k, v in create_kwargs.items() if k not in ("name", "command")}
-
-    def engine(fn: Callable[[], Any]) -> Any:
-        return call(fn, retry=handle._retry, where=handle._where)
+    engine = handle._call
 
     twin = engine(
         lambda: handle.client.containers.create(command=["-L"], entrypoint=["nvidia-smi"], **kwargs)
@@ -486,24 +488,17 @@ def _twin_output(handle: ContainerLaunch, create_kwargs: Mapping[str, Any]) -> s
 def _verify_compose(handle: ComposeLaunch, cwd: Path) -> None:
     import docker.errors
 
-    client = connect(handle._docker_host, retry=handle._retry)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and handle.process.poll() is None:
-            with contextlib.suppress(docker.errors.NotFound):
-                container = client.containers.get(handle.run.container_name)
-                if container.status == "running":
-                    with contextlib.suppress(docker.errors.APIError):
-                        _, output = container.exec_run(["nvidia-smi", "-L"])
-                        check_seen(
-                            handle.plan,
-                            bytes(output).decode(errors="replace"),
-                            f"compose container {handle.run.container_name}",
-                        )
-                        return
-            time.sleep(0.05)
-    finally:
-        client.close()
+    deadline = time.monotonic() + 60
+    while container := handle._wait_for_container(deadline - time.monotonic(), running=True):
+        with contextlib.suppress(docker.errors.APIError):  # it ended meanwhile: try again
+            _, output = container.exec_run(["nvidia-smi", "-L"])
+            check_seen(
+                handle.plan,
+                bytes(output).decode(errors="replace"),
+                f"compose container {handle.run.container_name}",
+            )
+            return
+        time.sleep(0.05)
     # The run ended before it could be entered: check a twin run of the same configuration.
     twin = handle.run.twin_argv("nvidia-smi", "-L")
     result = subprocess.run(
