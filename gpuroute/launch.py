@@ -23,7 +23,7 @@ from typing import IO, Any, Literal
 from gpuroute.adapters import compose as compose_adapter
 from gpuroute.adapters.docker_py import container_kwargs
 from gpuroute.adapters.engine import RetryPolicy, call, connect, engine_address
-from gpuroute.adapters.env import merge_env
+from gpuroute.adapters.env import is_gpu_device_node, merge_env
 from gpuroute.adapters.local import process_env, torchrun_command
 from gpuroute.api import plan as make_plan
 from gpuroute.core.context import CallerContext
@@ -604,6 +604,13 @@ def launch(
     retry = retry or RetryPolicy()
     target: Target = "local" if local else "container"
     held: Lease | None = lease if isinstance(lease, Lease) else None
+    how: dict[str, Any] = {
+        "context": context,
+        "target": target,
+        "allow_multiple_mig": allow_multiple_mig,
+        "driver_capabilities": driver_capabilities,
+        "local_ids": local_ids,
+    }
     if held is None and lease:
         held = acquire(
             gpus,
@@ -611,47 +618,47 @@ def launch(
             lease_dir=lease_dir,
             ttl_s=ttl_s,
             wait_s=lease_wait_s,
-            context=context,
-            target=target,
-            allow_multiple_mig=allow_multiple_mig,
-            driver_capabilities=driver_capabilities,
-            local_ids=local_ids,
+            **how,
         )
     own = held is not None and not isinstance(lease, Lease)
-    if held is not None:
-        plan = held.plan
-    else:
-        plan = make_plan(
-            gpus,
-            inventory,
-            context=context,
-            target=target,
-            allow_multiple_mig=allow_multiple_mig,
-            driver_capabilities=driver_capabilities,
-            local_ids=local_ids,
-        )
+    plan = held.plan if held is not None else make_plan(gpus, inventory, **how)
+    handle: Launch
     try:
-        handle = _start(
-            plan,
-            command,
-            local=local,
-            torchrun=torchrun,
-            env=env,
-            cwd=cwd,
-            stream=stream,
-            image=image,
-            compose_service=compose_service,
-            compose_files=compose_files,
-            compose=compose,
-            cdi=cdi,
-            docker_host=docker_host,
-            docker_client=docker_client,
-            retry=retry,
-            pull=pull,
-            name=name,
-            verify=verify,
-            docker_kwargs=docker_kwargs,
-        )
+        if local:
+            argv = torchrun_command(plan, command) if torchrun else command
+            environment = process_env(plan, os.environ, env)
+            handle = LocalLaunch(plan, argv, environment, cwd=cwd, stream=stream)
+        elif compose_service is not None:
+            handle = _launch_compose(
+                plan,
+                compose_service,
+                command,
+                files=compose_files,
+                compose=compose,
+                env=env,
+                cwd=Path(cwd) if cwd is not None else Path.cwd(),
+                docker_host=docker_host,
+                name=name,
+                stream=stream,
+                verify=verify,
+                retry=retry,
+            )
+        else:
+            assert image is not None
+            handle = _launch_container(
+                plan,
+                image,
+                command,
+                env=env,
+                cdi=cdi,
+                docker_host=docker_host,
+                docker_client=docker_client,
+                retry=retry,
+                pull=pull,
+                name=name,
+                verify=verify,
+                docker_kwargs=docker_kwargs or {},
+            )
     except BaseException:
         if own and held is not None:
             held.release()
@@ -663,63 +670,6 @@ def launch(
             handle.close()
             raise
     return handle
-
-
-def _start(
-    plan: RoutingPlan,
-    command: list[str],
-    *,
-    local: bool,
-    torchrun: bool,
-    env: Mapping[str, str] | None,
-    cwd: str | os.PathLike[str] | None,
-    stream: bool,
-    image: str | None,
-    compose_service: str | None,
-    compose_files: Sequence[str | os.PathLike[str]] | None,
-    compose: Sequence[str] | None,
-    cdi: bool,
-    docker_host: str | None,
-    docker_client: Any,
-    retry: RetryPolicy,
-    pull: Pull,
-    name: str | None,
-    verify: bool,
-    docker_kwargs: Mapping[str, Any] | None,
-) -> Launch:
-    if local:
-        argv = torchrun_command(plan, command) if torchrun else command
-        return LocalLaunch(plan, argv, process_env(plan, os.environ, env), cwd=cwd, stream=stream)
-    if compose_service is not None:
-        return _launch_compose(
-            plan,
-            compose_service,
-            command,
-            files=compose_files,
-            compose=compose,
-            env=env,
-            cwd=Path(cwd) if cwd is not None else Path.cwd(),
-            docker_host=docker_host,
-            name=name,
-            stream=stream,
-            verify=verify,
-            retry=retry,
-        )
-    assert image is not None
-    return _launch_container(
-        plan,
-        image,
-        command,
-        env=env,
-        cdi=cdi,
-        docker_host=docker_host,
-        docker_client=docker_client,
-        retry=retry,
-        pull=pull,
-        name=name,
-        verify=verify,
-        docker_kwargs=docker_kwargs or {},
-    )
 
 
 def _check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
@@ -735,7 +685,7 @@ def _check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
             "every GPU whatever is requested, so gpuroute cannot pin it"
         )
     for device in docker_kwargs.get("devices") or []:
-        if "nvidia" in str(device):
+        if is_gpu_device_node(device):
             raise LaunchError(
                 f"docker_kwargs maps the GPU device {device!r} directly; let gpuroute request GPUs"
             )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuroute.adapters.env import OWNED, merge_env, strip_gpu_vars
+from gpuroute.adapters.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
 from gpuroute.core.plan import RoutingPlan
 from gpuroute.errors import ComposeConflictError, LaunchError
 
@@ -77,11 +77,6 @@ def _is_gpu_request(device: Mapping[str, Any]) -> bool:
         or "gpu" in flat
         or any(i.startswith("nvidia.com/") for i in ids)
     )
-
-
-def _is_gpu_node(entry: Any) -> bool:
-    text = entry if isinstance(entry, str) else " ".join(str(v) for v in dict(entry).values())
-    return bool(re.search(r"/dev/nvidia|nvidia\.com/gpu", text))
 
 
 def _origins(files: Sequence[Path], service: str) -> Callable[[Sequence[str]], str]:
@@ -171,7 +166,7 @@ def _rewrite_service(
             "GPU on the host whatever is requested, so gpuroute cannot pin it. Remove "
             "`privileged`, or grant the capabilities the service needs with `cap_add`."
         )
-    gpu_nodes = [d for d in svc.get("devices") or [] if _is_gpu_node(d)]
+    gpu_nodes = [d for d in svc.get("devices") or [] if is_gpu_device_node(d)]
     if gpu_nodes:
         raise ComposeConflictError(
             f"service {service!r} maps GPU devices directly ({gpu_nodes}) in "

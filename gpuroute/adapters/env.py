@@ -1,12 +1,15 @@
-"""The variables gpuroute owns, and how a caller's own environment is merged with a plan's."""
+"""What only the plan may set (the GPU variables, GPU device nodes), and how a caller's own
+environment is merged with a plan's."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from typing import Any
 
 from gpuroute.errors import LaunchError
 
-__all__ = ["OWNED", "merge_env", "strip_gpu_vars"]
+__all__ = ["OWNED", "is_gpu_device_node", "merge_env", "strip_gpu_vars"]
 
 OWNED = frozenset(
     {
@@ -19,6 +22,14 @@ OWNED = frozenset(
 """Variables that only the plan may set: a caller's value would undo the routing."""
 
 _GPU_PREFIXES = ("CUDA_", "NVIDIA_")
+_GPU_NODE = re.compile(r"/dev/nvidia|nvidia\.com/gpu")
+
+
+def is_gpu_device_node(entry: Any) -> bool:
+    """Whether a device mapping (``docker run --device``, compose ``devices:``, as text or as
+    a mapping) hands a GPU to the container directly, past the plan."""
+    text = entry if isinstance(entry, str) else " ".join(str(v) for v in dict(entry).values())
+    return bool(_GPU_NODE.search(text))
 
 
 def merge_env(user: Mapping[str, str] | None, plan_env: Mapping[str, str]) -> dict[str, str]:
