@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gpuroute.api import plan as make_plan
-from gpuroute.core.inventory import Inventory
+from gpuroute.core.inventory import Device, Inventory
 from gpuroute.core.selection import HostState
 from gpuroute.errors import GpurouteError
 
@@ -206,11 +206,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _state_text(state: HostState | None, uuid: str, parent: str | None = None) -> str:
+def _state_text(state: HostState | None, device: Device) -> str:
     if state is None or state.source == "none":
         return ""
-    live = state.of(uuid)
-    problems = live.problems or (state.of(parent).problems if parent else ())
+    live = state.of(device.uuid)
+    problems = state.problems_of(device)
     if problems:
         return "UNHEALTHY: " + "; ".join(problems)
     if live.pids:
@@ -235,7 +235,7 @@ def _ls(inventory: Inventory, state: HostState | None = None) -> str:
                 g.name,
                 _mib(g.memory_total_mib),
                 mig,
-                _state_text(state, g.uuid),
+                _state_text(state, Device(g)),
             )
         )
         for m in g.mig_devices:
@@ -247,7 +247,7 @@ def _ls(inventory: Inventory, state: HostState | None = None) -> str:
                     m.profile,
                     _mib(m.memory_total_mib),
                     f"{m.compute_slices}/{g.mig_compute_slices_total} slices",
-                    _state_text(state, m.uuid, g.uuid),
+                    _state_text(state, Device(g, m)),
                 )
             )
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
@@ -306,9 +306,9 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
 
 def _existing_lease_dir(path: str | None) -> LeaseDir | None:
     """The lease directory, or None (having said so) where none exists yet: no leases."""
-    from gpuroute.leases import DEFAULT_LEASE_DIR, LEASE_DIR_ENV, LeaseDir
+    from gpuroute.leases import LeaseDir, lease_dir_path
 
-    where = path or os.environ.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR
+    where = lease_dir_path(path)
     if not os.path.lexists(where):
         print(f"No leases: the lease directory {where} does not exist yet.")
         return None

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LEASE_DIR",
+    "lease_dir_path",
     "LEASE_DIR_ENV",
     "Lease",
     "LeaseDir",
@@ -215,6 +216,14 @@ def docker_container_probe(container_id: str, docker_host: str | None) -> bool |
         client.close()
 
 
+def lease_dir_path(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The lease directory: ``path``, else ``GPUROUTE_LEASE_DIR``, else the default."""
+    env = os.environ if environ is None else environ
+    return Path(path or env.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
+
+
 class LeaseDir:
     """The lease directory: its safety checks, its lock, and its device files."""
 
@@ -225,8 +234,7 @@ class LeaseDir:
         create: bool = True,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        env = os.environ if environ is None else environ
-        self.path = Path(path or env.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
+        self.path = lease_dir_path(path, environ)
         self._dir = str(self.path)  # plain strings on the hot path
         self._lock = f"{self._dir}/lock"
         self._check(create)
@@ -643,7 +651,7 @@ def _acquire_once(
                     "for any free one with 'any:N'",
                     spec=parsed.text,
                 )
-            problems = state.of(device.uuid).problems or state.of(device.gpu.uuid).problems
+            problems = state.problems_of(device)
             if problems:
                 raise UnhealthyDeviceError(
                     f"{device.describe()} is unhealthy and is not given out: {'; '.join(problems)}",

@@ -12,6 +12,7 @@ request's filters. Among the offered devices the choice is deterministic:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -67,6 +68,11 @@ class HostState:
         found = self.devices.get(uuid)
         return found if found is not None else _NOTHING_KNOWN
 
+    def problems_of(self, device: Device) -> tuple[str, ...]:
+        """A device's health problems: its own, or else its GPU's (a MIG device is as sick
+        as the GPU it is part of)."""
+        return self.of(device.uuid).problems or self.of(device.gpu.uuid).problems
+
     def distance(self, a: Device, b: Device) -> int:
         if a.gpu.uuid == b.gpu.uuid:
             return 0
@@ -113,8 +119,7 @@ def offered(
     why: dict[str, str] = {}
     for device in candidates:
         live = state.of(device.uuid)
-        parent = state.of(device.gpu.uuid)
-        problems = live.problems or parent.problems
+        problems = state.problems_of(device)
         if permitted is not None and not {device.uuid, device.gpu.uuid} & permitted:
             why[device.label] = "outside this process's CUDA_VISIBLE_DEVICES"
         elif problems:
@@ -160,18 +165,18 @@ def choose(
             spec=spec,
             token=spec,
         )
-    order = sorted(free, key=lambda d: (d.gpu.index, d.mig.index if d.mig else -1))
+    order = sorted(free, key=_nvml_order)
     if need.count == 1:
         return (order[0],)
     combos: Iterable[tuple[Device, ...]]
-    if _n_choose_k(len(order), need.count) <= _MAX_COMBINATIONS:
+    if math.comb(len(order), need.count) <= _MAX_COMBINATIONS:
         combos = itertools.combinations(order, need.count)
     else:
         combos = (_greedy(order, start, need.count, state) for start in order)
 
     def cost(group: tuple[Device, ...]) -> tuple[int, list[tuple[int, int]]]:
         spread = sum(state.distance(a, b) for a, b in itertools.combinations(group, 2))
-        return spread, [(d.gpu.index, d.mig.index if d.mig else -1) for d in group]
+        return spread, [_nvml_order(d) for d in group]
 
     return min(combos, key=cost)
 
@@ -183,10 +188,9 @@ def _greedy(order: list[Device], start: Device, k: int, state: HostState) -> tup
         best = min(rest, key=lambda d: (sum(state.distance(d, g) for g in group), d.gpu.index))
         group.append(best)
         rest.remove(best)
-    return tuple(sorted(group, key=lambda d: (d.gpu.index, d.mig.index if d.mig else -1)))
+    return tuple(sorted(group, key=_nvml_order))
 
 
-def _n_choose_k(n: int, k: int) -> int:
-    from math import comb
-
-    return comb(n, k)
+def _nvml_order(device: Device) -> tuple[int, int]:
+    """NVML index order: the GPU's index, then the MIG device's."""
+    return (device.gpu.index, device.mig.index if device.mig else -1)
