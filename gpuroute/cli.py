@@ -362,7 +362,7 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
 
 def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
     from gpuroute.leases import caller_identity
-    from gpuroute.limits import Policy, groups_of, usage_of
+    from gpuroute.limits import Policy
 
     policy = Policy.load(args.policy) if args.policy else Policy.from_default_location()
     directory = _existing_lease_dir(args.lease_dir)
@@ -371,19 +371,13 @@ def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
         with directory.locked():
             records, _ = directory.read()
     uid, user = caller_identity()
-    by_lease = {r.lease_id: r for r in records.values()}
-    mine = usage_of([u for r in by_lease.values() if r.uid == uid for u in r.devices], inventory)
-    limit = policy.user_limit(user)
+    (_, limit, mine, _), *groups = policy.budgets(uid, user, records.values(), inventory)
     print(f"Policy: {policy.source}")
     print(f"You ({user}, uid {uid}) hold {mine.describe()}.")
     print(f"  your limit: {limit.describe() if limit else 'none'}")
-    for group, glimit in policy.groups.items():
-        if group in groups_of(user):
-            used = usage_of(
-                [u for r in by_lease.values() if group in groups_of(r.user) for u in r.devices],
-                inventory,
-            )
-            print(f"  group {group}: {used.describe()} in use; limit {glimit.describe()}")
+    for who, glimit, used, _ in groups:
+        assert glimit is not None  # every group in a policy has a limit
+        print(f"  {who}: {used.describe()} in use; limit {glimit.describe()}")
     return 0
 
 

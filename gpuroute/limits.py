@@ -184,6 +184,30 @@ class Policy:
     def user_limit(self, user: str) -> Limit | None:
         return self.users.get(user, self.default)
 
+    def budgets(
+        self, uid: int, user: str, records: Iterable[LeaseRecord], inventory: Inventory
+    ) -> list[tuple[str, Limit | None, Usage, list[LeaseRecord]]]:
+        """What counts against ``user``: their own leases under their limit (None: no
+        limit), then each limited group they belong to, with the group's leases; each as
+        (who, limit, usage, leases)."""
+        by_lease = {r.lease_id: r for r in records}  # a lease has one file per device
+        mine = [r for r in by_lease.values() if r.uid == uid]
+        budgets: list[tuple[str, Limit | None, Usage, list[LeaseRecord]]] = [
+            (
+                f"user {user}",
+                self.user_limit(user),
+                usage_of([u for r in mine for u in r.devices], inventory),
+                mine,
+            )
+        ]
+        member_of = groups_of(user) if self.groups else set()
+        for group, limit in self.groups.items():
+            if group in member_of:
+                theirs = [r for r in by_lease.values() if group in groups_of(r.user)]
+                used = usage_of([u for r in theirs for u in r.devices], inventory)
+                budgets.append((f"group {group}", limit, used, theirs))
+        return budgets
+
     def check(
         self,
         uid: int,
@@ -198,22 +222,9 @@ class Policy:
         asked = Usage()
         for device in devices:
             asked += device_usage(device)
-        live = list(records)
-        by_lease = {r.lease_id: r for r in live}
-        mine = [r for r in by_lease.values() if r.uid == uid]
-        held = usage_of([u for r in mine for u in r.devices], inventory)
-        checks: list[tuple[str, Limit, Usage, list[LeaseRecord]]] = []
-        limit = self.user_limit(user)
-        if limit is not None:
-            checks.append((f"user {user}", limit, held, mine))
-        member_of = groups_of(user) if self.groups else set()
-        for group, glimit in self.groups.items():
-            if group not in member_of:
+        for who, lim, used, leases in self.budgets(uid, user, records, inventory):
+            if lim is None:
                 continue
-            theirs = [r for r in by_lease.values() if group in groups_of(r.user)]
-            used = usage_of([u for r in theirs for u in r.devices], inventory)
-            checks.append((f"group {group}", glimit, used, theirs))
-        for who, lim, used, leases in checks:
             broken = lim.exceeded_by(used + asked)
             if broken:
                 listing = (
