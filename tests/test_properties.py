@@ -21,6 +21,8 @@ _PIECES = [
     "MIG-",
     "MIG-GPU-",
     "all",
+    "any:",
+    "ANY",
     "none",
     "void",
     ",",
