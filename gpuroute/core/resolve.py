@@ -75,7 +75,7 @@ def resolve(
             raise SpecError(
                 f"{token.text!r} asks for free GPUs, which only a lease can choose: use "
                 f"gpuroute.acquire({token.text!r}) or launch(..., gpus={token.text!r}, "
-                "lease=True) (CLI: gpuroute run --lease), or name the devices",
+                "lease=True) (CLI: --lease), or name the devices",
                 spec=parsed.text,
                 token=token.text,
             )

@@ -302,8 +302,9 @@ def execute(job: Job, options: RunOptions) -> Result:
 
     if options.execution == "container" and not (options.image or job.default_image):
         raise BenchConfigError(
-            f"execution 'container' needs an image for {job.tool}: name one (--image NAME, "
-            f"or images: {{{job.runner}: NAME}} in a campaign) that has what it runs"
+            f"execution 'container' needs an image for the {job.runner} runner ({job.tool} "
+            f"has no official image): name one with what it runs (--image NAME, or "
+            f"images: {{{job.runner}: NAME}} in a campaign)"
         )
     if options.execution == "inprocess" and job.inprocess is None:
         raise BenchConfigError(
