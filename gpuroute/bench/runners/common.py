@@ -74,6 +74,7 @@ __all__ = [
     "execute",
     "process_tree",
     "read_report",
+    "require_positive",
 ]
 
 MOUNT = "/gpuroute-bench"
@@ -183,6 +184,13 @@ class _RunState:
     stopped: bool = False
     """The work is known to have ended and been cleaned up (its lease may go)."""
     argv: list[str] = field(default_factory=list)
+
+
+def require_positive(**values: int) -> None:
+    """Workload sizes must be at least 1; the error names the option as the CLI spells it."""
+    for name, value in values.items():
+        if value < 1:
+            raise BenchConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
 
 
 def check_parallelism(plan: RoutingPlan, tool: str, tp: int | None, pp: int = 1) -> int:

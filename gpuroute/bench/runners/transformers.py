@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from gpuroute.bench.result import Latency, Result, Throughput, Tokens, Workload
-from gpuroute.bench.runners.common import MOUNT, Collected, Execution, Job, RunOptions, execute
+from gpuroute.bench.runners.common import (
+    MOUNT,
+    Collected,
+    Execution,
+    Job,
+    RunOptions,
+    execute,
+    require_positive,
+)
 from gpuroute.bench.stats import PercentileMethod, summarize
 from gpuroute.errors import BenchConfigError, NativeReportError
 
@@ -44,14 +52,9 @@ def transformers_job(
     python: str = "python3",
 ) -> Job:
     """The job for ``execute``; ``python`` is the interpreter inside a container image."""
-    for name, value in (
-        ("input_len", input_len),
-        ("output_len", output_len),
-        ("num_prompts", num_prompts),
-        ("batch_size", batch_size),
-    ):
-        if value < 1:
-            raise BenchConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    require_positive(
+        input_len=input_len, output_len=output_len, num_prompts=num_prompts, batch_size=batch_size
+    )
     if warmup < 0:
         raise BenchConfigError(f"--warmup must be 0 or more, not {warmup}")
     config = {

@@ -25,6 +25,7 @@ from gpuroute.bench.runners.common import (
     RunOptions,
     execute,
     read_report,
+    require_positive,
 )
 from gpuroute.errors import BenchConfigError
 
@@ -71,13 +72,7 @@ def trtllm_job(
     GPUs divided by ``pipeline_parallel_size``."""
     if mode not in ("throughput", "latency"):
         raise BenchConfigError(f"trtllm-bench mode {mode!r} is not one of: throughput, latency")
-    for name, value in (
-        ("input_len", input_len),
-        ("output_len", output_len),
-        ("num_requests", num_requests),
-    ):
-        if value < 1:
-            raise BenchConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    require_positive(input_len=input_len, output_len=output_len, num_requests=num_requests)
     prefix = [] if execution == "container" else [executable]
 
     def prepare(workdir: Path) -> None:

@@ -28,6 +28,7 @@ from gpuroute.bench.runners.common import (
     RunOptions,
     execute,
     read_report,
+    require_positive,
 )
 from gpuroute.errors import BenchConfigError
 
@@ -67,9 +68,13 @@ def vllm_job(
     GPUs divided by ``pipeline_parallel_size``."""
     if mode not in ("throughput", "latency", "serve"):
         raise BenchConfigError(f"vLLM mode {mode!r} is not one of: throughput, latency, serve")
-    for name, value in (("input_len", input_len), ("output_len", output_len)):
-        if value < 1:
-            raise BenchConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    require_positive(
+        input_len=input_len,
+        output_len=output_len,
+        num_prompts=num_prompts,
+        batch_size=batch_size,
+        num_iters=num_iters,
+    )
     if "--distributed-executor-backend" in extra_args:
         raise BenchConfigError(
             "the vLLM runner always uses --distributed-executor-backend mp (Ray renumbers "
