@@ -7,12 +7,17 @@
     >>> print(p.explain())
     >>> with gpuroute.launch(["python", "train.py"], gpus="3,1", image="my/image") as run:
     ...     run.wait()
+    >>> host = gpuroute.Host()                  # what an orchestrator keeps: inventory,
+    >>> host.plan("3,1"); host.acquire("any:2") # engine connection, leases, limits
 
 Importing gpuroute imports neither docker nor pynvml; they load when first used.
 """
 
-from gpuroute.adapters.engine import RetryPolicy
-from gpuroute.api import plan
+from gpuroute.api import acquire, launch, plan
+from gpuroute.backends import Launch
+from gpuroute.backends.compose import ComposeLaunch
+from gpuroute.backends.docker import ContainerLaunch, RetryPolicy
+from gpuroute.backends.local import LocalLaunch
 from gpuroute.core import GPU, CallerContext, Device, Inventory, MIGDevice, RoutingPlan
 from gpuroute.errors import (
     AmbiguousDeviceError,
@@ -45,9 +50,9 @@ from gpuroute.errors import (
     UnknownDeviceError,
     VerificationError,
 )
-from gpuroute.host import default_inventory, detect_context
-from gpuroute.launch import ComposeLaunch, ContainerLaunch, Launch, LocalLaunch, launch
-from gpuroute.leases import Lease, acquire
+from gpuroute.host import Host, default_inventory, detect_context
+from gpuroute.leases import Lease
+from gpuroute.records import Holder
 
 __version__ = "0.1.0"
 
@@ -69,6 +74,8 @@ __all__ = [
     "EngineUnavailableError",
     "GPU",
     "GpurouteError",
+    "Holder",
+    "Host",
     "ImageNotFoundError",
     "Inventory",
     "InventoryError",

@@ -35,7 +35,8 @@ from gpuroute.core.selection import HostState
 from gpuroute.errors import GpurouteError
 
 if TYPE_CHECKING:
-    from gpuroute.leases import LeaseDir, LeaseRecord
+    from gpuroute.leases import LeaseDir
+    from gpuroute.records import LeaseRecord
 from gpuroute.host import INVENTORY_ENV, default_inventory
 
 __all__ = ["add_inventory_options", "key_values", "main"]
@@ -265,7 +266,7 @@ def _has_inventory_option(args: argparse.Namespace) -> bool:
 
 
 def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
-    from gpuroute.launch import ContainerLaunch, launch
+    from gpuroute.api import launch
 
     argv = list(args.argv)
     if argv[:1] == ["--"]:
@@ -294,10 +295,9 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
         for note in handle.notes:
             print(f"gpuroute: {note}", file=sys.stderr)
         try:
-            if isinstance(handle, ContainerLaunch):
-                for chunk in handle.container.logs(stream=True, follow=True):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
+            for chunk in handle.follow():  # a container's output; the others print it
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
             return handle.wait()
         except KeyboardInterrupt:
             print("gpuroute: interrupted; stopping the work", file=sys.stderr)
@@ -338,7 +338,7 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     for r in sorted(by_lease.values(), key=lambda r: r.created):
         labels = [d.label if (d := inventory.by_uuid(u)) else u[:12] for u in r.devices]
         usage = usage_of(r.devices, inventory)
-        holder = f"container {r.container_id[:12]}" if r.container_id else f"pid {r.pid}"
+        holder = r.holder.describe()
         stale = stale_reason(r, now=now, this_boot=boot_id())
         rows.append(
             (

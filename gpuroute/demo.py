@@ -8,12 +8,12 @@ private Docker Engine with the stand-in NVIDIA toolkit, when one can run here.
 
 from __future__ import annotations
 
+from gpuroute.api import launch
 from gpuroute.api import plan as make_plan
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 from gpuroute.errors import NVMLError
 from gpuroute.host import default_inventory
-from gpuroute.launch import launch
 from gpuroute.nvml import NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIBRARY_NOT_FOUND
 
 __all__ = ["demo", "example_spec"]

@@ -96,7 +96,7 @@ def _inventory(
 
 
 def _engine(docker_host: str | None) -> tuple[Any, Check]:
-    from gpuroute.adapters.engine import RetryPolicy, connect, engine_address
+    from gpuroute.backends.docker import RetryPolicy, connect, engine_address
 
     where = docker_host or engine_address()
     try:
@@ -116,7 +116,7 @@ def _engine(docker_host: str | None) -> tuple[Any, Check]:
 def _toolkit(
     client: Any, inventory: Inventory | None, image: str | None, docker_host: str | None
 ) -> Check:
-    from gpuroute.adapters.engine import TOOLKIT_FIX
+    from gpuroute.backends.docker import TOOLKIT_FIX
 
     runtimes = sorted((client.info().get("Runtimes") or {}).keys())
     name = "NVIDIA Container Toolkit"
@@ -135,7 +135,7 @@ def _toolkit(
             "'nvidia' device driver shows only when a GPU container starts",
             f"run `gpuroute doctor --image IMAGE` to try one. {TOOLKIT_FIX}",
         )
-    from gpuroute.launch import launch
+    from gpuroute.api import launch
 
     first = next((g for g in inventory.gpus if not g.mig_mode), None)
     mig = next(((g, m) for g in inventory.gpus for m in g.mig_devices), None)

@@ -8,11 +8,12 @@ to a temporary name and renamed into place, so a reader never sees half a record
 that is unreadable anyway (a crash, a disk error, an edit) is moved aside as
 ``corrupt-…`` and only that device is affected.
 
-A lease records who holds it (uid and user name), the holding process (pid and its start
-time, so a reused pid is not mistaken for the holder), the boot id, the container when there
-is one, its creation time and an optional TTL. A lease is stale, and reclaimed by the next
-acquisition, when its process is gone (a permission error when probing it means it is alive),
-its container is gone, the host rebooted, or its TTL passed.
+A lease records who holds it (uid and user name), its holder (the work that keeps it alive,
+named the same way for every backend: a process with its start time, so that a reused pid is
+not mistaken for it, a container, a compose service; see ``gpuroute.records``), the boot id,
+its creation time and an optional TTL. A lease is stale, and reclaimed by the next
+acquisition, when its holder's backend says the holder is gone, the host rebooted, or its TTL
+passed.
 
 Leases are advisory, like every daemon-free scheme: they keep cooperating users (and their
 scripts) from colliding. They do not stop someone who bypasses gpuroute.
@@ -24,23 +25,21 @@ import contextlib
 import errno
 import fcntl
 import functools
-import json
 import os
 import pwd
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
+from gpuroute.backends.local import process_alive, process_holder, process_start_time
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Device, Inventory
-from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
-from gpuroute.core.resolve import Target, resolve
+from gpuroute.core.plan import RoutingPlan
 from gpuroute.core.selection import HostState, Need, choose
-from gpuroute.core.spec import Kind, SpecInput, parse_spec
+from gpuroute.core.spec import Kind, ParsedSpec
 from gpuroute.errors import (
     DeviceLeasedError,
     LeaseDirError,
@@ -49,26 +48,33 @@ from gpuroute.errors import (
     NoFreeDeviceError,
     UnhealthyDeviceError,
 )
-
-if TYPE_CHECKING:
-    from gpuroute.limits import Policy
+from gpuroute.limits import Policy
+from gpuroute.records import Holder, LeaseRecord
 
 __all__ = [
     "DEFAULT_LEASE_DIR",
     "lease_dir_path",
     "LEASE_DIR_ENV",
+    "Acquisition",
+    "Alive",
+    "Holder",
     "Lease",
     "LeaseDir",
     "LeaseRecord",
-    "acquire",
     "boot_id",
+    "caller_identity",
     "process_start_time",
+    "reclaim_stale",
+    "stale_reason",
 ]
 
 DEFAULT_LEASE_DIR = "/run/gpuroute/leases"
 LEASE_DIR_ENV = "GPUROUTE_LEASE_DIR"
 _PREFIX = "dev-"
 _SUFFIX = ".json"
+
+Alive = Callable[[Holder], "bool | None"]
+"""Asks the holder's backend whether a holder lives: True, False (gone) or None (unknown)."""
 
 
 @functools.cache
@@ -80,82 +86,14 @@ def boot_id() -> str:
         return ""
 
 
-def process_start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[-1].split()
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class LeaseRecord:
-    """What a lease file says. Every device file of one lease holds the same record."""
-
-    lease_id: str
-    devices: tuple[str, ...]
-    spec: str
-    uid: int
-    user: str
-    pid: int | None
-    pid_start: int | None
-    boot_id: str
-    created: float
-    ttl_s: float | None = None
-    container_id: str | None = None
-    docker_host: str | None = None
-
-    def to_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return json.dumps({"schema": "gpuroute.lease/1", **data}, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> LeaseRecord:
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.pop("schema", None) != "gpuroute.lease/1":
-            raise ValueError("not a gpuroute.lease/1 record")
-        if set(data) != {f.name for f in fields(cls)}:
-            raise ValueError("unexpected or missing fields in the lease record")
-        devices = data["devices"]
-        checks = (
-            isinstance(data["lease_id"], str),
-            isinstance(devices, list) and all(isinstance(d, str) for d in devices),
-            isinstance(data["spec"], str),
-            _is_int(data["uid"]),
-            isinstance(data["user"], str),
-            data["pid"] is None or _is_int(data["pid"]),
-            data["pid_start"] is None or _is_int(data["pid_start"]),
-            isinstance(data["boot_id"], str),
-            _is_number(data["created"]),
-            data["ttl_s"] is None or _is_number(data["ttl_s"]),
-            data["container_id"] is None or isinstance(data["container_id"], str),
-            data["docker_host"] is None or isinstance(data["docker_host"], str),
-        )
-        if not all(checks):
-            raise ValueError("malformed lease record")
-        return cls(**{**data, "devices": tuple(devices)})
-
-    def expires(self) -> float | None:
-        return None if self.ttl_s is None else self.created + self.ttl_s
-
-    def describe(self) -> str:
-        holder = f"container {self.container_id[:12]}" if self.container_id else f"pid {self.pid}"
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created))
-        return f"lease {self.lease_id}, {holder}, since {since}"
+def local_only(holder: Holder) -> bool | None:
+    """The ``Alive`` that probes processes only (it needs no engine); other holders are
+    unknown, and so kept."""
+    return process_alive(holder) if holder.backend == "local" else None
 
 
 def stale_reason(
-    record: LeaseRecord, *, now: float, this_boot: str, engine: ContainerProbe | None = None
+    record: LeaseRecord, *, now: float, this_boot: str, alive: Alive = local_only
 ) -> str | None:
     """Why a lease no longer holds its devices, or None while it does."""
     if record.boot_id and this_boot and record.boot_id != this_boot:
@@ -163,57 +101,14 @@ def stale_reason(
     expires = record.expires()
     if expires is not None and now >= expires:
         return f"its TTL of {record.ttl_s:g}s passed"
-    if record.container_id:
-        if engine is not None:
-            alive = engine(record.container_id, record.docker_host)
-            if alive is False:
-                return f"its container {record.container_id[:12]} is gone"
-        return None  # a container lease does not depend on the launcher's process
-    if record.pid is not None:
-        try:
-            os.kill(record.pid, 0)
-        except ProcessLookupError:
-            return f"its process {record.pid} has ended"
-        except PermissionError:
-            pass  # another user's live process
-        start = process_start_time(record.pid)
-        if record.pid_start is not None and start is not None and start != record.pid_start:
-            return f"its process {record.pid} has ended (the pid now belongs to another process)"
-    return None
-
-
-ContainerProbe = Any
-"""``(container_id, docker_host) -> bool | None``: running, gone, or unknown."""
-
-
-UNKNOWN_ENGINE = "unknown"
-"""Recorded as a lease's engine when the launcher could not tell which engine it used."""
-
-
-def docker_container_probe(container_id: str, docker_host: str | None) -> bool | None:
-    """Whether a container still exists and runs, through docker-py; None if unknown."""
-    if docker_host == UNKNOWN_ENGINE:
+    holder = record.holder
+    if alive(holder) is not False:
         return None
-    try:
-        import docker
-        import docker.errors
-
-        client = (
-            docker.DockerClient(base_url=docker_host, timeout=10)
-            if docker_host
-            else docker.from_env(timeout=10)
-        )
-    except Exception:
-        return None
-    try:
-        container = client.containers.get(container_id)
-        return bool(container.status in ("created", "running", "restarting", "paused"))
-    except docker.errors.NotFound:
-        return False
-    except Exception:
-        return None
-    finally:
-        client.close()
+    if holder.backend == "local":
+        if process_start_time(int(holder.id)) is not None:
+            return f"its process {holder.id} has ended (the pid now belongs to another process)"
+        return f"its process {holder.id} has ended"
+    return f"its {holder.describe()} is gone"
 
 
 def lease_dir_path(
@@ -405,21 +300,14 @@ class Lease:
     def devices(self) -> tuple[Device, ...]:
         return self.plan.devices
 
-    def attach(
-        self,
-        *,
-        pid: int | None = None,
-        container_id: str | None = None,
-        docker_host: str | None = None,
-    ) -> None:
-        """Tie the lease to the process or the container doing the work: it then lives as
-        long as that process, or that container, does."""
-        changes: dict[str, Any] = {}
-        if pid is not None:
-            changes.update(pid=pid, pid_start=process_start_time(pid))
-        if container_id is not None:
-            changes.update(container_id=container_id, docker_host=docker_host)
-        record = replace(self.record, **changes)
+    @property
+    def holder(self) -> Holder:
+        return self.record.holder
+
+    def bind(self, holder: Holder) -> None:
+        """Name ``holder`` (the process, container or service doing the work) as the one
+        that keeps this lease: it then lives exactly as long as that holder does."""
+        record = replace(self.record, holder=holder)
         with self.directory.locked():
             current, _ = self.directory.read()
             if any(
@@ -428,6 +316,19 @@ class Lease:
                 raise LeaseError(f"lease {self.id} no longer holds its devices; it was reclaimed")
             self.directory.write(record)
         self.record = record
+
+    def attach(
+        self,
+        *,
+        pid: int | None = None,
+        container_id: str | None = None,
+        docker_host: str | None = None,
+    ) -> None:
+        """``bind`` to a process of this host, or to a docker container (shorthand)."""
+        if container_id is not None:
+            self.bind(Holder("docker", container_id, docker_host))
+        elif pid is not None:
+            self.bind(process_holder(pid))
 
     def release(self) -> None:
         """Give the devices back. Safe to call twice."""
@@ -450,41 +351,6 @@ class Lease:
         self.release()
 
 
-def _reclaim(
-    directory: LeaseDir,
-    records: dict[str, LeaseRecord],
-    now: float,
-    this_boot: str,
-    probe: ContainerProbe,
-    notes: list[str],
-) -> bool:
-    """Remove the files of stale leases (under the lock); say whether there were any."""
-    verdicts: dict[str, str | None] = {}
-    found = False
-    for uuid, record in list(records.items()):
-        if record.lease_id not in verdicts:
-            verdicts[record.lease_id] = stale_reason(
-                record, now=now, this_boot=this_boot, engine=probe
-            )
-        reason = verdicts[record.lease_id]
-        if reason is not None:
-            directory.remove(uuid, record.lease_id)  # only if it is still that lease's file
-            del records[uuid]
-            notes.append(f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}")
-            found = True
-    return found
-
-
-@functools.cache
-def _own_start_time_of(pid: int) -> int | None:
-    return process_start_time(pid)
-
-
-def _own_start_time() -> int | None:
-    """This process's start time (cached: it does not change, and the pid is this one's)."""
-    return _own_start_time_of(os.getpid())
-
-
 def caller_identity() -> tuple[int, str]:
     """The caller's OS uid and user name: the only identity leases and limits use."""
     uid = os.getuid()
@@ -494,218 +360,158 @@ def caller_identity() -> tuple[int, str]:
         return uid, str(uid)
 
 
-def acquire(
-    request: SpecInput,
-    *,
-    inventory: Inventory | None = None,
-    lease_dir: str | os.PathLike[str] | None = None,
-    ttl_s: float | None = None,
-    state: HostState | None = None,
-    nvml: Any = None,
-    policy: Any = None,
-    context: CallerContext | None = None,
-    target: Target | None = None,
-    min_free_mib: int | None = None,
-    model: str | None = None,
-    mig_profile: str | None = None,
-    allow_multiple_mig: bool = False,
-    driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
-    local_ids: LocalIds = "uuid",
-    pid: int | None = None,
-    wait_s: float = 0.0,
-    container_probe: ContainerProbe = docker_container_probe,
-) -> Lease:
-    """Lease devices: the ones a spec names, or ``any:N`` free ones chosen for you.
+Plan = Callable[[ParsedSpec | str], RoutingPlan]
+"""Resolves a spec (the request's own, or the devices chosen for ``any:N``) into the plan,
+with the request's options."""
 
-    Args:
-        request: a spec (``"3,1"``, ``"1:0"``) or ``"any:N"``.
-        inventory: the host's GPUs (default: ``GPUROUTE_INVENTORY``, else NVML).
-        lease_dir: the lease directory (default: ``GPUROUTE_LEASE_DIR``, else
-            ``/run/gpuroute/leases``).
-        ttl_s: the lease ends by itself after this many seconds.
-        state / nvml: the live state (processes, memory, health) used to pick and check
-            devices; by default read through NVML (``nvml`` may be a ``FakeNVML``), and
-            unknown on a host without NVML (then only leases decide what is free).
-        policy: a ``gpuroute.limits.Policy`` (default: ``GPUROUTE_POLICY`` or
-            ``/etc/gpuroute/policy.yaml`` if present; none means no limits).
-        min_free_mib, model, mig_profile: filters for ``any:N``.
-        pid: the process the lease lives with (default: this one).
-        wait_s: while the devices are taken (NoFreeDeviceError, DeviceLeasedError), try
-            again for up to this many seconds before raising.
 
-    Raises:
-        NoFreeDeviceError, DeviceLeasedError, UnhealthyDeviceError, LimitExceededError,
-        LeaseDirError, and the errors of ``gpuroute.plan``.
-    """
-    from gpuroute.host import default_inventory, detect_context, reads_live_state
-    from gpuroute.limits import Policy as PolicyFile
+@dataclass
+class Acquisition:
+    """One request for a lease, against one lease directory: what to choose from, who asks,
+    who will hold it, and how liveness is judged. ``once(state)`` tries to take it."""
 
-    if state is None and not reads_live_state(inventory is not None, nvml):
-        state = HostState.unknown()  # a snapshot: only leases say what is free
-    inventory = inventory if inventory is not None else default_inventory()
-    context = context if context is not None else detect_context()
-    directory = LeaseDir(lease_dir)
-    if policy is None:
-        policy = PolicyFile.from_default_location()
-    deadline = time.monotonic() + wait_s
-    delay = 0.005
-    while True:
-        if state is None:
-            from gpuroute.nvml import read_state
+    spec: ParsedSpec
+    plan: Plan
+    inventory: Inventory
+    directory: LeaseDir
+    policy: Policy
+    context: CallerContext
+    need: Need
+    holder: Holder
+    alive: Alive = local_only
+    ttl_s: float | None = None
+    local_only_target: bool = False
+    notes: list[str] = field(default_factory=list)
+    _records: dict[str, LeaseRecord] | None = None
 
-            current_state = read_state(inventory, nvml)  # anew each try: processes end
-        else:
-            current_state = state
-        try:
-            return _acquire_once(
-                request,
-                inventory,
-                directory,
-                current_state,
-                policy,
-                context,
-                target,
-                ttl_s,
-                Need(0, min_free_mib, model, mig_profile),
-                allow_multiple_mig,
-                driver_capabilities,
-                local_ids,
-                pid,
-                container_probe,
+    def once(self, state: HostState) -> Lease:
+        """Take the lease now, or raise (NoFreeDeviceError, DeviceLeasedError, ...)."""
+        self.notes = []
+        self._records = None
+        if state.source == "none":
+            self.notes.append(
+                "no live GPU state (NVML unavailable): only leases decide what is free"
             )
-        except (NoFreeDeviceError, DeviceLeasedError):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.5)
+        allowed: set[str] | None = None
+        if self.local_only_target:
+            visible = self.context.visible_devices(self.inventory)  # ContextError if unreadable
+            if visible is not None:
+                allowed = {d.uuid for d in visible}
+        # Fast path: choose from the lease files' names without the lock, then take the lock
+        # only to check that nobody took those devices meanwhile and to write the files. The
+        # lock is held for a directory listing and a few renames.
+        if not self.policy.active:
+            for _ in range(3):
+                try:
+                    plan = self._pick(state, self.directory.held(), allowed, locked=False)
+                except (NoFreeDeviceError, DeviceLeasedError):
+                    break
+                with self.directory.locked():
+                    if self.directory.held().isdisjoint(plan.uuids):
+                        return self._take(plan, time.time())
+        # Slow path, all under the lock: limits, precise errors, and reclaiming stale leases.
+        with self.directory.locked():
+            now = time.time()
+            held = self.directory.held()
+            try:
+                plan = self._pick(state, held, allowed, locked=True)
+            except (NoFreeDeviceError, DeviceLeasedError, LimitExceededError):
+                # Only now read every record and look for stale ones: the common path reads
+                # file names alone and probes no holder. Unreadable files are set aside.
+                current = self._read()
+                set_aside = len(current) < len(held)
+                if not (self._reclaim(current, now) or set_aside):
+                    raise
+                plan = self._pick(state, set(current), allowed, locked=True)
+            return self._take(plan, now)
 
+    def _read(self) -> dict[str, LeaseRecord]:
+        """The lease files' contents, read on demand (under the lock): the common path needs
+        only names."""
+        if self._records is None:
+            self._records, aside = self.directory.read()
+            self.notes.extend(aside)
+        return self._records
 
-def _acquire_once(
-    request: SpecInput,
-    inventory: Inventory,
-    directory: LeaseDir,
-    state: HostState,
-    policy: Policy,
-    context: CallerContext,
-    target: Target | None,
-    ttl_s: float | None,
-    filters: Need,
-    allow_multiple_mig: bool,
-    driver_capabilities: Iterable[str],
-    local_ids: LocalIds,
-    pid: int | None,
-    container_probe: ContainerProbe,
-) -> Lease:
-    parsed = parse_spec(request)
-    uid, user = caller_identity()
-    holder = os.getpid() if pid is None else pid
-    notes: list[str] = []
-    if state.source == "none":
-        notes.append("no live GPU state (NVML unavailable): only leases decide what is free")
-    this_boot = boot_id()
-    pid_start = _own_start_time() if holder == os.getpid() else process_start_time(holder)
-
-    parsed_records: dict[str, LeaseRecord] | None = None
-    allowed: set[str] | None = None
-    if target == "local":
-        visible = context.visible_devices(inventory)  # ContextError for unreadable masks
-        if visible is not None:
-            allowed = {d.uuid for d in visible}
-
-    def records() -> dict[str, LeaseRecord]:
-        """The lease files' contents, read on demand: the common path needs only names."""
-        nonlocal parsed_records
-        if parsed_records is None:
-            parsed_records, aside = directory.read()
-            notes.extend(aside)
-        return parsed_records
-
-    def pick(held: set[str], *, locked: bool) -> RoutingPlan:
-        if parsed.tokens[0].kind is Kind.ANY:
-            need = replace(filters, count=parsed.tokens[0].index or 1)
-            devices = choose(need, inventory, state, held, spec=parsed.text, allowed=allowed)
-            spec_text = ",".join(d.label for d in devices)
+    def _pick(
+        self, state: HostState, held: set[str], allowed: set[str] | None, *, locked: bool
+    ) -> RoutingPlan:
+        token = self.spec.tokens[0] if self.spec.tokens else None
+        if token is not None and token.kind is Kind.ANY:
+            need = replace(self.need, count=token.index or 1)
+            devices = choose(
+                need, self.inventory, state, held, spec=self.spec.text, allowed=allowed
+            )
+            plan = self.plan(",".join(d.label for d in devices))
         else:
-            spec_text = parsed.text
-        plan = resolve(
-            spec_text,
-            inventory,
-            context=context,
-            target=target,
-            allow_multiple_mig=allow_multiple_mig,
-            driver_capabilities=driver_capabilities,
-            local_ids=local_ids,
-        )
+            plan = self.plan(self.spec)
         for device in plan.devices:
             if device.uuid in held:
                 # Records are read only under the lock: a read outside it could be stale.
-                holder_record = records().get(device.uuid) if locked else None
+                record = self._read().get(device.uuid) if locked else None
                 who = (
-                    f"{holder_record.user} ({holder_record.describe()})"
-                    if holder_record
+                    f"{record.user} ({record.describe()})"
+                    if record
                     else "a lease whose file is unreadable"
                 )
                 raise DeviceLeasedError(
                     f"{device.describe()} is leased to {who}; choose another device, or ask "
                     "for any free one with 'any:N'",
-                    spec=parsed.text,
+                    spec=self.spec.text,
                 )
             problems = state.problems_of(device)
             if problems:
                 raise UnhealthyDeviceError(
                     f"{device.describe()} is unhealthy and is not given out: {'; '.join(problems)}",
-                    spec=parsed.text,
+                    spec=self.spec.text,
                 )
-        if policy.active:
-            policy.check(uid, user, plan.devices, records().values(), inventory)
+        if self.policy.active:
+            uid, user = caller_identity()
+            self.policy.check(uid, user, plan.devices, self._read().values(), self.inventory)
         return plan
 
-    def record_for(plan: RoutingPlan, now: float) -> LeaseRecord:
-        return LeaseRecord(
+    def _take(self, plan: RoutingPlan, now: float) -> Lease:
+        """Write the lease's files (under the lock) and return it."""
+        uid, user = caller_identity()
+        record = LeaseRecord(
             lease_id=os.urandom(6).hex(),
             devices=plan.uuids,
-            spec=parsed.text,
+            spec=self.spec.text,
             uid=uid,
             user=user,
-            pid=holder,
-            pid_start=pid_start,
-            boot_id=this_boot,
+            holder=self.holder,
+            boot_id=boot_id(),
             created=now,
-            ttl_s=ttl_s,
+            ttl_s=self.ttl_s,
         )
-
-    # Fast path: choose from the lease files' names without the lock, then take the lock
-    # only to check that nobody took those devices meanwhile and to write the files. The
-    # lock is held for a directory listing and a few renames.
-    if not policy.active:
-        for _ in range(3):
-            try:
-                plan = pick(directory.held(), locked=False)
-            except (NoFreeDeviceError, DeviceLeasedError):
-                break
-            with directory.locked():
-                if directory.held().isdisjoint(plan.uuids):
-                    record = record_for(plan, time.time())
-                    if plan.devices:
-                        directory.write(record)
-                    return Lease(plan, record, directory, notes)
-    # Slow path, all under the lock: limits, precise errors, and reclaiming stale leases.
-    with directory.locked():
-        now = time.time()
-        held = directory.held()
-        try:
-            plan = pick(held, locked=True)
-        except (NoFreeDeviceError, DeviceLeasedError, LimitExceededError):
-            # Only now read every record and look for stale ones: the common path reads
-            # file names alone and probes no process. Unreadable files are set aside.
-            current = records()
-            set_aside = len(current) < len(held)
-            reclaimed = _reclaim(directory, current, now, this_boot, container_probe, notes)
-            if not (set_aside or reclaimed):
-                raise
-            plan = pick(set(current), locked=True)
-        record = record_for(plan, now)
         if plan.devices:
-            directory.write(record)
-    return Lease(plan, record, directory, notes)
+            self.directory.write(record)
+        return Lease(plan, record, self.directory, list(self.notes))
+
+    def _reclaim(self, records: dict[str, LeaseRecord], now: float) -> bool:
+        """Remove the files of stale leases (under the lock); say whether there were any."""
+        notes = reclaim_stale(self.directory, records, now=now, alive=self.alive)
+        self.notes.extend(notes)
+        return bool(notes)
+
+
+def reclaim_stale(
+    directory: LeaseDir, records: dict[str, LeaseRecord], *, now: float, alive: Alive = local_only
+) -> list[str]:
+    """Remove the files of stale leases from ``directory`` and ``records`` (call under the
+    lock); a note for each device reclaimed. A file is removed only while it still holds
+    the stale lease: a newer lease of the same device keeps its file."""
+    verdicts: dict[str, str | None] = {}
+    this_boot = boot_id()
+    notes: list[str] = []
+    for uuid, record in list(records.items()):
+        if record.lease_id not in verdicts:
+            verdicts[record.lease_id] = stale_reason(
+                record, now=now, this_boot=this_boot, alive=alive
+            )
+        reason = verdicts[record.lease_id]
+        if reason is not None:
+            directory.remove(uuid, record.lease_id)  # only if it is still that lease's file
+            del records[uuid]
+            notes.append(f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}")
+    return notes

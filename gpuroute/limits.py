@@ -26,15 +26,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpuroute.core.inventory import Device, Inventory
 from gpuroute.errors import LimitExceededError, SnapshotError
+from gpuroute.records import LeaseRecord
 
-if TYPE_CHECKING:
-    from gpuroute.leases import LeaseRecord
-
-__all__ = ["POLICY_ENV", "Limit", "Policy", "Usage", "usage_of"]
+__all__ = ["POLICY_ENV", "Limit", "Policy", "Usage", "policy_path", "usage_of"]
 
 POLICY_ENV = "GPUROUTE_POLICY"
 DEFAULT_POLICY = "/etc/gpuroute/policy.yaml"
@@ -138,6 +136,13 @@ def groups_of(user: str) -> set[str]:
     return names
 
 
+def policy_path(environ: Mapping[str, str] | None = None) -> str:
+    """The policy file in force: ``GPUROUTE_POLICY``, else the default file if it exists;
+    empty for none."""
+    env = os.environ if environ is None else environ
+    return env.get(POLICY_ENV) or (DEFAULT_POLICY if Path(DEFAULT_POLICY).exists() else "")
+
+
 @dataclass(frozen=True)
 class Policy:
     """Limits by user name and by group name, and a default for users without an entry."""
@@ -172,8 +177,7 @@ class Policy:
 
     @classmethod
     def from_default_location(cls, environ: Mapping[str, str] | None = None) -> Policy:
-        env = os.environ if environ is None else environ
-        path = env.get(POLICY_ENV) or (DEFAULT_POLICY if Path(DEFAULT_POLICY).exists() else "")
+        path = policy_path(environ)
         return cls.load(path) if path else cls()
 
     @property

@@ -366,3 +366,43 @@ def _critical_xids(api: Any, handles: dict[str, Any], window_ms: int) -> dict[st
         with contextlib.suppress(Exception):
             api.nvmlEventSetFree(events)
     return found
+
+
+def read_layout(nvml: NVMLApi | None = None) -> tuple[tuple[str, ...], ...]:
+    """What tells one inventory from another, read cheaply: each GPU's UUID and, for a GPU in
+    MIG mode, its MIG devices' UUIDs. A host (``gpuroute.Host``) compares it with the layout
+    of the inventory it holds, and reads the inventory anew when they differ."""
+    api: Any = nvml if nvml is not None else _load_pynvml()
+    base = _load_pynvml().NVMLError
+    with nvml_errors("cannot start NVML"):
+        api.nvmlInit()
+    try:
+        layout: list[tuple[str, ...]] = []
+        with nvml_errors("cannot read the GPU layout"):
+            for index in range(api.nvmlDeviceGetCount()):
+                handle = api.nvmlDeviceGetHandleByIndex(index)
+                entry = [_text(api.nvmlDeviceGetUUID(handle))]
+                try:
+                    mig_on = api.nvmlDeviceGetMigMode(handle)[0] == NVML_DEVICE_MIG_ENABLE
+                except base:
+                    mig_on = False
+                if mig_on:
+                    for j in range(api.nvmlDeviceGetMaxMigDeviceCount(handle)):
+                        try:
+                            mig = api.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
+                        except base:
+                            continue  # an empty slot
+                        entry.append(_text(api.nvmlDeviceGetUUID(mig)))
+                layout.append(tuple(entry))
+        return tuple(layout)
+    finally:
+        with contextlib.suppress(Exception):
+            api.nvmlShutdown()
+
+
+def layout_of(inventory: Inventory) -> tuple[tuple[str, ...], ...]:
+    """The layout (as ``read_layout`` reads it) of an inventory value."""
+    return tuple(
+        (gpu.uuid, *(m.uuid for m in (gpu.mig_devices if gpu.mig_mode else ())))
+        for gpu in inventory.gpus
+    )

@@ -9,10 +9,10 @@ import pytest
 
 import gpuroute
 from gpuroute import CallerContext, Inventory
-from gpuroute.adapters.compose import COMPOSE_V1, COMPOSE_V2, find_compose
-from gpuroute.adapters.docker_cli import docker_run_argv, gpus_flag
-from gpuroute.adapters.docker_py import container_kwargs
-from gpuroute.adapters.local import torchrun_command
+from gpuroute.backends.compose import COMPOSE_V1, COMPOSE_V2, find_compose
+from gpuroute.backends.docker import container_kwargs
+from gpuroute.backends.docker_cli import docker_run_argv, gpus_flag
+from gpuroute.backends.local import torchrun_command
 
 
 def plan(spec: str, inventory: Inventory) -> gpuroute.RoutingPlan:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import gpuroute
 from gpuroute import CallerContext, ComposeConflictError, Inventory, LaunchError
-from gpuroute.adapters.compose import COMPOSE_V1
+from gpuroute.backends.compose import COMPOSE_V1
 from gpuroute.testing import TOPOLOGIES
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
 from tests.test_launch_container import PROBE, expect, observe, plans
@@ -260,7 +260,7 @@ class TestComposeBasics:
 
 
 def test_values_stay_off_the_command_line(h100: Inventory, tmp_path: Path) -> None:
-    from gpuroute.adapters.compose import prepare
+    from gpuroute.backends.compose import prepare
 
     write(tmp_path, "docker-compose.yml", service())
     plan = gpuroute.plan("0", h100, context=CallerContext())

@@ -26,9 +26,8 @@ from gpuroute import (
     ToolkitMissingError,
     VerificationError,
 )
-from gpuroute.adapters.docker_cli import docker_run_argv
-from gpuroute.adapters.docker_py import container_kwargs
-from gpuroute.launch import seen_by_nvidia_smi
+from gpuroute.backends.docker import container_kwargs, seen_by_nvidia_smi
+from gpuroute.backends.docker_cli import docker_run_argv
 from gpuroute.testing import TOPOLOGIES, topology
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
 

@@ -34,6 +34,7 @@ from gpuroute.core.selection import HostState
 from gpuroute.leases import LeaseDir, LeaseRecord
 from gpuroute.limits import Limit, Policy, usage_of
 from gpuroute.nvml import read_state
+from gpuroute.records import Holder
 from gpuroute.testing import FakeNVML, topology
 
 NO_LIMITS = Policy()
@@ -134,7 +135,7 @@ def test_a_reused_pid_does_not_keep_a_lease(tmp_path: Path) -> None:
     lease = take("1", inventory, tmp_path)
     # The record names a live pid (ours) but another process's start time: a reused pid.
     lease.attach(pid=os.getpid())
-    record = LeaseRecord(**{**lease.record.__dict__, "pid_start": 1})
+    record = replace(lease.record, holder=replace(lease.record.holder, started=1))
     directory = LeaseDir(tmp_path)
     with directory.locked():
         directory.write(record)
@@ -150,7 +151,7 @@ def test_ttl_and_reboot_end_leases(tmp_path: Path) -> None:
     lease = take("2", inventory, tmp_path)
     directory = LeaseDir(tmp_path)
     with directory.locked():
-        directory.write(LeaseRecord(**{**lease.record.__dict__, "boot_id": "another-boot"}))
+        directory.write(replace(lease.record, boot_id="another-boot"))
     assert any("rebooted" in n for n in take("2", inventory, tmp_path).notes)
 
 
@@ -227,13 +228,88 @@ def test_lease_files_say_who_holds_what(tmp_path: Path) -> None:
     inventory = four_gpus()
     with take("3,1", inventory, tmp_path, ttl_s=60) as lease:
         data = json.loads((tmp_path / f"dev-{inventory.gpus[3].uuid}.json").read_text())
-        assert data["schema"] == "gpuroute.lease/1"
+        assert data["schema"] == "gpuroute.lease/2"
         assert data["devices"] == [inventory.gpus[3].uuid, inventory.gpus[1].uuid]
-        assert (data["uid"], data["pid"], data["ttl_s"]) == (os.getuid(), os.getpid(), 60)
+        assert (data["uid"], data["ttl_s"]) == (os.getuid(), 60)
+        holder = data["holder"]
+        assert (holder["backend"], holder["id"], holder["where"]) == (
+            "local",
+            str(os.getpid()),
+            None,
+        )
         assert data["boot_id"]
-        assert data["pid_start"]
+        assert holder["started"]
         assert lease.plan.container_env["CUDA_VISIBLE_DEVICES"] == "1,0"
     assert sorted(os.listdir(tmp_path)) == ["lock"]
+
+
+def _v1_record(lease_id: str, uuid: str, *, pid: int | None, container: str | None) -> str:
+    """A record as gpuroute wrote it before holders were backend-neutral."""
+    return json.dumps(
+        {
+            "schema": "gpuroute.lease/1",
+            "lease_id": lease_id,
+            "devices": [uuid],
+            "spec": "0",
+            "uid": os.getuid(),
+            "user": "someone",
+            "pid": pid,
+            "pid_start": None,
+            "boot_id": "",
+            "created": time.time(),
+            "ttl_s": None,
+            "container_id": container,
+            "docker_host": "unix:///nonexistent/docker.sock" if container else None,
+        }
+    )
+
+
+def test_records_of_the_earlier_schema_are_still_honoured(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    held = tmp_path / f"dev-{inventory.gpus[0].uuid}.json"
+    held.write_text(
+        _v1_record("0a0a0a0a0a0a", inventory.gpus[0].uuid, pid=os.getpid(), container=None)
+    )
+    with pytest.raises(DeviceLeasedError, match=f"someone .lease 0a0a0a0a0a0a, pid {os.getpid()}"):
+        take("0", inventory, tmp_path)
+    # Its process has ended: reclaimed like any lease of the new schema.
+    dead = subprocess.run(["true"], check=True)
+    assert dead.returncode == 0
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    held.write_text(
+        _v1_record("0b0b0b0b0b0b", inventory.gpus[0].uuid, pid=gone.pid, container=None)
+    )
+    lease = take("0", inventory, tmp_path)
+    assert any(f"its process {gone.pid} has ended" in n for n in lease.notes)
+    lease.release()
+    # A container holder on an engine that cannot be asked is kept, never guessed gone.
+    held.write_text(_v1_record("0c0c0c0c0c0c", inventory.gpus[0].uuid, pid=1, container="c" * 64))
+    with pytest.raises(DeviceLeasedError, match="container cccccccccccc"):
+        take("0", inventory, tmp_path)
+    record = LeaseRecord.from_json(held.read_text())
+    assert record.holder == Holder("docker", "c" * 64, "unix:///nonexistent/docker.sock")
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        {"backend": "local", "id": "", "where": None, "started": None},
+        {"backend": "local", "id": "1", "where": 3, "started": None},
+        {"backend": "no such", "id": "1", "where": None, "started": None},
+        {"backend": "local", "id": "1", "where": None, "started": True},
+        {"backend": "local", "id": "1", "where": None},
+        "pid 1",
+    ],
+)
+def test_malformed_holders_are_set_aside(tmp_path: Path, holder: object) -> None:
+    inventory = four_gpus()
+    lease = take("0", inventory, tmp_path)
+    data = json.loads(lease.record.to_json())
+    data["holder"] = holder
+    (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text(json.dumps(data))
+    again = take("0", inventory, tmp_path)
+    assert any("set aside" in n for n in again.notes)
 
 
 # -- selection and health -------------------------------------------------------------------
@@ -452,14 +528,11 @@ def test_a_reclaim_never_removes_a_newer_lease_of_the_same_device(tmp_path: Path
     fresh = take("3", inventory, tmp_path / "other").record  # same device, another lease
     with directory.locked():
         directory.write(replace(fresh, lease_id="newer"))
-        gpuroute.leases._reclaim(
-            directory,
-            {inventory.gpus[3].uuid: replace(stale, pid=2**22 + 7)},
-            time.time(),
-            "",
-            None,
-            [],
+        gone = Holder.process(2**22 + 7, None)
+        notes = gpuroute.leases.reclaim_stale(
+            directory, {inventory.gpus[3].uuid: replace(stale, holder=gone)}, now=time.time()
         )
+        assert len(notes) == 1
         records, _ = directory.read()
     assert records[inventory.gpus[3].uuid].lease_id == "newer"
 

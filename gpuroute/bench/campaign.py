@@ -338,7 +338,7 @@ def _remove_orphans(directory: Path) -> None:
     """Remove the containers a killed run of this campaign left behind (the directory lock
     says no other run of it is alive): their results can never be collected, and they would
     hold their GPUs and leases."""
-    from gpuroute.adapters.engine import connect
+    from gpuroute.backends.docker import connect
 
     try:
         client = connect()

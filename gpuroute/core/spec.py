@@ -27,8 +27,6 @@ from gpuroute.errors import SpecError
 
 __all__ = ["Kind", "ParsedSpec", "SpecInput", "Token", "normalize_pci_bus_id", "parse_spec"]
 
-SpecInput = str | int | Sequence[int | str] | None
-"""What ``plan()`` accepts as a spec."""
 
 FORMS_HELP = (
     "use an NVML index (3), a GPU UUID or a unique prefix of one (GPU-8932f937), "
@@ -88,6 +86,10 @@ _DIGITS = re.compile(r"[0-9]+")
 _ANY = re.compile(r"ANY:([0-9]+)")
 
 
+SpecInput = str | int | Sequence[int | str] | ParsedSpec | None
+"""What ``plan()`` accepts as a spec (a ``ParsedSpec`` is taken as it is: parsed once)."""
+
+
 def normalize_pci_bus_id(text: str) -> str | None:
     """Return NVML's spelling of a PCI bus id (``00000000:18:00.0``), or None if ``text``
     is not one. Accepts an 8- or 4-digit domain, or none (domain 0)."""
@@ -142,6 +144,8 @@ def parse_spec(spec: SpecInput) -> ParsedSpec:
     Raises SpecError for a malformed spec: an empty entry between commas, a token of no known
     form, ``all``/``none`` mixed with other entries, or a value of the wrong type.
     """
+    if isinstance(spec, ParsedSpec):
+        return spec
     if spec is None:
         return ParsedSpec("none", (Token("none", Kind.NONE),))
     if isinstance(spec, bool):

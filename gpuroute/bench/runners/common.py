@@ -18,7 +18,6 @@ every runner:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import platform
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from gpuroute.backends.local import process_tree
 from gpuroute.bench.energy import EnergyMonitor, EnergyReading
 from gpuroute.bench.parsers import Parsed, load_native_report
 from gpuroute.bench.result import (
@@ -58,10 +58,11 @@ from gpuroute.errors import (
 )
 
 if TYPE_CHECKING:
+    from gpuroute.backends import Launch
     from gpuroute.core.context import CallerContext
     from gpuroute.core.inventory import Inventory
     from gpuroute.core.plan import RoutingPlan
-    from gpuroute.launch import Launch
+    from gpuroute.host import Host
     from gpuroute.leases import Lease
 
 __all__ = [
@@ -180,6 +181,7 @@ class Job:
 
 @dataclass
 class _RunState:
+    host: Host
     handle: Launch | None = None
     stopped: bool = False
     """The work is known to have ended and been cleaned up (its lease may go)."""
@@ -221,29 +223,6 @@ def check_parallelism(plan: RoutingPlan, tool: str, tp: int | None, pp: int = 1)
             "on whole GPUs"
         )
     return tp
-
-
-def process_tree(root: int) -> set[int]:
-    """``root`` and all its descendants, read from /proc."""
-    children: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = {root}, [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def now() -> str:
@@ -305,8 +284,8 @@ def execute(job: Job, options: RunOptions) -> Result:
     """Run ``job`` as ``options`` say and return its result (never raises for a failure of
     the benchmark itself: that is a result with ``status: failed``). Errors in the request
     (a bad spec, an impossible parallel size, a device leased by someone else) raise."""
-    from gpuroute.api import plan as make_plan
     from gpuroute.core.context import CallerContext
+    from gpuroute.host import LeaseTerms, PlanOptions, host_for
 
     if options.execution == "container" and not (options.image or job.default_image):
         raise BenchConfigError(
@@ -325,26 +304,21 @@ def execute(job: Job, options: RunOptions) -> Result:
     target: Literal["container", "local"] = (
         "container" if options.execution == "container" else "local"
     )
-    lease: Lease | None = None
-    if options.lease:
-        from gpuroute.leases import acquire
-
-        lease = acquire(
-            options.gpus,
-            inventory=inventory,
-            nvml=options.nvml,
-            lease_dir=options.lease_dir,
-            wait_s=options.lease_wait_s,
-            context=context,
-            target=target,
-            local_ids=job.local_ids,
-        )
-        plan = lease.plan
-    else:
-        plan = make_plan(
-            options.gpus, inventory, context=context, target=target, local_ids=job.local_ids
-        )
-    state = _RunState()
+    host = host_for(
+        inventory,
+        nvml=options.nvml,
+        lease_dir=options.lease_dir,
+        docker_host=options.docker_host,
+    )
+    routed = host.route(
+        options.gpus,
+        options=PlanOptions(target=target, local_ids=job.local_ids),
+        lease=options.lease,
+        terms=LeaseTerms(wait_s=options.lease_wait_s),
+        context=context,
+    )
+    plan, lease = routed.plan, routed.lease
+    state = _RunState(host)
     try:
         if job.parallel_tool is not None:
             job.tensor_parallel_size = check_parallelism(
@@ -355,9 +329,9 @@ def execute(job: Job, options: RunOptions) -> Result:
         return _run(job, options, plan, lease, inventory, state)
     finally:
         # A lease goes only once its work has surely ended: if stopping it failed, the lease
-        # stays with the work (launch attached it) and ends when the work does.
-        if lease is not None and (state.handle is None or state.stopped):
-            lease.release()
+        # stays with the work (launch bound it to the work) and ends when the work does.
+        if state.handle is None or state.stopped:
+            routed.release()
 
 
 def _run(
@@ -378,7 +352,7 @@ def _run(
     def own_pids() -> Iterable[int]:
         # A running union: workers that have exited (or were re-parented) stay the run's own.
         if state.handle is not None:
-            owned.update(_handle_pids(state.handle))
+            owned.update(state.handle.pids())
         return set(owned)
 
     monitor = EnergyMonitor(
@@ -442,20 +416,6 @@ def _last_lines(logs: str, n: int = 15) -> str:
     return "; its last lines:\n" + "\n".join(lines[-n:])
 
 
-def _handle_pids(handle: Launch) -> set[int]:
-    process = getattr(handle, "process", None)
-    if process is not None:
-        return process_tree(process.pid)
-    container = getattr(handle, "container", None)
-    if container is not None:
-        with contextlib.suppress(Exception):
-            container.reload()
-            pid = int(container.attrs["State"]["Pid"])
-            if pid > 0:
-                return process_tree(pid)
-    return set()
-
-
 def _launch(
     job: Job,
     options: RunOptions,
@@ -465,8 +425,6 @@ def _launch(
     state: _RunState,
 ) -> tuple[str, int]:
     """Run the job; return its logs and exit status."""
-    from gpuroute.launch import launch
-
     env = {**job.env, **options.env}
     if options.simulated_host is not None:
         env[SIMULATED_ENV] = options.simulated_host
@@ -479,16 +437,14 @@ def _launch(
             restore()
         state.stopped = True
         return "", 0
+    from gpuroute.backends import Work
+    from gpuroute.backends.docker import DockerWork
+    from gpuroute.backends.local import LocalWork
+
     container = options.execution == "container"
     where = MOUNT if container else str(workdir)
-    common: dict[str, Any] = {
-        "gpus": plan.spec,
-        "inventory": plan.inventory,
-        "context": plan.context,
-        "env": env,
-        "lease": lease if lease is not None else False,
-        "local_ids": job.local_ids,
-    }
+    state.argv = job.command(where)
+    work: Work
     if container:
         docker_kwargs = {
             **job.container_kwargs,
@@ -500,15 +456,16 @@ def _launch(
         }
         if job.entrypoint is not None:
             docker_kwargs["entrypoint"] = job.entrypoint
-        common.update(
-            docker_host=options.docker_host,
-            docker_kwargs=docker_kwargs,
+        work = DockerWork(
+            command=tuple(state.argv),
+            env=env,
             verify=options.verify,
+            image=options.image or job.default_image or "",
+            docker_kwargs=docker_kwargs,
         )
-    if container:
-        common["image"] = options.image or job.default_image
-    state.argv = job.command(where)
-    handle = launch(state.argv, **common)
+    else:
+        work = LocalWork(command=tuple(state.argv), env=env)
+    handle = state.host.launch(work, gpus=plan, lease=lease if lease is not None else False)
     state.handle = handle
     try:
         if job.client_command is None:
@@ -593,12 +550,13 @@ def _client(
 
     assert job.client_command is not None
     argv = job.client_command(where)
-    container = getattr(handle, "container", None)
-    if container is not None:
+    from gpuroute.backends.docker import ContainerLaunch
+
+    if isinstance(handle, ContainerLaunch):
         if timeout_s is not None:  # an exec has no time limit of its own
             argv = ["timeout", str(max(int(timeout_s), 1)), *argv]
-        result = container.exec_run(argv, environment=dict(env), demux=False)
-        return result.output.decode(errors="replace"), int(result.exit_code)
+        code, output = handle.exec(argv, env)
+        return output, code
     completed = subprocess.run(
         argv,
         env={**os.environ, **env},

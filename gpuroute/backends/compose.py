@@ -1,4 +1,5 @@
-"""Docker Compose: a generated compose file and argv for ``docker compose run --rm``.
+"""The compose backend: ``compose run --rm`` of one service on a generated configuration,
+its handle, its verification, and whether a compose service's container still exists.
 
 Why a whole generated file and not a small override: Compose merges list settings across
 files by appending, so an override cannot take away a ``count: all`` reservation that the
@@ -12,21 +13,44 @@ the project name and directory of the user's files. Settings it cannot override 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from gpuroute.adapters.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
+from gpuroute.backends.base import Backend, Bind, Connection, Launch, Work, unbound
+from gpuroute.backends.docker import (
+    UNKNOWN_ENGINE,
+    Engine,
+    RetryPolicy,
+    check_seen,
+    container_state,
+    nvidia_smi_inside,
+)
+from gpuroute.backends.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
+from gpuroute.backends.local import ProcessLaunch, process_holder
 from gpuroute.core.plan import RoutingPlan
-from gpuroute.errors import ComposeConflictError, LaunchError
+from gpuroute.errors import ComposeConflictError, EngineError, LaunchError
+from gpuroute.records import Holder
 
-__all__ = ["COMPOSE_V1", "COMPOSE_V2", "ComposeRun", "find_compose", "prepare"]
+__all__ = [
+    "COMPOSE_V1",
+    "COMPOSE_V2",
+    "ComposeBackend",
+    "ComposeLaunch",
+    "ComposeRun",
+    "ComposeWork",
+    "find_compose",
+    "prepare",
+    "resolve_files",
+]
 
 COMPOSE_V2 = ("docker", "compose")
 COMPOSE_V1 = ("docker-compose",)
@@ -305,3 +329,173 @@ def _check_generated(
             f"Compose did not take the planned GPUs for service {service!r}: it reads "
             f"{requests or 'no GPU request'}; expected {wanted or 'none'}"
         )
+
+
+# -- the handle ---------------------------------------------------------------------------
+
+
+class ComposeLaunch(ProcessLaunch):
+    """``compose run --rm`` of one service, on a generated configuration."""
+
+    kind = "compose"
+
+    def __init__(
+        self, plan: RoutingPlan, run: ComposeRun, engine: Engine, *, cwd: Path, stream: bool
+    ) -> None:
+        self.run = run
+        self.engine = engine
+        self.cwd = cwd
+        try:
+            super().__init__(plan, run.argv, run.env, cwd=cwd, stream=stream, notes=run.notes)
+        except LaunchError:
+            run.cleanup()
+            raise
+
+    @property
+    def id(self) -> str:
+        return self.run.container_name
+
+    def holder(self) -> Holder:
+        return Holder("compose", self.run.container_name, self.engine.holder_where())
+
+    def _container(self, action: Callable[[Any], None]) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            action(self.engine.client.containers.get(self.run.container_name))
+
+    def wait_for_container(self, timeout: float, *, running: bool = False) -> Any:
+        """The service's container once it exists (and runs, with ``running``), while the
+        compose process lives; None if it does not appear within ``timeout`` seconds."""
+        import docker.errors
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container = self.engine.client.containers.get(self.run.container_name)
+                if not running or container.status == "running":
+                    return container
+            time.sleep(0.05)
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            try:
+                # Stop the container; compose run then ends and removes it (--rm).
+                self._container(lambda c: c.stop(timeout=int(timeout)))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout + 10)
+            finally:
+                self.kill_group(timeout)
+
+    def remove(self) -> None:
+        self._container(lambda c: c.remove(force=True))
+
+    def cleanup(self) -> None:
+        self.run.cleanup()
+        super().cleanup()
+
+    def verify(self) -> None:
+        """``nvidia-smi -L`` inside the service's container must list exactly the plan; if
+        the run ends before it can be entered, a twin run of the same configuration is
+        checked instead."""
+        deadline = time.monotonic() + 60
+        while container := self.wait_for_container(deadline - time.monotonic(), running=True):
+            text = nvidia_smi_inside(self.engine, container)
+            if text is not None:
+                check_seen(self.plan, text, f"compose container {self.run.container_name}")
+                return
+            time.sleep(0.05)  # it ended meanwhile, or could not be entered yet: try again
+        twin = self.run.twin_argv("nvidia-smi", "-L")
+        result = subprocess.run(
+            twin, env=self.run.env, cwd=self.cwd, capture_output=True, text=True, check=False
+        )
+        check_seen(self.plan, result.stdout, f"a twin run of compose service {self.run.service!r}")
+
+
+# -- the backend --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComposeWork(Work):
+    """``compose run --rm`` of ``service`` with ``command`` (empty: the service's own).
+
+    ``files`` default to ``compose.yaml`` (and friends) in ``cwd``; ``compose`` picks the
+    binary (default: ``docker compose`` if present, else ``docker-compose``); ``stream``
+    lets the work print to this process's output instead of capturing it for ``logs()``.
+    """
+
+    backend: ClassVar[str] = "compose"
+    service: str = ""
+    files: tuple[str | os.PathLike[str], ...] | None = None
+    compose: tuple[str, ...] | None = None
+    cwd: str | os.PathLike[str] | None = None
+    stream: bool = False
+
+
+class ComposeBackend(Backend):
+    name = "compose"
+    target = "container"
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.connection.docker_host, retry=self.connection.retry)
+        return self._engine
+
+    def start(self, plan: RoutingPlan, work: Any, bind: Bind) -> Launch:
+        assert isinstance(work, ComposeWork)
+        cwd = Path(work.cwd) if work.cwd is not None else Path.cwd()
+        environ = dict(self.connection.env())
+        if self.connection.docker_host:
+            environ["DOCKER_HOST"] = self.connection.docker_host
+        run = prepare(
+            plan,
+            work.service,
+            list(work.command),
+            files=work.files,
+            compose=work.compose,
+            env=work.env,
+            environ=environ,
+            cwd=cwd,
+            container_name=work.name,
+        )
+        handle = ComposeLaunch(plan, run, self.engine, cwd=cwd, stream=work.stream)
+        if bind is unbound:
+            return handle
+        try:
+            # The compose process holds the lease until the service's container exists
+            # (it outlives a killed compose client); then the container does.
+            bind(process_holder(handle.process.pid))
+            if handle.wait_for_container(30) is not None:
+                bind(handle.holder())
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
+    def verify(self, handle: Launch) -> None:
+        assert isinstance(handle, ComposeLaunch)
+        handle.verify()
+
+    def alive(self, holder: Holder) -> bool | None:
+        """Whether the service's container (by name) still exists; None if unknown."""
+        if holder.where == UNKNOWN_ENGINE:
+            return None
+        if self._engine is not None and holder.where == self._engine.where:
+            return container_state(self._engine, holder.id)
+        engine = Engine(holder.where, retry=RetryPolicy(attempts=1), timeout=10)
+        try:
+            return container_state(engine, holder.id)
+        finally:
+            with contextlib.suppress(EngineError):
+                engine.close()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None

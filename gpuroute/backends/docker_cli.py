@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gpuroute.adapters.docker_py import cdi_device_names
+from gpuroute.backends.docker import cdi_device_names
 from gpuroute.core.plan import RoutingPlan
 
 __all__ = ["docker_run_argv", "gpus_flag"]

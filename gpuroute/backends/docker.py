@@ -1,0 +1,718 @@
+"""The docker backend: a container through docker-py, and everything it takes.
+
+One module owns it all: the engine connection (a client that honours ``DOCKER_HOST``,
+bounded jittered retries of transient failures, engine errors turned into gpuroute errors
+that say what to do, at one boundary: ``call``), the ``containers.create`` keyword arguments
+of a plan, the container handle, verification with ``nvidia-smi -L`` inside, and whether a
+container that holds a lease still exists. docker-py is imported only inside functions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
+
+from gpuroute.backends.base import Backend, Bind, Connection, Launch, Work
+from gpuroute.backends.env import is_gpu_device_node, merge_env
+from gpuroute.core.plan import DRIVER_CAPABILITIES, RoutingPlan
+from gpuroute.errors import (
+    EngineError,
+    EnginePermissionError,
+    EngineUnavailableError,
+    ImageNotFoundError,
+    LaunchError,
+    LaunchTimeout,
+    ToolkitDeviceError,
+    ToolkitMissingError,
+    VerificationError,
+)
+from gpuroute.records import Holder
+
+__all__ = [
+    "TOOLKIT_FIX",
+    "UNKNOWN_ENGINE",
+    "ContainerLaunch",
+    "DockerBackend",
+    "DockerWork",
+    "Engine",
+    "RetryPolicy",
+    "call",
+    "cdi_device_names",
+    "check_seen",
+    "connect",
+    "container_kwargs",
+    "device_requests",
+    "engine_address",
+    "seen_by_nvidia_smi",
+    "translate",
+]
+
+T = TypeVar("T")
+
+TOOLKIT_FIX = (
+    "Install the NVIDIA Container Toolkit on the engine's host, register it with "
+    "`sudo nvidia-ctk runtime configure --runtime=docker`, and restart the engine "
+    "(`sudo systemctl restart docker`): dockerd looks for nvidia-container-runtime-hook "
+    "only when it starts."
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient engine failures are retried: connection refused or reset (the engine
+    restarting), timeouts, and 502/503/504 answers. Waits grow exponentially from
+    ``initial_wait`` to ``max_wait`` seconds, each with up to ``jitter`` of itself added at
+    random; after ``attempts`` tries the last error is raised as a gpuroute error.
+    ``sleep`` is injectable for tests."""
+
+    attempts: int = 5
+    initial_wait: float = 0.2
+    max_wait: float = 3.0
+    jitter: float = 0.5
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("RetryPolicy.attempts must be at least 1")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _text(exc: BaseException) -> str:
+    return " | ".join(str(e) for e in _chain(exc))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: the engine is restarting, overloaded or slow."""
+    import docker.errors
+    import requests.exceptions
+
+    if is_permission_denied(exc):
+        return False
+    if isinstance(exc, docker.errors.APIError):
+        return exc.status_code in (502, 503, 504)
+    for link in _chain(exc):
+        if isinstance(
+            link,
+            requests.exceptions.ConnectionError
+            | requests.exceptions.Timeout
+            | ConnectionError
+            | FileNotFoundError
+            | TimeoutError,
+        ):
+            return True
+    return isinstance(exc, docker.errors.DockerException) and bool(
+        re.search(r"Connection (refused|aborted|reset)|No such file|timed out", _text(exc))
+    )
+
+
+def is_permission_denied(exc: BaseException) -> bool:
+    return any(isinstance(e, PermissionError) for e in _chain(exc)) or (
+        "Permission denied" in _text(exc) and "docker.sock" in _text(exc)
+    )
+
+
+def translate(exc: BaseException, *, where: str, image: str | None = None) -> EngineError:
+    """The gpuroute error for an engine failure, with the fix in its message."""
+    import docker.errors
+
+    text = _text(exc)
+    if is_permission_denied(exc):
+        return EnginePermissionError(
+            f"permission denied on the Docker engine socket ({where}): add your user to the "
+            "`docker` group and log in again, or point DOCKER_HOST at an engine you may use "
+            "(for example rootless Docker)."
+        )
+    if "could not select device driver" in text:
+        return ToolkitMissingError(
+            f'the Docker engine at {where} could not select device driver "nvidia": it has no '
+            f"NVIDIA Container Toolkit, or was not restarted after installing it. {TOOLKIT_FIX}"
+        )
+    if m := re.search(r"nvidia-container-cli: (device error: [^\n\"]*)", text):
+        return ToolkitDeviceError(
+            f"the NVIDIA toolkit on the engine's host refused the request ({m[1]}): the engine "
+            f"at {where} runs on another host than the inventory describes (check DOCKER_HOST "
+            "and GPUROUTE_INVENTORY), or the device is gone (`gpuroute ls` on that host)."
+        )
+    if m := re.search(r"unsupported capabilities found in '([^']*)'", text):
+        return ToolkitDeviceError(
+            f"the NVIDIA toolkit refused the driver capabilities {m[1]!r}; use some of "
+            f"{', '.join(sorted(DRIVER_CAPABILITIES - {'all'}))}"
+        )
+    if isinstance(exc, docker.errors.ImageNotFound) or (
+        image is not None and re.search(r"No such image|pull access denied|manifest unknown", text)
+    ):
+        return ImageNotFoundError(
+            f"image {image!r} is not on the engine at {where} and could not be pulled: check "
+            f"its name and tag, `docker pull {image}`, or build it there."
+        )
+    if is_transient(exc):
+        return EngineUnavailableError(
+            f"cannot reach the Docker engine at {where}: {_short(exc)}. Is dockerd running? "
+            "DOCKER_HOST selects another engine."
+        )
+    return EngineError(f"the Docker engine at {where} failed: {_short(exc)}")
+
+
+def _short(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).strip()
+
+
+def call(fn: Callable[[], T], *, retry: RetryPolicy, where: str, image: str | None = None) -> T:
+    """Run ``fn``, retrying transient engine failures under ``retry``; raise any failure as
+    a gpuroute EngineError."""
+    import tenacity
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        base = min(retry.max_wait, retry.initial_wait * 2 ** (state.attempt_number - 1))
+        return float(base * (1 + retry.jitter * random.random()))  # noqa: S311 - jitter
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(retry.attempts),
+        wait=wait,
+        retry=tenacity.retry_if_exception(is_transient),
+        sleep=retry.sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except EngineError:
+        raise
+    except Exception as exc:
+        import docker.errors
+        import requests.exceptions
+
+        engine_failures = (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            OSError,
+        )
+        if isinstance(exc, engine_failures):
+            raise translate(exc, where=where, image=image) from exc
+        raise
+
+
+def engine_address(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def connect(
+    docker_host: str | None = None, *, retry: RetryPolicy | None = None, timeout: int = 120
+) -> Any:
+    """A docker-py client for ``docker_host``, else DOCKER_HOST (with DOCKER_TLS_VERIFY and
+    DOCKER_CERT_PATH), else the default socket. Retries while the engine comes up."""
+    import docker
+
+    where = docker_host or engine_address()
+
+    def make() -> Any:
+        if where.startswith("unix://") and not os.path.exists(where[len("unix://") :]):
+            # No socket (yet): the engine is down or restarting. Checked here because
+            # docker-py leaks the socket of a failed unix connection.
+            raise FileNotFoundError(f"no engine socket at {where[len('unix://') :]}")
+        # Creating the client asks the engine for its API version: that is the reachability
+        # check, no separate ping needed.
+        if docker_host:
+            return docker.DockerClient(base_url=docker_host, timeout=timeout)
+        return docker.from_env(timeout=timeout)
+
+    return call(make, retry=retry or RetryPolicy(), where=where)
+
+
+UNKNOWN_ENGINE = "unknown"
+"""Recorded as a lease holder's engine when the launcher could not tell which engine it used."""
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import requests.exceptions
+
+    return any(
+        isinstance(e, requests.exceptions.ReadTimeout)
+        or (isinstance(e, requests.exceptions.ConnectionError) and "timed out" in str(e).lower())
+        for e in _chain(exc)
+    )
+
+
+def is_not_running(exc: EngineError) -> bool:
+    """Whether an engine error says the container is gone or not running (an exec into a
+    container that ended)."""
+    import docker.errors
+
+    cause = exc.__cause__
+    return isinstance(cause, docker.errors.APIError) and (
+        cause.status_code in (404, 409) or "is not running" in str(cause.explanation)
+    )
+
+
+class Engine:
+    """One Docker engine: its address, a client opened on first use and kept, and the retry
+    policy. Every engine call of the backend goes through ``call``."""
+
+    def __init__(
+        self,
+        docker_host: str | None = None,
+        *,
+        client: Any = None,
+        retry: RetryPolicy | None = None,
+        timeout: int = 120,
+    ) -> None:
+        self.docker_host = docker_host
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._client = client
+        self._own_client = client is None
+        # With a caller's client and no docker_host, which engine it talks to is unknown.
+        self.where = docker_host or engine_address()
+        self.known = self._own_client or docker_host is not None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = connect(self.docker_host, retry=self.retry, timeout=self.timeout)
+        return self._client
+
+    def call(self, fn: Callable[[], T], *, image: str | None = None) -> T:
+        """An engine call, retried and its errors made gpuroute's."""
+        return call(fn, retry=self.retry, where=self.where, image=image)
+
+    def once(self, fn: Callable[[], T]) -> T:
+        """An engine call that is not retried (waits, streams), its errors made gpuroute's."""
+        return call(fn, retry=RetryPolicy(attempts=1), where=self.where)
+
+    def holder_where(self) -> str:
+        return self.where if self.known else UNKNOWN_ENGINE
+
+    def close(self) -> None:
+        if self._own_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+# -- rendering a plan for docker-py -------------------------------------------------------
+
+
+def cdi_device_names(plan: RoutingPlan) -> list[str]:
+    """Fully qualified CDI names (``nvidia.com/gpu=<UUID>``) of the planned devices."""
+    return [f"nvidia.com/gpu={uuid}" for uuid in plan.uuids]
+
+
+def device_requests(plan: RoutingPlan, *, cdi: bool = False) -> list[Any]:
+    """The engine's device requests for a plan: none for no GPU.
+
+    ``nvidia`` driver (default): the planned UUIDs, with capability ``gpu`` plus the plan's
+    driver capabilities, which the engine passes on as ``NVIDIA_DRIVER_CAPABILITIES``.
+    ``cdi=True``: CDI device names, for engines with CDI enabled (Docker 25+).
+    """
+    if not plan.devices:
+        return []
+    from docker.types import DeviceRequest
+
+    if cdi:
+        return [DeviceRequest(driver="cdi", device_ids=cdi_device_names(plan))]
+    return [
+        DeviceRequest(
+            driver="nvidia",
+            device_ids=list(plan.uuids),
+            capabilities=[["gpu", *plan.driver_capabilities]],
+        )
+    ]
+
+
+def container_kwargs(plan: RoutingPlan, *, cdi: bool = False) -> dict[str, Any]:
+    """``device_requests`` and ``environment`` for ``containers.create(image, cmd, **kw)``.
+
+    The environment holds the container view (``CUDA_VISIBLE_DEVICES`` as ranks with
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``) and the host view too, so that an image that bakes
+    ``NVIDIA_VISIBLE_DEVICES=all`` run under a default ``nvidia`` runtime still gets exactly
+    the planned devices (``void`` for none).
+    """
+    return {
+        "device_requests": device_requests(plan, cdi=cdi),
+        "environment": dict(plan.container_run_env),
+    }
+
+
+_FORBIDDEN_DOCKER_KWARGS = ("device_requests", "environment", "command", "image", "detach")
+
+
+def check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
+    """Refuse the ``containers.create`` settings that would undo the routing."""
+    for key in _FORBIDDEN_DOCKER_KWARGS:
+        if key in docker_kwargs:
+            raise LaunchError(
+                f"docker_kwargs may not set {key!r}: gpuroute sets it (use the "
+                "launch arguments command=, env=, gpus=)"
+            )
+    if docker_kwargs.get("privileged"):
+        raise LaunchError(
+            "docker_kwargs sets privileged=True: a privileged container sees "
+            "every GPU whatever is requested, so gpuroute cannot pin it"
+        )
+    for device in docker_kwargs.get("devices") or []:
+        if is_gpu_device_node(device):
+            raise LaunchError(
+                f"docker_kwargs maps the GPU device {device!r} directly; let gpuroute request GPUs"
+            )
+
+
+# -- verification -------------------------------------------------------------------------
+
+_UUID = re.compile(r"\(UUID: ((?:GPU|MIG)-[^)]+)\)")
+
+
+def seen_by_nvidia_smi(output: str) -> list[str]:
+    """The devices ``nvidia-smi -L`` lists, in its order: a GPU's MIG devices in place of the
+    GPU when it has some, else the GPU itself."""
+    seen: list[str] = []
+    parent: str | None = None
+    parent_has_mig = False
+    for line in output.splitlines():
+        m = _UUID.search(line)
+        if m is None:
+            continue
+        if line.lstrip().startswith("GPU "):
+            if parent is not None and not parent_has_mig:
+                seen.append(parent)
+            parent, parent_has_mig = m[1], False
+        else:
+            seen.append(m[1])
+            parent_has_mig = True
+    if parent is not None and not parent_has_mig:
+        seen.append(parent)
+    return seen
+
+
+def lists_devices(output: str) -> bool:
+    """Whether ``output`` looks like ``nvidia-smi -L`` output (names at least one device)."""
+    return _UUID.search(output) is not None
+
+
+def check_seen(plan: RoutingPlan, output: str, where: str) -> None:
+    """Raise VerificationError unless ``nvidia-smi -L`` output lists exactly the plan."""
+    expected = [d.uuid for d in plan.container_visible]
+    seen = seen_by_nvidia_smi(output)
+    if seen != expected:
+        shown = output.strip() or "(no output)"
+        raise VerificationError(
+            f"{where} does not see the planned GPUs. Expected, in nvidia-smi order: "
+            f"{expected or 'none'}; `nvidia-smi -L` inside it printed:\n{shown}\n"
+            "It was stopped and removed. Check the engine's default runtime, the image's "
+            "NVIDIA_VISIBLE_DEVICES, and `privileged`."
+        )
+
+
+TWIN_TIMEOUT_S = 120
+
+
+def nvidia_smi_inside(engine: Engine, container: Any) -> str | None:
+    """``nvidia-smi -L`` run inside a container: its output, or None when the container
+    could not be entered (it is not running any more, or the exec itself failed). An exec
+    error is never read as nvidia-smi's output."""
+    try:
+        code, output = engine.call(lambda: container.exec_run(["nvidia-smi", "-L"]))
+    except EngineError as exc:
+        if is_not_running(exc):
+            return None
+        raise
+    text = bytes(output).decode(errors="replace")
+    return text if code == 0 or lists_devices(text) else None
+
+
+# -- the handle ---------------------------------------------------------------------------
+
+
+class ContainerLaunch(Launch):
+    """A container started through docker-py."""
+
+    kind = "container"
+
+    def __init__(
+        self,
+        plan: RoutingPlan,
+        engine: Engine,
+        container: Any,
+        create_kwargs: Mapping[str, Any],
+        *,
+        own_engine: bool = False,
+    ) -> None:
+        super().__init__(plan)
+        self.engine = engine
+        self.container = container
+        self.create_kwargs = dict(create_kwargs)
+        self._own_engine = own_engine
+        self._exit_code: int | None = None
+
+    @property
+    def client(self) -> Any:
+        return self.engine.client
+
+    @property
+    def id(self) -> str:
+        return str(self.container.id)
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            result = self.engine.once(lambda: self.container.wait(timeout=timeout))
+        except EngineError as exc:
+            if timeout is not None and exc.__cause__ is not None and _is_timeout(exc.__cause__):
+                raise LaunchTimeout(
+                    f"container {self.container.short_id} still runs after {timeout}s"
+                ) from exc
+            raise
+        self._exit_code = int(result["StatusCode"])
+        return self._exit_code
+
+    def logs(self) -> str:
+        data = self.engine.call(lambda: self.container.logs(stdout=True, stderr=True))
+        return bytes(data).decode(errors="replace")
+
+    def follow(self) -> Iterator[bytes]:
+        stream = self.engine.once(lambda: self.container.logs(stream=True, follow=True))
+        while True:
+            chunk = self.engine.once(lambda: next(stream, None))
+            if chunk is None:
+                return
+            yield bytes(chunk)
+
+    def exec(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, str]:
+        """Run ``argv`` inside the running container; its exit status and output."""
+        result = self.engine.once(
+            lambda: self.container.exec_run(list(argv), environment=dict(env or {}), demux=False)
+        )
+        return int(result.exit_code), bytes(result.output).decode(errors="replace")
+
+    def pids(self) -> set[int]:
+        from gpuroute.backends.local import process_tree
+
+        with contextlib.suppress(Exception):
+            self.container.reload()
+            pid = int(self.container.attrs["State"]["Pid"])
+            if pid > 0:
+                return process_tree(pid)
+        return set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        import docker.errors
+
+        if self._exit_code is not None:
+            return  # it has ended
+        try:
+            self.engine.call(lambda: self.container.stop(timeout=int(timeout)))
+        except EngineError as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound):
+                raise
+
+    def remove(self) -> None:
+        import docker.errors
+
+        try:
+            self.engine.call(lambda: self.container.remove(force=True))
+        except EngineError as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound):
+                raise
+
+    def cleanup(self) -> None:
+        if self._own_engine:
+            self.engine.close()
+
+    def verify(self) -> None:
+        """``nvidia-smi -L`` inside the container (or, if it has already ended, inside a twin
+        created exactly like it) must list exactly the planned devices."""
+        where = f"container {self.container.short_id}"
+        text = nvidia_smi_inside(self.engine, self.container)
+        if text is None:
+            try:
+                self.engine.call(self.container.reload)
+                running = self.container.status == "running"
+            except EngineError:
+                running = False  # gone already (auto-removed)
+            if running:
+                text = ""
+            else:  # it ended before it could be entered
+                text = self._twin_output()
+                where = f"a twin of container {self.container.short_id} (which had already exited)"
+        check_seen(self.plan, text, where)
+
+    def _twin_output(self) -> str:
+        """``nvidia-smi -L`` in a container created exactly like this one."""
+        kwargs = {k: v for k, v in self.create_kwargs.items() if k not in ("name", "command")}
+        engine = self.engine
+        twin = engine.call(
+            lambda: engine.client.containers.create(
+                command=["-L"], entrypoint=["nvidia-smi"], **kwargs
+            )
+        )
+        try:
+            engine.call(twin.start)
+            try:
+                engine.once(lambda: twin.wait(timeout=TWIN_TIMEOUT_S))
+            except EngineError as exc:
+                raise VerificationError(
+                    f"the verification twin of container {self.container.short_id} did not "
+                    f"end within {TWIN_TIMEOUT_S}s"
+                ) from exc
+            return bytes(engine.call(lambda: twin.logs(stdout=True, stderr=True))).decode(
+                errors="replace"
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                twin.remove(force=True)
+
+
+# -- the backend --------------------------------------------------------------------------
+
+Pull = Literal["missing", "never"]
+
+
+@dataclass(frozen=True)
+class DockerWork(Work):
+    """A container of ``image`` through docker-py. ``command`` may be empty (the image's own).
+
+    ``pull``: ``"missing"`` pulls an image that is not on the engine, ``"never"`` does not;
+    ``cdi``: request devices by CDI name; ``docker_kwargs``: more ``containers.create``
+    keyword arguments (``volumes``, ``network_mode``, ``shm_size``, ...).
+    """
+
+    backend: ClassVar[str] = "docker"
+    image: str = ""
+    pull: Pull = "missing"
+    cdi: bool = False
+    docker_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DockerBackend(Backend):
+    name = "docker"
+    target = "container"
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__(connection)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """This backend's engine, connected on first use and kept."""
+        if self._engine is None:
+            self._engine = Engine(
+                self.connection.docker_host,
+                client=self.connection.docker_client,
+                retry=self.connection.retry,
+            )
+        return self._engine
+
+    def create_kwargs(self, plan: RoutingPlan, work: DockerWork) -> dict[str, Any]:
+        """Everything ``containers.create`` gets for ``work`` on ``plan``."""
+        check_docker_kwargs(work.docker_kwargs)
+        kwargs = container_kwargs(plan, cdi=work.cdi)
+        kwargs["environment"] = merge_env(work.env, kwargs["environment"])
+        labels = {
+            **dict(work.docker_kwargs.get("labels") or {}),
+            "gpuroute.spec": plan.spec,
+            "gpuroute.devices": ",".join(plan.uuids),
+            "gpuroute.launch": os.urandom(8).hex(),
+        }
+        return {
+            **work.docker_kwargs,
+            **kwargs,
+            "image": work.image,
+            "command": list(work.command) or None,
+            "name": work.name or f"gpuroute-{os.urandom(6).hex()}",
+            "labels": labels,
+            "detach": True,
+        }
+
+    def start(self, plan: RoutingPlan, work: Any, bind: Bind) -> Launch:
+        assert isinstance(work, DockerWork)
+        create_kwargs = self.create_kwargs(plan, work)
+        engine = self.engine
+        container = self._create(engine, create_kwargs, work)
+        handle = ContainerLaunch(plan, engine, container, create_kwargs)
+        try:
+            # The lease names the container before it can run: no moment in which the work
+            # runs while the lease names only this (mortal) launcher.
+            bind(Holder("docker", str(container.id), engine.holder_where()))
+            engine.call(container.start, image=work.image)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
+    @staticmethod
+    def _create(engine: Engine, create_kwargs: Mapping[str, Any], work: DockerWork) -> Any:
+        import docker.errors
+
+        name, launch_id = create_kwargs["name"], create_kwargs["labels"]["gpuroute.launch"]
+
+        def create() -> Any:
+            try:
+                return engine.client.containers.create(**create_kwargs)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # the name is taken: by our own earlier try?
+                    with contextlib.suppress(docker.errors.NotFound):
+                        existing = engine.client.containers.get(name)
+                        if existing.labels.get("gpuroute.launch") == launch_id:
+                            return existing  # a retried create that had succeeded
+                raise
+
+        try:
+            return engine.call(create, image=work.image)
+        except ImageNotFoundError:
+            if work.pull == "never":
+                raise
+            engine.call(lambda: engine.client.images.pull(work.image), image=work.image)
+            return engine.call(create, image=work.image)
+
+    def verify(self, handle: Launch) -> None:
+        assert isinstance(handle, ContainerLaunch)
+        handle.verify()
+
+    def alive(self, holder: Holder) -> bool | None:
+        """Whether a holder's container still exists (created, running, restarting or
+        paused); None when its engine is unknown or cannot be asked."""
+        if holder.where == UNKNOWN_ENGINE:
+            return None
+        mine = self._engine is not None and holder.where == self._engine.where
+        try:
+            engine = (
+                self.engine
+                if mine
+                else Engine(holder.where, retry=RetryPolicy(attempts=1), timeout=10)
+            )
+        except Exception:
+            return None
+        try:
+            return container_state(engine, holder.id)
+        finally:
+            if not mine:
+                engine.close()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+def container_state(engine: Engine, container: str) -> bool | None:
+    """Whether a container (id or name) exists and has not ended; None if unknown."""
+    import docker.errors
+
+    try:
+        found = engine.client.containers.get(container)
+        return bool(found.status in ("created", "running", "restarting", "paused"))
+    except docker.errors.NotFound:
+        return False
+    except Exception:
+        return None
