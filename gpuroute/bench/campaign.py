@@ -480,7 +480,7 @@ def _attempts(
         result: Result = state.outcome.result()
         return result
 
-    # A failed result is retried after the backoff; an exception is not (it ends the campaign).
+    # A failed result is retried after the backoff; an exception is raised, never retried.
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(attempts_left),
         wait=tenacity.wait_fixed(campaign.retry.backoff_s),
