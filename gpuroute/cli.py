@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from gpuroute.api import plan as make_plan
 from gpuroute.core.inventory import Device, Inventory
 from gpuroute.core.selection import HostState
+from gpuroute.core.table import format_table
 from gpuroute.errors import GpurouteError
 
 if TYPE_CHECKING:
@@ -222,7 +223,8 @@ def _state_text(state: HostState | None, device: Device) -> str:
 def _ls(inventory: Inventory, state: HostState | None = None) -> str:
     if not inventory.gpus:
         return "No GPUs.\n"
-    rows = [("GPU", "UUID", "PCI BUS ID", "NAME", "MEMORY", "MIG", "STATE")]
+    headers = ("GPU", "UUID", "PCI BUS ID", "NAME", "MEMORY", "MIG", "STATE")
+    rows: list[tuple[str, ...]] = []
     for g in inventory.gpus:
         if g.mig_compute_slices_total is None:
             mig = "n/a"
@@ -251,10 +253,9 @@ def _ls(inventory: Inventory, state: HostState | None = None) -> str:
                     _state_text(state, Device(g, m)),
                 )
             )
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     driver = inventory.driver_version or "unknown"
-    return "\n".join(lines) + f"\n\nDriver {driver}; {len(inventory.gpus)} GPU(s).\n"
+    table = format_table(headers, rows)
+    return table + f"\n\nDriver {driver}; {len(inventory.gpus)} GPU(s).\n"
 
 
 def _mib(value: int) -> str:
@@ -333,7 +334,8 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     if not by_lease:
         print(f"No leases in {directory.path}.")
         return 0
-    rows = [("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")]
+    headers = ("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")
+    rows = []
     now = time.time()
     for r in sorted(by_lease.values(), key=lambda r: r.created):
         labels = [d.label if (d := inventory.by_uuid(u)) else u[:12] for u in r.devices]
@@ -352,9 +354,7 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
                 f"stale: {stale}" if stale else "held",
             )
         )
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print(format_table(headers, rows))
     for note in notes:
         print(f"note: {note}")
     return 0

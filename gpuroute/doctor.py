@@ -10,11 +10,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuroute.core.inventory import Inventory
 from gpuroute.errors import EngineError, GpurouteError, LeaseDirError
 from gpuroute.host import detect_context, reads_live_state
+
+if TYPE_CHECKING:
+    from gpuroute.nvml import NVMLApi
 
 __all__ = ["Check", "diagnose", "render"]
 
@@ -36,7 +39,7 @@ def diagnose(
     docker_host: str | None = None,
     image: str | None = None,
     lease_dir: str | None = None,
-    nvml: Any = None,
+    nvml: NVMLApi | None = None,
 ) -> list[Check]:
     """Run every check. ``inventory`` skips reading NVML; ``image`` enables a real GPU
     container start on the engine (needs ``nvidia-smi`` in the image)."""
@@ -277,7 +280,7 @@ def _mig(inventory: Inventory) -> list[Check]:
     return checks
 
 
-def _health(inventory: Inventory, nvml: Any) -> Check:
+def _health(inventory: Inventory, nvml: NVMLApi | None) -> Check:
     from gpuroute.nvml import read_state
 
     try:

@@ -11,13 +11,14 @@ The tree::
     │   ├── MIGModeError               a whole GPU whose MIG mode is on
     │   ├── MixedDeviceError           whole GPUs mixed with MIG devices
     │   ├── MultipleMIGError           more than one MIG device without an explicit opt-in
-│   └── NoFreeDeviceError          ``any:N`` and not enough devices are free, healthy and fit
+    │   └── NoFreeDeviceError          ``any:N`` and not enough devices are free, healthy and fit
     ├── ContextError                   the caller's context forbids the request (a parent mask)
     ├── LeaseError                     a lease cannot be taken, kept or given back
     │   ├── LeaseDirError              the lease directory is missing, unusable or unsafe
     │   ├── DeviceLeasedError          a named device is held by someone else's lease
     │   ├── UnhealthyDeviceError       a named device is unhealthy (Xid, ECC, lost)
     │   └── LimitExceededError         the acquisition would exceed a per-user or group limit
+    ├── PolicyError                    the limits policy file is unreadable or malformed
     ├── InventoryError                 the GPU inventory cannot be read
     │   ├── SnapshotError (ValueError) a snapshot file is missing, malformed or of another schema
     │   └── NVMLError                  NVML is missing, not loaded, not permitted, or a GPU is lost
@@ -72,6 +73,7 @@ __all__ = [
     "UnhealthyDeviceError",
     "LimitExceededError",
     "NVMLError",
+    "PolicyError",
     "ResolutionError",
     "SnapshotError",
     "SpecError",
@@ -150,6 +152,12 @@ class UnhealthyDeviceError(LeaseError):
 class LimitExceededError(LeaseError):
     """The acquisition would exceed the caller's or a group's limit; the message shows the
     current usage, the limit and what to release."""
+
+
+class PolicyError(GpurouteError):
+    """The limits policy file (``GPUROUTE_POLICY``, ``/etc/gpuroute/policy.yaml`` or
+    ``--policy``) cannot be read, is not YAML, or has an unknown key or a bad limit; the
+    message names the file and the entry."""
 
 
 class ContextError(GpurouteError):

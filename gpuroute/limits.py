@@ -29,10 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from gpuroute.core.inventory import Device, Inventory
-from gpuroute.errors import LimitExceededError, SnapshotError
+from gpuroute.errors import LimitExceededError, PolicyError
 from gpuroute.records import LeaseRecord
 
-__all__ = ["POLICY_ENV", "Limit", "Policy", "Usage", "policy_path", "usage_of"]
+__all__ = [
+    "POLICY_ENV",
+    "Limit",
+    "Policy",
+    "Usage",
+    "format_equivalents",
+    "policy_path",
+    "usage_of",
+]
 
 POLICY_ENV = "GPUROUTE_POLICY"
 DEFAULT_POLICY = "/etc/gpuroute/policy.yaml"
@@ -111,7 +119,7 @@ class Limit:
 
 def _limit(data: Any, where: str) -> Limit:
     if not isinstance(data, Mapping) or set(data) - {"gpu_equivalents", "physical_gpus"}:
-        raise SnapshotError(
+        raise PolicyError(
             f"{where}: expected {{gpu_equivalents: N, physical_gpus: N}}, got {data!r}"
         )
     eq = data.get("gpu_equivalents")
@@ -119,7 +127,10 @@ def _limit(data: Any, where: str) -> Limit:
     try:
         return Limit(None if eq is None else Fraction(str(eq)), None if phys is None else int(phys))
     except (ValueError, ZeroDivisionError) as exc:
-        raise SnapshotError(f"{where}: {exc}") from exc
+        raise PolicyError(
+            f"{where}: expected numbers, such as {{gpu_equivalents: 3/7, physical_gpus: 1}}, "
+            f"got {data!r} ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def groups_of(user: str) -> set[str]:
@@ -159,9 +170,9 @@ class Policy:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise SnapshotError(f"cannot read the limits policy {path}: {exc}") from exc
+            raise PolicyError(f"cannot read the limits policy {path}: {exc}") from exc
         if not isinstance(data, dict) or set(data) - {"default", "users", "groups"}:
-            raise SnapshotError(f"{path}: top-level keys are default, users and groups")
+            raise PolicyError(f"{path}: top-level keys are default, users and groups")
         return cls(
             users={
                 str(k): _limit(v, f"{path}: users.{k}")

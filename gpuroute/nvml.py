@@ -9,7 +9,7 @@ this code in tests.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,7 +19,19 @@ from gpuroute.errors import NVMLError
 if TYPE_CHECKING:
     from gpuroute.core.selection import HostState
 
-__all__ = ["NVMLApi", "read_inventory", "read_state"]
+__all__ = [
+    "NVMLApi",
+    "load_pynvml",
+    "nvml_errors",
+    "layout_of",
+    "read_inventory",
+    "read_layout",
+    "read_state",
+    "text",
+    "SNAPSHOT_HINT",
+    "NVML_ERROR_DRIVER_NOT_LOADED",
+    "NVML_ERROR_LIBRARY_NOT_FOUND",
+]
 
 MIB = 1024 * 1024
 NVML_DEVICE_MIG_ENABLE = 1
@@ -62,30 +74,66 @@ _ADVICE = {
 
 
 class NVMLApi(Protocol):
-    """The NVML functions gpuroute calls; ``pynvml`` and ``FakeNVML`` both provide them."""
+    """Everything gpuroute reaches through the NVML module: the ``nvml*`` functions it calls
+    and the ``NVMLError`` class they raise. The ``pynvml`` module and ``FakeNVML`` both provide
+    it. Handles, event sets and NVML's structures are opaque here (``Any``); every function is
+    called positionally, since pynvml's parameter names differ from function to function.
+    """
 
+    NVMLError: type[Exception]
+
+    # -- library and system
     def nvmlInit(self) -> None: ...
     def nvmlShutdown(self) -> None: ...
     def nvmlSystemGetDriverVersion(self) -> str | bytes: ...
+
+    # -- devices
     def nvmlDeviceGetCount(self) -> int: ...
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...
-    def nvmlDeviceGetUUID(self, handle: Any) -> str | bytes: ...
-    def nvmlDeviceGetName(self, handle: Any) -> str | bytes: ...
-    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any: ...
-    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any: ...
-    def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]: ...
-    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int: ...
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int) -> Any: ...
-    def nvmlDeviceGetGpuInstanceId(self, handle: Any) -> int: ...
-    def nvmlDeviceGetComputeInstanceId(self, handle: Any) -> int: ...
-    def nvmlDeviceGetAttributes(self, handle: Any) -> Any: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int, /) -> Any: ...
+    def nvmlDeviceGetHandleByUUID(self, uuid: str, /) -> Any: ...
+    def nvmlDeviceGetUUID(self, handle: Any, /) -> str | bytes: ...
+    def nvmlDeviceGetName(self, handle: Any, /) -> str | bytes: ...
+    def nvmlDeviceGetPciInfo(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, /) -> Any: ...
+
+    # -- MIG
+    def nvmlDeviceGetMigMode(self, handle: Any, /) -> list[int]: ...
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int, /) -> Any: ...
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetComputeInstanceId(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetAttributes(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Any, profile: int, /) -> Any: ...
+
+    # -- live state and health
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any, /) -> list[Any]: ...
+    def nvmlDeviceGetTotalEccErrors(
+        self, handle: Any, error_type: int, counter_type: int, /
+    ) -> int: ...
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetTopologyCommonAncestor(self, first: Any, second: Any, /) -> int: ...
+
+    # -- events (critical Xids)
+    def nvmlEventSetCreate(self) -> Any: ...
+    def nvmlDeviceRegisterEvents(
+        self, handle: Any, event_types: int, event_set: Any, /
+    ) -> None: ...
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int, /) -> Any: ...
+    def nvmlEventSetFree(self, event_set: Any, /) -> None: ...
+
+    # -- energy and power (gpuroute.bench)
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetPowerUsage(self, handle: Any, /) -> int: ...
 
 
-def _text(value: str | bytes) -> str:
+def text(value: str | bytes) -> str:
+    """An NVML string as ``str``: older pynvml releases return ``bytes``."""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _load_pynvml() -> Any:
+def load_pynvml() -> NVMLApi:
+    """The ``pynvml`` module, or ``gpuroute.NVMLError`` saying how to install it. Every
+    caller in gpuroute looks this name up when it calls it, so tests may replace it."""
     try:
         import pynvml
     except ImportError as exc:
@@ -93,13 +141,14 @@ def _load_pynvml() -> Any:
             "the nvidia-ml-py package (module pynvml) is not installed: "
             "`pip install nvidia-ml-py`. " + SNAPSHOT_HINT
         ) from exc
-    return pynvml
+    module: NVMLApi = pynvml
+    return module
 
 
 @contextlib.contextmanager
 def nvml_errors(where: str) -> Iterator[None]:
     """Translate pynvml's errors raised inside the block into gpuroute.NVMLError."""
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     try:
         yield
     except base as exc:
@@ -117,12 +166,12 @@ def nvml_errors(where: str) -> Iterator[None]:
 
 def read_inventory(nvml: NVMLApi | None = None) -> Inventory:
     """Read every GPU and MIG device through NVML, in NVML order."""
-    api: Any = nvml if nvml is not None else _load_pynvml()
+    api = nvml if nvml is not None else load_pynvml()
     with nvml_errors("cannot start NVML"):
         api.nvmlInit()
     try:
         with nvml_errors("cannot read the driver version"):
-            driver = _text(api.nvmlSystemGetDriverVersion())
+            driver = text(api.nvmlSystemGetDriverVersion())
             count = api.nvmlDeviceGetCount()
         gpus = []
         for index in range(count):
@@ -139,8 +188,8 @@ def _code(exc: BaseException) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _read_gpu(api: Any, index: int) -> GPU:
-    base = _load_pynvml().NVMLError
+def _read_gpu(api: NVMLApi, index: int) -> GPU:
+    base = load_pynvml().NVMLError
     handle = api.nvmlDeviceGetHandleByIndex(index)
     try:
         current, _pending = api.nvmlDeviceGetMigMode(handle)
@@ -150,7 +199,7 @@ def _read_gpu(api: Any, index: int) -> GPU:
             raise
         mig_supported, mig_mode = False, False
     slots = api.nvmlDeviceGetMaxMigDeviceCount(handle) if mig_supported else 0
-    name = _text(api.nvmlDeviceGetName(handle))
+    name = text(api.nvmlDeviceGetName(handle))
     migs = []
     if mig_mode:
         for j in range(slots):
@@ -163,8 +212,8 @@ def _read_gpu(api: Any, index: int) -> GPU:
             migs.append(_read_mig(api, mig_handle, j))
     return GPU(
         index=index,
-        uuid=_text(api.nvmlDeviceGetUUID(handle)),
-        pci_bus_id=_text(api.nvmlDeviceGetPciInfo(handle).busId),
+        uuid=text(api.nvmlDeviceGetUUID(handle)),
+        pci_bus_id=text(api.nvmlDeviceGetPciInfo(handle).busId),
         name=name,
         memory_total_mib=api.nvmlDeviceGetMemoryInfo(handle).total // MIB,
         mig_mode=mig_mode,
@@ -190,10 +239,10 @@ _SLICES_BY_MODEL = (
 """Compute slices of MIG-capable models, for when NVML will not say (MIG mode off)."""
 
 
-def _slices_with_mig_off(api: Any, handle: Any, name: str) -> int | None:
+def _slices_with_mig_off(api: NVMLApi, handle: Any, name: str) -> int | None:
     """A MIG-capable GPU's compute slices while its MIG mode is off, when NVML's maximum MIG
     device count is 0: the 1-slice GPU-instance profile's instance count, else the model's."""
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     try:
         info = api.nvmlDeviceGetGpuInstanceProfileInfo(handle, NVML_GPU_INSTANCE_PROFILE_1_SLICE)
         if int(info.instanceCount) > 0:
@@ -203,9 +252,9 @@ def _slices_with_mig_off(api: Any, handle: Any, name: str) -> int | None:
     return next((n for model, n in _SLICES_BY_MODEL if model in name), None)
 
 
-def _read_mig(api: Any, handle: Any, index: int) -> MIGDevice:
+def _read_mig(api: NVMLApi, handle: Any, index: int) -> MIGDevice:
     attrs = api.nvmlDeviceGetAttributes(handle)
-    name = _text(api.nvmlDeviceGetName(handle))
+    name = text(api.nvmlDeviceGetName(handle))
     memory_mib = api.nvmlDeviceGetMemoryInfo(handle).total // MIB
     # NVML names a MIG device "<GPU name> MIG <profile>", e.g. "NVIDIA A100-SXM4-80GB MIG 3g.40gb".
     _, sep, profile = name.rpartition(" MIG ")
@@ -213,7 +262,7 @@ def _read_mig(api: Any, handle: Any, index: int) -> MIGDevice:
         profile = f"{attrs.gpuInstanceSliceCount}g.{round(memory_mib / 1024)}gb"
     return MIGDevice(
         index=index,
-        uuid=_text(api.nvmlDeviceGetUUID(handle)),
+        uuid=text(api.nvmlDeviceGetUUID(handle)),
         gpu_instance_id=api.nvmlDeviceGetGpuInstanceId(handle),
         compute_instance_id=api.nvmlDeviceGetComputeInstanceId(handle),
         profile=profile,
@@ -234,7 +283,7 @@ NVML as critical but not a fault of the GPU, so not a reason to withhold it."""
 
 
 def read_state(
-    inventory: Inventory, nvml: NVMLApi | Any = None, *, xid_window_ms: int = 0
+    inventory: Inventory, nvml: NVMLApi | None = None, *, xid_window_ms: int = 0
 ) -> HostState:
     """The live state of the inventory's devices: processes, memory, health
     (critical Xid events NVML has queued within ``xid_window_ms``, uncorrectable ECC errors,
@@ -246,7 +295,7 @@ def read_state(
 
     if nvml is None:
         try:
-            api: Any = _load_pynvml()
+            api = load_pynvml()
             api.nvmlInit()
         except NVMLError:
             return HostState.unknown()
@@ -267,14 +316,14 @@ def read_state(
             api.nvmlShutdown()
 
 
-def _read_state(api: Any, inventory: Inventory, xid_window_ms: int) -> HostState:
+def _read_state(api: NVMLApi, inventory: Inventory, xid_window_ms: int) -> HostState:
     from gpuroute.core.selection import DeviceState, HostState
 
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     devices: dict[str, DeviceState] = {}
     handles: dict[str, Any] = {}
 
-    def optional(fn: Any, *args: Any) -> Any:
+    def optional(fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
         except base as exc:
@@ -339,8 +388,8 @@ def _read_state(api: Any, inventory: Inventory, xid_window_ms: int) -> HostState
     return HostState(devices, distances, source="nvml")
 
 
-def _critical_xids(api: Any, handles: dict[str, Any], window_ms: int) -> dict[str, list[int]]:
-    base = _load_pynvml().NVMLError
+def _critical_xids(api: NVMLApi, handles: dict[str, Any], window_ms: int) -> dict[str, list[int]]:
+    base = load_pynvml().NVMLError
     try:
         events = api.nvmlEventSetCreate()
     except base:
@@ -360,7 +409,7 @@ def _critical_xids(api: Any, handles: dict[str, Any], window_ms: int) -> dict[st
             xid = int(event.eventData)
             if xid in APPLICATION_XIDS:
                 continue
-            uuid = _text(api.nvmlDeviceGetUUID(event.device))
+            uuid = text(api.nvmlDeviceGetUUID(event.device))
             found.setdefault(uuid, []).append(xid)
     finally:
         with contextlib.suppress(Exception):
@@ -372,8 +421,8 @@ def read_layout(nvml: NVMLApi | None = None) -> tuple[tuple[str, ...], ...]:
     """What tells one inventory from another, read cheaply: each GPU's UUID and, for a GPU in
     MIG mode, its MIG devices' UUIDs. A host (``gpuroute.Host``) compares it with the layout
     of the inventory it holds, and reads the inventory anew when they differ."""
-    api: Any = nvml if nvml is not None else _load_pynvml()
-    base = _load_pynvml().NVMLError
+    api: Any = nvml if nvml is not None else load_pynvml()
+    base = load_pynvml().NVMLError
     with nvml_errors("cannot start NVML"):
         api.nvmlInit()
     try:
@@ -381,7 +430,7 @@ def read_layout(nvml: NVMLApi | None = None) -> tuple[tuple[str, ...], ...]:
         with nvml_errors("cannot read the GPU layout"):
             for index in range(api.nvmlDeviceGetCount()):
                 handle = api.nvmlDeviceGetHandleByIndex(index)
-                entry = [_text(api.nvmlDeviceGetUUID(handle))]
+                entry = [text(api.nvmlDeviceGetUUID(handle))]
                 try:
                     mig_on = api.nvmlDeviceGetMigMode(handle)[0] == NVML_DEVICE_MIG_ENABLE
                 except base:
@@ -392,7 +441,7 @@ def read_layout(nvml: NVMLApi | None = None) -> tuple[tuple[str, ...], ...]:
                             mig = api.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
                         except base:
                             continue  # an empty slot
-                        entry.append(_text(api.nvmlDeviceGetUUID(mig)))
+                        entry.append(text(api.nvmlDeviceGetUUID(mig)))
                 layout.append(tuple(entry))
         return tuple(layout)
     finally:

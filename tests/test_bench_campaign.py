@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import itertools
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ import yaml
 
 from gpuroute.bench.campaign import expand, load_campaign, read_results, run_campaign
 from gpuroute.bench.progress import Progress
+from gpuroute.bench.result import Result
 from gpuroute.errors import BenchConfigError, BenchError
 from gpuroute.testing import topology_path
 from gpuroute.testing.engine import IMAGE_VLLM, SimulatedGPUHost
@@ -196,6 +199,37 @@ def test_failures_are_retried_recorded_and_retried_again_on_request(
     assert len(read_results(out)) == 4, "out of attempts: not run again by default"
     run_campaign(file, out, retry_failed=True, progress=quiet())
     assert len(read_results(out)) == 6
+
+
+def test_retries_wait_the_backoff_and_stop_at_the_first_success(
+    tmp_path: Path, stand_ins_on_path: None
+) -> None:
+    file = write_campaign(
+        tmp_path / "c.yaml",
+        retry={"attempts": 3, "backoff_s": 0.3},
+        grid={"runner": "vllm", "model": "m", "gpus": ["0", "1,2"]},
+        fixed={"input_len": 8, "output_len": 4, "num_prompts": 5, "tensor_parallel_size": 2},
+    )
+    out = tmp_path / "out"
+    run_campaign(file, out, progress=quiet())
+    results = read_results(out)
+    by_gpus: dict[str, list[Result]] = {}
+    for r in results:
+        gpus = r.labels["config"].split("gpus=")[1].split()[0]
+        by_gpus.setdefault(gpus, []).append(r)
+    assert [(r.status, r.labels["attempt"]) for r in by_gpus["1,2"]] == [("ok", "0")]
+    failed = sorted(by_gpus["0"], key=lambda r: r.labels["attempt"])
+    assert [(r.status, r.labels["attempt"]) for r in failed] == [
+        ("failed", "0"),
+        ("failed", "1"),
+        ("failed", "2"),
+    ]
+    for before, after in itertools.pairwise(failed):
+        assert before.ended_at is not None
+        gap = dt.datetime.fromisoformat(after.started_at) - dt.datetime.fromisoformat(
+            before.ended_at
+        )
+        assert gap.total_seconds() >= 0.3, "each retry waits the backoff"
 
 
 def test_a_torn_last_line_is_skipped_and_the_store_goes_on(

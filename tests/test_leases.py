@@ -448,8 +448,32 @@ def test_policy_file(tmp_path: Path) -> None:
     assert policy.user_limit("bob") == Limit(Fraction(3, 2), 2)
     assert policy.groups["lab"] == Limit(None, 3)
     path.write_text("users:\n  alice: {gpus: 4}\n")
-    with pytest.raises(gpuroute.SnapshotError, match=r"users\.alice"):
+    with pytest.raises(gpuroute.PolicyError, match=r"users\.alice"):
         Policy.load(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"cannot read the limits policy .*policy\.yaml"),
+        ("users: [alice\n", r"cannot read the limits policy .*policy\.yaml"),
+        ("limits: {}\n", r"policy\.yaml: top-level keys are default, users and groups"),
+        (
+            "groups:\n  lab: {physical_gpus: many}\n",
+            r"policy\.yaml: groups\.lab: expected numbers.*'many'",
+        ),
+        ("default: {gpu_equivalents: 1/0}\n", r"policy\.yaml: default: expected numbers.*'1/0'"),
+    ],
+)
+def test_a_bad_policy_file_is_a_policy_error_naming_it(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(gpuroute.PolicyError, match=message) as err:
+        Policy.load(path)
+    assert not isinstance(err.value, gpuroute.InventoryError), "not an inventory problem"
 
 
 def test_two_real_users_share_a_group_budget(a100: Inventory) -> None:
@@ -602,7 +626,7 @@ def test_a_snapshot_of_another_host_is_not_judged_by_this_hosts_nvml(
 ) -> None:
     """This host's NVML (here: four A100s) knows nothing of an H100 snapshot's GPUs."""
     this_host = FakeNVML(topology("a100-mig-4"))
-    monkeypatch.setattr("gpuroute.nvml._load_pynvml", lambda: this_host)
+    monkeypatch.setattr("gpuroute.nvml.load_pynvml", lambda: this_host)
     lease = gpuroute.acquire(
         "0",
         inventory=topology("h100-sxm-8"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import pynvml
 import pytest
 
 from gpuroute import GpurouteError, Inventory, NVMLError
+from gpuroute.nvml import NVMLApi
 from gpuroute.testing import FakeNVML
 
 
@@ -124,6 +127,33 @@ class TestFakeNVMLBehavesLikeNVML:
         fake.nvmlInit()
         with pytest.raises(pynvml.NVMLError_NotSupported):
             fake.nvmlDeviceGetMigMode(fake.nvmlDeviceGetHandleByIndex(0))
+
+
+def _positional(fn: Any) -> tuple[int, int]:
+    """How many positional arguments ``fn`` needs at least and takes at most."""
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return sum(p.default is p.empty for p in params), len(params)
+
+
+def test_pynvml_and_the_fake_provide_the_whole_protocol(h100: Inventory) -> None:
+    """mypy checks the fake against NVMLApi here (and gpuroute's calls against NVMLApi
+    everywhere); pynvml is untyped, so its side is checked at run time: every member the
+    protocol lists exists in both and takes the arguments gpuroute passes."""
+    fake: NVMLApi = FakeNVML(h100)
+    functions = sorted(name for name in vars(NVMLApi) if name.startswith("nvml"))
+    assert len(functions) >= 27
+    for provider in (pynvml, fake):
+        for name in functions:
+            _, wanted = _positional(getattr(NVMLApi, name))
+            least, most = _positional(getattr(provider, name))
+            assert least <= wanted - 1 <= most, (provider, name)  # minus the protocol's self
+        assert issubclass(provider.NVMLError, Exception)
+    assert fake.NVMLError is pynvml.NVMLError
+    assert set(NVMLApi.__annotations__) == {"NVMLError"}
 
 
 def test_nvml_error_is_a_gpuroute_error() -> None:

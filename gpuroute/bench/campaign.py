@@ -463,22 +463,34 @@ def _attempts(
     bar: Any,
     on_result: Callable[[Result], None] | None,
 ) -> None:
+    import tenacity
+
     attempts_left = max(campaign.retry.attempts - previous, 1)
-    bar.started(experiment.config)
-    started = time.monotonic()
-    result: Result | None = None
-    for n in range(previous, previous + attempts_left):
-        if n > previous:
-            time.sleep(campaign.retry.backoff_s)
-        result = _attempt(campaign, sim, directory, experiment, n)
+    numbers = itertools.count(previous)
+
+    def once() -> Result:
+        result = _attempt(campaign, sim, directory, experiment, next(numbers))
         store.append(result)
         if on_result is not None:
             on_result(result)
-        if result.status == "ok":
-            break
-    bar.finished(
-        experiment.config, result is not None and result.status == "ok", time.monotonic() - started
+        return result
+
+    def last(state: tenacity.RetryCallState) -> Result:
+        assert state.outcome is not None
+        result: Result = state.outcome.result()
+        return result
+
+    # A failed result is retried after the backoff; an exception is raised, never retried.
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts_left),
+        wait=tenacity.wait_fixed(campaign.retry.backoff_s),
+        retry=tenacity.retry_if_result(lambda result: result.status != "ok"),
+        retry_error_callback=last,
     )
+    bar.started(experiment.config)
+    started = time.monotonic()
+    result = retrying(once)
+    bar.finished(experiment.config, result.status == "ok", time.monotonic() - started)
 
 
 def _attempt(

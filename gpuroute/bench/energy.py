@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuroute.bench.result import (
     Energy,
@@ -45,6 +45,9 @@ from gpuroute.bench.result import (
 )
 from gpuroute.core.inventory import GPU, Device
 from gpuroute.errors import NVMLError
+
+if TYPE_CHECKING:
+    from gpuroute.nvml import NVMLApi
 
 __all__ = ["EnergyMonitor", "EnergyReading", "MIN_TRUSTED_WINDOW_S", "unavailable_energy"]
 
@@ -94,7 +97,7 @@ class EnergyMonitor:
         self,
         devices: Sequence[Device],
         *,
-        nvml: Any = None,
+        nvml: NVMLApi | None = None,
         interval_s: float = 0.1,
         process_scan_s: float = 1.0,
         idle_baseline_s: float = 0.0,
@@ -110,7 +113,7 @@ class EnergyMonitor:
         self.own_pids = own_pids
         self._clock = clock
         self._nvml = nvml
-        self._api: Any = None
+        self._api: NVMLApi | None = None
         self._watched: list[_Watched] = []
         self._foreign: dict[tuple[int, str], ForeignProcess] = {}
         self._thread: threading.Thread | None = None
@@ -175,14 +178,14 @@ class EnergyMonitor:
     # -- NVML -----------------------------------------------------------------------------
 
     def _open(self) -> None:
-        from gpuroute.nvml import _load_pynvml, _text, nvml_errors
+        from gpuroute.nvml import load_pynvml, nvml_errors, text
 
-        api = self._nvml if self._nvml is not None else _load_pynvml()
+        api = self._nvml if self._nvml is not None else load_pynvml()
         with nvml_errors("cannot start NVML"):
             api.nvmlInit()
         self._api = api
         with nvml_errors("cannot read the driver version"):
-            self.driver_version = _text(api.nvmlSystemGetDriverVersion()) or None
+            self.driver_version = text(api.nvmlSystemGetDriverVersion()) or None
         by_gpu: dict[str, _Watched] = {}
         for device in self.devices:
             with nvml_errors(f"cannot open {device.describe()}"):
@@ -194,7 +197,7 @@ class EnergyMonitor:
                     api.nvmlDeviceGetHandleByUUID(device.uuid) if device.is_mig else watched.handle
                 )
                 watched.devices.append((device, own))
-        base = _load_pynvml().NVMLError
+        base = load_pynvml().NVMLError
         for watched in by_gpu.values():
             try:
                 api.nvmlDeviceGetTotalEnergyConsumption(watched.handle)
@@ -220,6 +223,7 @@ class EnergyMonitor:
 
     def _baseline(self) -> None:
         api = self._api
+        assert api is not None  # opened by start()
         powers: dict[str, list[float]] = {w.gpu.uuid: [] for w in self._watched}
         end = time.monotonic() + self.idle_baseline_s
         while True:
@@ -261,7 +265,8 @@ class EnergyMonitor:
             self._scan(now)
 
     def _scan(self, now: float) -> None:
-        if self.own_pids is None:
+        api = self._api
+        if self.own_pids is None or api is None:
             return
         self._last_scan = now
         try:
@@ -270,7 +275,7 @@ class EnergyMonitor:
             return
         for w in self._watched:
             for device, handle in w.devices:
-                processes = self._optional(self._api.nvmlDeviceGetComputeRunningProcesses, handle)
+                processes = self._optional(api.nvmlDeviceGetComputeRunningProcesses, handle)
                 if processes is None:
                     continue
                 self._scanned = True

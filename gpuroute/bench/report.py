@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuroute.bench.result import Result, RoutedDevice
+from gpuroute.core.table import format_table
 from gpuroute.errors import BenchError
 
 if TYPE_CHECKING:
@@ -232,18 +233,8 @@ def render_table(rows: Sequence[Row]) -> str:
     deviation over the ok repeats. Below the table, why energy is missing where it is, and a
     last line counting the failed runs.
     """
-    body = [_cells(row) for row in rows]
-    widths = [max(len(line[i]) for line in (_HEADERS, *body)) for i in range(len(_HEADERS))]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            cell.ljust(width) if i < _LEFT else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [line(_HEADERS), line(["-" * w for w in widths])]
-    out.extend(line(cells) for cells in body)
+    align = "<" * _LEFT + ">" * (len(_HEADERS) - _LEFT)
+    out = [format_table(_HEADERS, [_cells(row) for row in rows], align=align, rule=True)]
     notes = [f"  {row.config}: {row.energy_note}" for row in rows if row.energy_note]
     if notes:
         out.append("")

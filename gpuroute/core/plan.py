@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Device, Inventory
+from gpuroute.core.table import format_table
 from gpuroute.errors import ContextError
 
 __all__ = [
@@ -174,16 +175,13 @@ class RoutingPlan:
         if not self.devices:
             out.append("No GPU: the container and the process see none.")
         else:
-            rows = [("cuda", "host", "uuid", "pci bus id", "model", "nvidia-smi in container")]
+            headers = ("cuda", "host", "uuid", "pci bus id", "model", "nvidia-smi in container")
             smi = {d.uuid: i for i, d in enumerate(self.container_visible)}
+            rows = []
             for i, d in enumerate(self.devices):
                 model = f"{d.gpu.name} {d.mig.profile}" if d.mig else d.gpu.name
                 rows.append((str(i), d.label, d.uuid, d.gpu.pci_bus_id, model, str(smi[d.uuid])))
-            widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-            for r in rows:
-                out.append(
-                    ("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))).rstrip()
-                )
+            out.append(format_table(headers, rows, indent="  "))
         out += ["", "Container runtime, host side (docker run / compose):"]
         out += [f"  {k}={v}" for k, v in self.host_env.items()]
         out += ["Program inside the container:"]

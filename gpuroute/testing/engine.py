@@ -199,9 +199,9 @@ class SimulatedGPUHost:
 
     def _wait_until_ready(self) -> None:
         import docker
+        import tenacity
 
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             assert self._process is not None
             if self._process.poll() is not None:
                 raise EngineStartError(f"dockerd exited at start-up:\n{self.log[-3000:]}")
@@ -210,13 +210,22 @@ class SimulatedGPUHost:
                     client = docker.DockerClient(base_url=self.base_url, timeout=5)
                     try:
                         if client.ping():
-                            return
+                            return True
                     finally:
                         client.close()
-            time.sleep(0.1)
-        raise EngineStartError(
-            f"dockerd did not answer within {self.start_timeout:.0f}s:\n{self.log[-3000:]}"
+            return False
+
+        # Asked every 0.1 s until it answers; dockerd exiting ends the wait at once.
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self.start_timeout),
+            wait=tenacity.wait_fixed(0.1),
+            retry=tenacity.retry_if_result(lambda answered: not answered),
+            retry_error_callback=lambda _state: False,
         )
+        if not retrying(answers):
+            raise EngineStartError(
+                f"dockerd did not answer within {self.start_timeout:.0f}s:\n{self.log[-3000:]}"
+            )
 
     def _build_images(self) -> None:
         data = _image_tar()
@@ -260,13 +269,16 @@ class SimulatedGPUHost:
 
     def stop(self) -> None:
         """Stop the engine (removing its containers) and delete everything it wrote."""
-        if self._process is not None and self._process.poll() is None:
+        has_socket = self.root is not None and self.socket.exists()
+        if self._process is not None and self._process.poll() is None and has_socket:
             with contextlib.suppress(Exception):
                 client = self.client(timeout=10)
-                for container in client.containers.list(all=True):
-                    with contextlib.suppress(Exception):
-                        container.remove(force=True)
-                client.close()
+                try:
+                    for container in client.containers.list(all=True):
+                        with contextlib.suppress(Exception):
+                            container.remove(force=True)
+                finally:
+                    client.close()
         self._terminate()
         if self.root is not None:
             _unmount_below(self.root)

@@ -42,7 +42,8 @@ class FakeProcess:
 
 
 class FakeNVML:
-    """Provides the ``nvml*`` functions of the ``pynvml`` module for a simulated host.
+    """Provides the ``nvml*`` functions of the ``pynvml`` module for a simulated host: all
+    that ``gpuroute.nvml.NVMLApi`` lists (mypy checks it), and a few more for tests.
 
     State that tests may change, each as NVML would report it:
 

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from gpuroute.core.plan import RoutingPlan
     from gpuroute.host import Host
     from gpuroute.leases import Lease
+    from gpuroute.nvml import NVMLApi
 
 __all__ = [
     "MOUNT",
@@ -73,6 +74,7 @@ __all__ = [
     "RunOptions",
     "check_parallelism",
     "execute",
+    "now",
     "process_tree",
     "read_report",
     "require_positive",
@@ -100,7 +102,7 @@ class RunOptions:
     execution: Execution = "subprocess"
     image: str | None = None
     inventory: Inventory | None = None
-    nvml: Any = None
+    nvml: NVMLApi | None = None
     simulated_host: str | None = None
     context: CallerContext | None = None
     docker_host: str | None = None
