@@ -401,11 +401,11 @@ class ComposeLaunch(ProcessLaunch):
         checked instead."""
         deadline = time.monotonic() + 60
         while container := self.wait_for_container(deadline - time.monotonic(), running=True):
-            text = nvidia_smi_inside(self.engine, container)
-            if text is not None:
-                check_seen(self.plan, text, f"compose container {self.run.container_name}")
+            inside = nvidia_smi_inside(self.engine, container)
+            if inside is not None:
+                check_seen(self.plan, inside[1], f"compose container {self.run.container_name}")
                 return
-            time.sleep(0.05)  # it ended meanwhile, or could not be entered yet: try again
+            time.sleep(0.05)  # it ended meanwhile: try again
         twin = self.run.twin_argv("nvidia-smi", "-L")
         result = subprocess.run(
             twin, env=self.run.env, cwd=self.cwd, capture_output=True, text=True, check=False

@@ -99,8 +99,8 @@ def is_transient(exc: BaseException) -> bool:
     import docker.errors
     import requests.exceptions
 
-    if is_permission_denied(exc):
-        return False
+    if is_permission_denied(exc) or isinstance(exc, EngineError):
+        return False  # an EngineError has been retried already, where it was raised
     if isinstance(exc, docker.errors.APIError):
         return exc.status_code in (502, 503, 504)
     for link in _chain(exc):
@@ -418,18 +418,16 @@ def check_seen(plan: RoutingPlan, output: str, where: str) -> None:
 TWIN_TIMEOUT_S = 120
 
 
-def nvidia_smi_inside(engine: Engine, container: Any) -> str | None:
-    """``nvidia-smi -L`` run inside a container: its output, or None when the container
-    could not be entered (it is not running any more, or the exec itself failed). An exec
-    error is never read as nvidia-smi's output."""
+def nvidia_smi_inside(engine: Engine, container: Any) -> tuple[int, str] | None:
+    """``nvidia-smi -L`` run inside a container: its exit status and output, or None when
+    the container is not running (it ended, or was removed)."""
     try:
         code, output = engine.call(lambda: container.exec_run(["nvidia-smi", "-L"]))
     except EngineError as exc:
         if is_not_running(exc):
             return None
         raise
-    text = bytes(output).decode(errors="replace")
-    return text if code == 0 or lists_devices(text) else None
+    return int(code), bytes(output).decode(errors="replace")
 
 
 # -- the handle ---------------------------------------------------------------------------
@@ -533,16 +531,15 @@ class ContainerLaunch(Launch):
         """``nvidia-smi -L`` inside the container (or, if it has already ended, inside a twin
         created exactly like it) must list exactly the planned devices."""
         where = f"container {self.container.short_id}"
-        text = nvidia_smi_inside(self.engine, self.container)
-        if text is None:
+        result = nvidia_smi_inside(self.engine, self.container)
+        text = result[1] if result is not None else ""
+        if result is None or not (result[0] == 0 or lists_devices(text)):
             try:
                 self.engine.call(self.container.reload)
                 running = self.container.status == "running"
             except EngineError:
                 running = False  # gone already (auto-removed)
-            if running:
-                text = ""
-            else:  # it ended before it could be entered
+            if not running:  # it ended before it could be entered
                 text = self._twin_output()
                 where = f"a twin of container {self.container.short_id} (which had already exited)"
         check_seen(self.plan, text, where)
@@ -655,14 +652,15 @@ class DockerBackend(Backend):
         import docker.errors
 
         name, launch_id = create_kwargs["name"], create_kwargs["labels"]["gpuroute.launch"]
+        client = engine.client  # connected (with its own retries) before the first call
 
         def create() -> Any:
             try:
-                return engine.client.containers.create(**create_kwargs)
+                return client.containers.create(**create_kwargs)
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:  # the name is taken: by our own earlier try?
                     with contextlib.suppress(docker.errors.NotFound):
-                        existing = engine.client.containers.get(name)
+                        existing = client.containers.get(name)
                         if existing.labels.get("gpuroute.launch") == launch_id:
                             return existing  # a retried create that had succeeded
                 raise
@@ -672,7 +670,7 @@ class DockerBackend(Backend):
         except ImageNotFoundError:
             if work.pull == "never":
                 raise
-            engine.call(lambda: engine.client.images.pull(work.image), image=work.image)
+            engine.call(lambda: client.images.pull(work.image), image=work.image)
             return engine.call(create, image=work.image)
 
     def verify(self, handle: Launch) -> None:

@@ -49,6 +49,8 @@ class FakeNVML:
 
     * ``remove_library()``, ``unload_driver()``, ``deny_permission()``,
       ``mismatch_versions()``: ``nvmlInit`` then fails with the matching NVML error;
+    * ``repartition(inventory)``: NVML reports another layout (MIG re-partitioned, GPUs
+      added or removed);
     * ``lose_gpu(i)`` / ``recover_gpu(i)``: calls on that GPU raise ``GPU is lost``;
     * ``start_process(...)`` / ``end_process(pid)``: processes and their memory;
     * ``set_power(i, watts)`` and ``advance(seconds)``: energy counters accumulate;
@@ -96,6 +98,16 @@ class FakeNVML:
         self._no_energy_counter: set[int] = set()
 
     # -- changing the simulated host -----------------------------------------------------
+
+    def repartition(self, inventory: Inventory) -> None:
+        """From now on NVML reports ``inventory``: an administrator changed MIG layouts, or
+        GPUs were added or removed. Live facts of GPUs that stay (power, energy, errors)
+        are kept; new GPUs start idle."""
+        self.inventory = inventory
+        for i in range(len(inventory.gpus)):
+            self._power_w.setdefault(i, 75.0)
+            self._energy_mj.setdefault(i, 1_000_000.0)
+            self._ecc_uncorrected.setdefault(i, 0)
 
     def remove_library(self) -> None:
         self._library = False
