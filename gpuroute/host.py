@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
+from gpuroute.nvml import read_inventory
 
 __all__ = ["INVENTORY_ENV", "default_inventory", "detect_context", "reads_live_state"]
 
@@ -25,7 +26,7 @@ def default_inventory(environ: Mapping[str, str] | None = None) -> Inventory:
     path = env.get(INVENTORY_ENV, "").strip()
     if path:
         return Inventory.load(path)
-    return Inventory.from_nvml()
+    return read_inventory()
 
 
 def reads_live_state(

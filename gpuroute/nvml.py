@@ -19,7 +19,7 @@ from gpuroute.errors import NVMLError
 if TYPE_CHECKING:
     from gpuroute.core.selection import HostState
 
-__all__ = ["NVMLApi", "read_inventory", "read_state"]
+__all__ = ["NVMLApi", "as_text", "load_pynvml", "nvml_errors", "read_inventory", "read_state"]
 
 MIB = 1024 * 1024
 NVML_DEVICE_MIG_ENABLE = 1
@@ -81,11 +81,13 @@ class NVMLApi(Protocol):
     def nvmlDeviceGetAttributes(self, handle: Any) -> Any: ...
 
 
-def _text(value: str | bytes) -> str:
+def as_text(value: str | bytes) -> str:
+    """A string NVML returned: ``str``, or ``bytes`` from older bindings."""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _load_pynvml() -> Any:
+def load_pynvml() -> Any:
+    """The ``pynvml`` module; NVMLError naming the package to install if it is missing."""
     try:
         import pynvml
     except ImportError as exc:
@@ -99,7 +101,7 @@ def _load_pynvml() -> Any:
 @contextlib.contextmanager
 def nvml_errors(where: str) -> Iterator[None]:
     """Translate pynvml's errors raised inside the block into gpuroute.NVMLError."""
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     try:
         yield
     except base as exc:
@@ -117,12 +119,12 @@ def nvml_errors(where: str) -> Iterator[None]:
 
 def read_inventory(nvml: NVMLApi | None = None) -> Inventory:
     """Read every GPU and MIG device through NVML, in NVML order."""
-    api: Any = nvml if nvml is not None else _load_pynvml()
+    api: Any = nvml if nvml is not None else load_pynvml()
     with nvml_errors("cannot start NVML"):
         api.nvmlInit()
     try:
         with nvml_errors("cannot read the driver version"):
-            driver = _text(api.nvmlSystemGetDriverVersion())
+            driver = as_text(api.nvmlSystemGetDriverVersion())
             count = api.nvmlDeviceGetCount()
         gpus = []
         for index in range(count):
@@ -140,7 +142,7 @@ def _code(exc: BaseException) -> int | None:
 
 
 def _read_gpu(api: Any, index: int) -> GPU:
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     handle = api.nvmlDeviceGetHandleByIndex(index)
     try:
         current, _pending = api.nvmlDeviceGetMigMode(handle)
@@ -150,7 +152,7 @@ def _read_gpu(api: Any, index: int) -> GPU:
             raise
         mig_supported, mig_mode = False, False
     slots = api.nvmlDeviceGetMaxMigDeviceCount(handle) if mig_supported else 0
-    name = _text(api.nvmlDeviceGetName(handle))
+    name = as_text(api.nvmlDeviceGetName(handle))
     migs = []
     if mig_mode:
         for j in range(slots):
@@ -163,8 +165,8 @@ def _read_gpu(api: Any, index: int) -> GPU:
             migs.append(_read_mig(api, mig_handle, j))
     return GPU(
         index=index,
-        uuid=_text(api.nvmlDeviceGetUUID(handle)),
-        pci_bus_id=_text(api.nvmlDeviceGetPciInfo(handle).busId),
+        uuid=as_text(api.nvmlDeviceGetUUID(handle)),
+        pci_bus_id=as_text(api.nvmlDeviceGetPciInfo(handle).busId),
         name=name,
         memory_total_mib=api.nvmlDeviceGetMemoryInfo(handle).total // MIB,
         mig_mode=mig_mode,
@@ -193,7 +195,7 @@ _SLICES_BY_MODEL = (
 def _slices_with_mig_off(api: Any, handle: Any, name: str) -> int | None:
     """A MIG-capable GPU's compute slices while its MIG mode is off, when NVML's maximum MIG
     device count is 0: the 1-slice GPU-instance profile's instance count, else the model's."""
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     try:
         info = api.nvmlDeviceGetGpuInstanceProfileInfo(handle, NVML_GPU_INSTANCE_PROFILE_1_SLICE)
         if int(info.instanceCount) > 0:
@@ -205,7 +207,7 @@ def _slices_with_mig_off(api: Any, handle: Any, name: str) -> int | None:
 
 def _read_mig(api: Any, handle: Any, index: int) -> MIGDevice:
     attrs = api.nvmlDeviceGetAttributes(handle)
-    name = _text(api.nvmlDeviceGetName(handle))
+    name = as_text(api.nvmlDeviceGetName(handle))
     memory_mib = api.nvmlDeviceGetMemoryInfo(handle).total // MIB
     # NVML names a MIG device "<GPU name> MIG <profile>", e.g. "NVIDIA A100-SXM4-80GB MIG 3g.40gb".
     _, sep, profile = name.rpartition(" MIG ")
@@ -213,7 +215,7 @@ def _read_mig(api: Any, handle: Any, index: int) -> MIGDevice:
         profile = f"{attrs.gpuInstanceSliceCount}g.{round(memory_mib / 1024)}gb"
     return MIGDevice(
         index=index,
-        uuid=_text(api.nvmlDeviceGetUUID(handle)),
+        uuid=as_text(api.nvmlDeviceGetUUID(handle)),
         gpu_instance_id=api.nvmlDeviceGetGpuInstanceId(handle),
         compute_instance_id=api.nvmlDeviceGetComputeInstanceId(handle),
         profile=profile,
@@ -246,7 +248,7 @@ def read_state(
 
     if nvml is None:
         try:
-            api: Any = _load_pynvml()
+            api: Any = load_pynvml()
             api.nvmlInit()
         except NVMLError:
             return HostState.unknown()
@@ -270,7 +272,7 @@ def read_state(
 def _read_state(api: Any, inventory: Inventory, xid_window_ms: int) -> HostState:
     from gpuroute.core.selection import DeviceState, HostState
 
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     devices: dict[str, DeviceState] = {}
     handles: dict[str, Any] = {}
 
@@ -340,7 +342,7 @@ def _read_state(api: Any, inventory: Inventory, xid_window_ms: int) -> HostState
 
 
 def _critical_xids(api: Any, handles: dict[str, Any], window_ms: int) -> dict[str, list[int]]:
-    base = _load_pynvml().NVMLError
+    base = load_pynvml().NVMLError
     try:
         events = api.nvmlEventSetCreate()
     except base:
@@ -360,7 +362,7 @@ def _critical_xids(api: Any, handles: dict[str, Any], window_ms: int) -> dict[st
             xid = int(event.eventData)
             if xid in APPLICATION_XIDS:
                 continue
-            uuid = _text(api.nvmlDeviceGetUUID(event.device))
+            uuid = as_text(api.nvmlDeviceGetUUID(event.device))
             found.setdefault(uuid, []).append(xid)
     finally:
         with contextlib.suppress(Exception):

@@ -529,7 +529,7 @@ def test_a_snapshot_of_another_host_is_not_judged_by_this_hosts_nvml(
 ) -> None:
     """This host's NVML (here: four A100s) knows nothing of an H100 snapshot's GPUs."""
     this_host = FakeNVML(topology("a100-mig-4"))
-    monkeypatch.setattr("gpuroute.nvml._load_pynvml", lambda: this_host)
+    monkeypatch.setattr("gpuroute.nvml.load_pynvml", lambda: this_host)
     lease = gpuroute.acquire(
         "0",
         inventory=topology("h100-sxm-8"),

@@ -175,14 +175,14 @@ class EnergyMonitor:
     # -- NVML -----------------------------------------------------------------------------
 
     def _open(self) -> None:
-        from gpuroute.nvml import _load_pynvml, _text, nvml_errors
+        from gpuroute.nvml import as_text, load_pynvml, nvml_errors
 
-        api = self._nvml if self._nvml is not None else _load_pynvml()
+        api = self._nvml if self._nvml is not None else load_pynvml()
         with nvml_errors("cannot start NVML"):
             api.nvmlInit()
         self._api = api
         with nvml_errors("cannot read the driver version"):
-            self.driver_version = _text(api.nvmlSystemGetDriverVersion()) or None
+            self.driver_version = as_text(api.nvmlSystemGetDriverVersion()) or None
         by_gpu: dict[str, _Watched] = {}
         for device in self.devices:
             with nvml_errors(f"cannot open {device.describe()}"):
@@ -194,7 +194,7 @@ class EnergyMonitor:
                     api.nvmlDeviceGetHandleByUUID(device.uuid) if device.is_mig else watched.handle
                 )
                 watched.devices.append((device, own))
-        base = _load_pynvml().NVMLError
+        base = load_pynvml().NVMLError
         for watched in by_gpu.values():
             try:
                 api.nvmlDeviceGetTotalEnergyConsumption(watched.handle)

@@ -2,8 +2,9 @@
 
 Nothing here reads the environment, talks to NVML or Docker, or starts a process. Values go
 in and values come out; the I/O layer (``gpuroute.nvml``, ``gpuroute.host``) and the adapters
-build on it, never the other way round. ``Inventory.load``/``save``/``from_nvml`` are the
-only doors to I/O, and they delegate to that layer when called.
+build on it, never the other way round. ``Inventory.load``/``save`` are the only doors to
+I/O: they read or write the one file named. The live inventory is read by
+``gpuroute.nvml.read_inventory``.
 """
 
 from gpuroute.core.context import CallerContext
