@@ -10,7 +10,7 @@ I/O: they read or write the one file named. The live inventory is read by
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import GPU, Device, Inventory, MIGDevice
 from gpuroute.core.plan import RoutingPlan
-from gpuroute.core.resolve import Target, resolve
+from gpuroute.core.resolution import Target, resolve
 from gpuroute.core.spec import Kind, ParsedSpec, SpecInput, Token, parse_spec
 
 __all__ = [
