@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpuroute.cli_options import add_inventory_options, key_values
+
 if TYPE_CHECKING:
     from gpuroute.bench.runners.common import Job
 
@@ -28,8 +30,6 @@ __all__ = ["add_parsers", "run"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from gpuroute.cli import add_inventory_options
-
     p.add_argument("--gpus", default="none", help="the GPUs (any gpuroute spec; default none)")
     p.add_argument(
         "--execution",
@@ -158,7 +158,6 @@ def _job_builder(runner: str) -> Callable[..., Job]:
 
 def _bench(args: argparse.Namespace) -> int:
     from gpuroute.bench.runners.common import Execution, RunOptions, execute
-    from gpuroute.cli import key_values
     from gpuroute.core.inventory import Inventory
 
     runner: str = args.runner
