@@ -14,7 +14,7 @@ from gpuroute.backends.docker import Pull
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
-from gpuroute.core.resolve import Target
+from gpuroute.core.resolution import Target
 from gpuroute.core.selection import HostState, Need
 from gpuroute.core.spec import SpecInput
 from gpuroute.errors import LaunchError

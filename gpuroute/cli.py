@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gpuroute.api import plan as make_plan
+from gpuroute.cli_options import add_inventory_options, key_values
 from gpuroute.core.inventory import Device, Inventory
 from gpuroute.core.selection import HostState
 from gpuroute.core.table import format_table
@@ -40,31 +41,9 @@ if TYPE_CHECKING:
     from gpuroute.records import LeaseRecord
 from gpuroute.host import INVENTORY_ENV, default_inventory
 
-__all__ = ["add_inventory_options", "key_values", "main"]
+__all__ = ["main"]
 
 EXIT_USER_ERROR = 2
-
-
-def add_inventory_options(parser: argparse.ArgumentParser) -> None:
-    """``--inventory FILE`` or ``--simulate NAME``: another host's GPUs than this one's."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--inventory", metavar="FILE", help="use this snapshot instead of NVML")
-    group.add_argument(
-        "--simulate",
-        metavar="NAME",
-        help="use a built-in simulated host (see `gpuroute topologies`)",
-    )
-
-
-def key_values(items: Sequence[str], flag: str) -> dict[str, str]:
-    """``KEY=VALUE`` options (``--env``, ``--label``) as a mapping."""
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise GpurouteError(f"{flag} {item!r} is not KEY=VALUE")
-        pairs[key] = value
-    return pairs
 
 
 def _inventory(args: argparse.Namespace) -> Inventory:

@@ -29,7 +29,7 @@ from gpuroute.backends import Backend, Connection, Launch, Work, backend_class, 
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
-from gpuroute.core.resolve import Target, resolve
+from gpuroute.core.resolution import Target, resolve
 from gpuroute.core.selection import HostState, Need
 from gpuroute.core.spec import ParsedSpec, SpecInput, parse_spec
 from gpuroute.leases import Acquisition, Lease, LeaseDir

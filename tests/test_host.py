@@ -34,10 +34,10 @@ class CountingNVML(FakeNVML):
         return super().nvmlDeviceGetName(handle)
 
 
-def without_mig_on_gpu0(inventory: Inventory) -> Inventory:
-    """The same host after an administrator turned MIG off on GPU 0."""
-    gpu0 = replace(inventory.gpus[0], mig_mode=False, mig_devices=())
-    return replace(inventory, gpus=(gpu0, *inventory.gpus[1:]))
+def without_mig_on_gpu1(inventory: Inventory) -> Inventory:
+    """The same host after an administrator turned MIG off on GPU 1."""
+    gpu1 = replace(inventory.gpus[1], mig_mode=False, mig_devices=())
+    return replace(inventory, gpus=(inventory.gpus[0], gpu1, *inventory.gpus[2:]))
 
 
 def test_a_host_reads_its_inventory_once() -> None:
@@ -56,24 +56,24 @@ def test_a_changed_layout_is_read_again(tmp_path: Path) -> None:
     fake = CountingNVML(a100)
     host = Host(nvml=fake, context=CallerContext(), recheck_s=3600, lease_dir=tmp_path)
     with pytest.raises(MIGModeError):
-        host.plan("0")
-    fake.repartition(without_mig_on_gpu0(a100))
+        host.plan("1")
+    fake.repartition(without_mig_on_gpu1(a100))
     # Within recheck_s, plan keeps the inventory it holds ...
     with pytest.raises(MIGModeError):
-        host.plan("0")
+        host.plan("1")
     # ... an acquisition always asks NVML whether the layout changed ...
-    with host.acquire("0") as lease:
-        assert lease.plan.uuids == (a100.gpus[0].uuid,)
-    assert host.plan("0").uuids == (a100.gpus[0].uuid,)
+    with host.acquire("1") as lease:
+        assert lease.plan.uuids == (a100.gpus[1].uuid,)
+    assert host.plan("1").uuids == (a100.gpus[1].uuid,)
     # ... and recheck_s=0 asks at every plan, reading the whole inventory only on a change.
     eager = Host(nvml=fake, context=CallerContext(), recheck_s=0)
-    eager.plan("0")
-    reads = fake.name_reads
     eager.plan("1")
+    reads = fake.name_reads
+    eager.plan("3")
     assert fake.name_reads == reads
     fake.repartition(a100)
     with pytest.raises(MIGModeError):
-        eager.plan("0")
+        eager.plan("1")
     assert fake.name_reads > reads
 
 
@@ -81,8 +81,8 @@ def test_refresh_reads_again_and_a_given_inventory_stays(h100: Inventory) -> Non
     fake = CountingNVML(topology("a100-mig-4"))
     host = Host(nvml=fake, context=CallerContext(), recheck_s=3600)
     host.plan("1:0")
-    fake.repartition(without_mig_on_gpu0(topology("a100-mig-4")))
-    assert not host.refresh().gpus[0].mig_mode
+    fake.repartition(without_mig_on_gpu1(topology("a100-mig-4")))
+    assert not host.refresh().gpus[1].mig_mode
     given = Host(inventory=h100, nvml=fake, context=CallerContext())
     assert given.refresh() is h100
 
@@ -95,15 +95,15 @@ def test_the_default_host_follows_the_environment(
     h100.save(first)
     a100.save(second)
     monkeypatch.setenv("GPUROUTE_INVENTORY", str(first))
-    assert gpuroute.plan("1").uuids == (h100.gpus[1].uuid,)
+    assert gpuroute.plan("3").uuids == (h100.gpus[3].uuid,)
     monkeypatch.setenv("GPUROUTE_INVENTORY", str(second))
-    assert gpuroute.plan("1").uuids == (a100.gpus[1].uuid,)
+    assert gpuroute.plan("3").uuids == (a100.gpus[3].uuid,)
     # The same file, rewritten: read again.
     h100.save(second)
     os.utime(second, ns=(1, 1))
-    assert gpuroute.plan("1").uuids == (h100.gpus[1].uuid,)
+    assert gpuroute.plan("3").uuids == (h100.gpus[3].uuid,)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
-    assert gpuroute.plan("1").context.cuda_visible_devices == "2"
+    assert gpuroute.plan("3").context.cuda_visible_devices == "2"
 
 
 def test_a_policy_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
@@ -132,7 +132,8 @@ def test_one_route_for_plans_leases_and_plans_already_made(tmp_path: Path) -> No
     assert host.route(planned.plan).plan is planned.plan
     assert host.route(parse_spec("3,1")).plan.uuids == planned.plan.uuids
     taken = host.route("any:2", lease=True)
-    assert taken.lease is not None and taken.own
+    assert taken.lease is not None
+    assert taken.own
     assert taken.plan is taken.lease.plan
     again = host.route("ignored", lease=taken.lease)
     assert (again.lease, again.own) == (taken.lease, False)
@@ -231,7 +232,12 @@ def test_a_new_backend_runs_work_and_holds_leases_like_the_others(tmp_path: Path
     finally:
         gate.set()
         handle.wait()
-    assert seen[0]["holder"] == {"backend": "thread", "id": handle.id, "where": None, "started": None}
+    assert seen[0]["holder"] == {
+        "backend": "thread",
+        "id": handle.id,
+        "where": None,
+        "started": None,
+    }
     # Its thread has ended: its backend says so, and the next acquisition reclaims it.
     again = host.acquire(handle.lease.plan.spec)
     assert again.plan.uuids == (uuid,)

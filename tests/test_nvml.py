@@ -1,4 +1,4 @@
-"""Inventory.from_nvml, driven end to end through FakeNVML; NVML errors become gpuroute errors."""
+"""read_inventory, driven end to end through FakeNVML; NVML errors become gpuroute errors."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ import pynvml
 import pytest
 
 from gpuroute import GpurouteError, Inventory, NVMLError
-from gpuroute.nvml import NVMLApi
+from gpuroute.nvml import NVMLApi, read_inventory
 from gpuroute.testing import FakeNVML
 
 
-def test_from_nvml_reads_every_topology_exactly(any_topology: Inventory) -> None:
+def test_read_inventory_reads_every_topology_exactly(any_topology: Inventory) -> None:
     fake = FakeNVML(any_topology)
-    assert Inventory.from_nvml(fake) == any_topology
+    assert read_inventory(fake) == any_topology
     assert fake.init_count == 0, "NVML is shut down again"
 
 
 def test_mig_devices_are_read_with_their_slots(a100: Inventory) -> None:
-    inv = Inventory.from_nvml(FakeNVML(a100))
+    inv = read_inventory(FakeNVML(a100))
     gpu = inv.gpus[2]
     assert [
         (m.index, m.profile, m.gpu_instance_id, m.compute_instance_id, m.compute_slices)
@@ -50,7 +50,7 @@ def test_init_failures_are_actionable(
     fake = FakeNVML(h100)
     break_it(fake)
     with pytest.raises(NVMLError) as err:
-        Inventory.from_nvml(fake)
+        read_inventory(fake)
     assert err.value.code == code
     assert advice in str(err.value)
     assert isinstance(err.value.__cause__, pynvml.NVMLError)
@@ -60,11 +60,11 @@ def test_a_lost_gpu_is_named(h100: Inventory) -> None:
     fake = FakeNVML(h100)
     fake.lose_gpu(5)
     with pytest.raises(NVMLError, match="GPU 5: the GPU is lost") as err:
-        Inventory.from_nvml(fake)
+        read_inventory(fake)
     assert "Xid 79" in str(err.value)
     assert fake.init_count == 0
     fake.recover_gpu(5)
-    assert Inventory.from_nvml(fake) == h100
+    assert read_inventory(fake) == h100
 
 
 def test_the_real_library_is_used_by_default_and_its_absence_explained() -> None:
@@ -72,11 +72,11 @@ def test_the_real_library_is_used_by_default_and_its_absence_explained() -> None
         pynvml.nvmlInit()
     except pynvml.NVMLError_LibraryNotFound:
         with pytest.raises(NVMLError, match="GPUROUTE_INVENTORY"):
-            Inventory.from_nvml()
+            read_inventory()
     else:  # a host with a real driver: the default reader agrees with NVML's own count
         count = pynvml.nvmlDeviceGetCount()
         pynvml.nvmlShutdown()
-        assert len(Inventory.from_nvml().gpus) == count
+        assert len(read_inventory().gpus) == count
 
 
 class TestFakeNVMLBehavesLikeNVML:

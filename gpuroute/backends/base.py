@@ -15,16 +15,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from gpuroute.core import Target
 from gpuroute.core.plan import RoutingPlan
 from gpuroute.records import Holder
 
-if TYPE_CHECKING:
-    from gpuroute.leases import Lease
+__all__ = ["Backend", "Bind", "Connection", "HeldLease", "Launch", "Work", "unbound"]
 
-__all__ = ["Backend", "Bind", "Connection", "Launch", "Work", "unbound"]
+
+class HeldLease(Protocol):
+    """What a handle needs of the lease it keeps (a ``gpuroute.Lease``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def release(self) -> None: ...
+
 
 Bind = Callable[[Holder], None]
 """Names the work's holder in the lease (a no-op when the work runs without one)."""
@@ -78,7 +85,8 @@ class Launch:
     def __init__(self, plan: RoutingPlan, notes: Iterable[str] = ()) -> None:
         self.plan = plan
         self.notes = list(notes)
-        self.lease: Lease | None = None
+        self.lease: Any = None
+        """The ``gpuroute.Lease`` that holds the work's devices, if any."""
         self._own_lease = False
         self._closed = False
         self._detached = False
@@ -118,7 +126,7 @@ class Launch:
     def cleanup(self) -> None:
         """Let go of this handle's own resources (log files, connections)."""
 
-    def hold(self, lease: Lease, *, own: bool) -> None:
+    def hold(self, lease: HeldLease, *, own: bool) -> None:
         """Keep ``lease`` with this handle; an own lease is released when the handle closes
         (once the work has surely stopped)."""
         self.lease, self._own_lease = lease, own

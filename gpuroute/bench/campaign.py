@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import inspect
 import itertools
 import json
 import os
@@ -43,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -56,7 +55,9 @@ from gpuroute.bench.result import (
     Timing,
     Workload,
 )
-from gpuroute.bench.runners.common import Execution, Job, RunOptions, execute, now
+from gpuroute.bench.runners import RunnerName
+from gpuroute.bench.runners.common import Execution, RunOptions, execute, now
+from gpuroute.bench.runners.registry import load_runner
 from gpuroute.bench.simhost import SimulatedBenchHost
 from gpuroute.errors import BenchConfigError, BenchError, GpurouteError
 
@@ -73,7 +74,6 @@ RESULTS = "results.jsonl"
 CAMPAIGN_LABEL = "gpuroute.campaign.dir"
 """Every container of a campaign carries its directory, so that a resumed run can find the
 containers a killed one left behind."""
-RunnerName = Literal["transformers", "vllm", "trtllm"]
 
 
 class _Strict(BaseModel):
@@ -134,22 +134,6 @@ class Experiment:
         return f"{self.runner} {self.params.get('model', '?')} gpus={self.gpus} {rest}".strip()
 
 
-def _runner(name: str) -> Callable[..., Job]:
-    if name == "transformers":
-        from gpuroute.bench.runners.transformers import transformers_job
-
-        return transformers_job
-    if name == "vllm":
-        from gpuroute.bench.runners.vllm import vllm_job
-
-        return vllm_job
-    if name == "trtllm":
-        from gpuroute.bench.runners.trtllm import trtllm_job
-
-        return trtllm_job
-    raise BenchConfigError(f"no runner named {name!r}; choose transformers, vllm or trtllm")
-
-
 def _as_list(key: str, value: Any) -> list[Any]:
     values = value if isinstance(value, list) else [value]
     if not values:
@@ -204,8 +188,7 @@ def expand(campaign: Campaign) -> list[Experiment]:
         point = {**campaign.fixed, **dict(zip(keys, values, strict=True))}
         runner = str(point.pop("runner"))
         gpus = str(point.pop("gpus"))
-        job = _runner(runner)
-        known = set(inspect.signature(job).parameters) - {"execution"}
+        known = load_runner(runner).parameters
         unknown = sorted(set(point) - known)
         if unknown:
             raise BenchConfigError(
@@ -309,11 +292,7 @@ def _not_started(
         ended_at=now(),
         runner=RunnerInfo(
             name=experiment.runner,
-            mode=str(
-                params.get(
-                    "mode", "generate" if experiment.runner == "transformers" else "throughput"
-                )
-            ),
+            mode=str(params.get("mode", load_runner(experiment.runner).default_mode)),
             execution=execution,
             tool=experiment.runner,
             argv=[],
@@ -509,7 +488,7 @@ def _attempt(
     }
     execution = campaign.execution
     try:
-        job = _runner(experiment.runner)(execution=execution, **experiment.params)
+        job = load_runner(experiment.runner).job(execution=execution, **experiment.params)
         options = RunOptions(
             gpus=experiment.gpus,
             execution=execution,

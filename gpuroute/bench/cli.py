@@ -16,27 +16,28 @@ result is still written), 2 for a request that is wrong.
 from __future__ import annotations
 
 import argparse
-import inspect
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gpuroute.bench.runners.common import Job
+from gpuroute.bench.runners.registry import Runner, all_runners, load_runner
+from gpuroute.cli_options import add_inventory_options, key_values
 
 __all__ = ["add_parsers", "run"]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    from gpuroute.cli import add_inventory_options
-
+def _common(p: argparse.ArgumentParser, runner: Runner) -> None:
     p.add_argument("--gpus", default="none", help="the GPUs (any gpuroute spec; default none)")
     p.add_argument(
         "--execution",
         choices=("inprocess", "subprocess", "container"),
-        help="where the benchmark runs (default: subprocess; container for vllm and trtllm)",
+        help=f"where the benchmark runs (default: {runner.default_execution})",
     )
-    p.add_argument("--image", help="the container image (default: the tool's official image)")
+    p.add_argument(
+        "--image",
+        help=f"the container image (default: {runner.default_image})"
+        if runner.default_image
+        else f"the container image ({runner.tool} has no official image)",
+    )
     p.add_argument("--output", metavar="FILE", help="write the result here (JSON)")
     p.add_argument(
         "--workdir",
@@ -58,13 +59,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
 
 
-def _runner_parser(runners: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+def _runner_parser(runners: Any, runner: Runner) -> argparse.ArgumentParser:
     """A runner's options are named after its job's parameters (``dest``) and left out when
-    not given, so that the job's own defaults apply: one place for each default."""
+    not given, so that the job's own defaults apply: one place for each default. The runner
+    adds its own to the parser this returns."""
     p: argparse.ArgumentParser = runners.add_parser(
-        name, help=help_text, argument_default=argparse.SUPPRESS
+        runner.name, help=runner.help, argument_default=argparse.SUPPRESS
     )
-    _common(p)
+    _common(p, runner)
     p.add_argument("--seed", type=int, help="the prompts' random seed (default 0)")
     p.add_argument("--input-len", type=int, required=True)
     p.add_argument("--output-len", type=int, required=True)
@@ -75,60 +77,8 @@ def add_parsers(sub: Any) -> None:
     bench = sub.add_parser("bench", help="run an LLM benchmark on exactly the routed GPUs")
     runners = bench.add_subparsers(dest="runner", required=True, metavar="RUNNER")
 
-    tf = _runner_parser(runners, "transformers", "Hugging Face transformers generate()")
-    model = tf.add_mutually_exclusive_group(required=True)
-    model.add_argument(
-        "--tiny",
-        dest="model",
-        action="store_const",
-        const="tiny",
-        help="a tiny random model, no hub access",
-    )
-    model.add_argument("--model", help="a model name or local directory")
-    tf.add_argument("--revision")
-    tf.add_argument("--num-prompts", type=int, required=True)
-    tf.add_argument("--batch-size", type=int, help="default 1")
-    tf.add_argument("--warmup", type=int, help="untimed warm-up batches (default 1)")
-    tf.add_argument("--dtype", help="default: bfloat16 on a GPU, float32 on the CPU")
-    tf.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default auto")
-    tf.add_argument("--python", help="the interpreter in the image (default python3)")
-
-    vl = _runner_parser(runners, "vllm", "vllm bench throughput | latency | serve")
-    vl.add_argument("--mode", choices=("throughput", "latency", "serve"), help="default throughput")
-    vl.add_argument("--model", required=True)
-    vl.add_argument("--num-prompts", type=int, help="default 1000")
-    vl.add_argument("--batch-size", type=int, help="latency mode (default 8)")
-    vl.add_argument("--num-iters", type=int, help="latency mode (default 30)")
-    vl.add_argument("--num-iters-warmup", type=int, help="latency mode (default 10)")
-    vl.add_argument("--load-format")
-    vl.add_argument("--dtype")
-    vl.add_argument("--max-model-len", type=int)
-    vl.add_argument("--gpu-memory-utilization", type=float)
-    vl.add_argument("--request-rate", type=float, help="serve mode")
-    vl.add_argument("--max-concurrency", type=int, help="serve mode")
-    vl.add_argument("--port", type=int, help="serve mode (default 8000)")
-
-    tr = _runner_parser(runners, "trtllm", "trtllm-bench throughput | latency")
-    tr.add_argument("--mode", choices=("throughput", "latency"), help="default throughput")
-    tr.add_argument("--model", required=True)
-    tr.add_argument("--model-path")
-    tr.add_argument("--num-requests", type=int, help="default 1000")
-    tr.add_argument("--backend", help="default pytorch")
-    tr.add_argument("--warmup", type=int, help="warm-up requests (default 2)")
-    tr.add_argument("--concurrency", type=int)
-    tr.add_argument("--streaming", action="store_true")
-
-    for p, tool in ((vl, "vLLM"), (tr, "trtllm-bench")):
-        p.add_argument(
-            "--tp",
-            dest="tensor_parallel_size",
-            type=int,
-            help="tensor parallel size (default: the routed GPUs over --pp)",
-        )
-        p.add_argument("--pp", dest="pipeline_parallel_size", type=int, help="default 1")
-        p.add_argument(
-            "extra_args", nargs="*", metavar="EXTRA", help=f"after --: more {tool} arguments"
-        )
+    for runner in all_runners():
+        runner.add_arguments(_runner_parser(runners, runner))
 
     campaign = sub.add_parser("campaign", help="run or report a benchmark campaign")
     csub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="COMMAND")
@@ -142,33 +92,14 @@ def add_parsers(sub: Any) -> None:
     crep.add_argument("directory")
 
 
-def _job_builder(runner: str) -> Callable[..., Job]:
-    if runner == "transformers":
-        from gpuroute.bench.runners.transformers import transformers_job
-
-        return transformers_job
-    if runner == "vllm":
-        from gpuroute.bench.runners.vllm import vllm_job
-
-        return vllm_job
-    from gpuroute.bench.runners.trtllm import trtllm_job
-
-    return trtllm_job
-
-
 def _bench(args: argparse.Namespace) -> int:
     from gpuroute.bench.runners.common import Execution, RunOptions, execute
-    from gpuroute.cli import key_values
     from gpuroute.core.inventory import Inventory
 
-    runner: str = args.runner
+    runner = load_runner(args.runner)
     options_given = vars(args)
-    execution: Execution = options_given.get("execution") or (
-        "subprocess" if runner == "transformers" else "container"
-    )
-    build = _job_builder(runner)
-    wanted = set(inspect.signature(build).parameters) - {"execution"}
-    params = {name: value for name, value in options_given.items() if name in wanted}
+    execution: Execution = options_given.get("execution") or runner.default_execution
+    params = {name: value for name, value in options_given.items() if name in runner.parameters}
     output = Path(args.output) if "output" in args else None
     workdir = options_given.get("workdir") or (str(output) + ".native" if output else None)
     network = options_given.get("network")
@@ -193,8 +124,8 @@ def _bench(args: argparse.Namespace) -> int:
             from gpuroute.bench.simhost import SimulatedBenchHost
 
             sim = SimulatedBenchHost(args.simulate)
-            options = sim.apply(options, runner)
-        result = execute(build(execution=execution, **params), options)
+            options = sim.apply(options, runner.name)
+        result = execute(runner.job(execution=execution, **params), options)
     finally:
         if sim is not None:
             sim.close()

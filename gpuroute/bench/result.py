@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpuroute.bench.runners import RunnerName
+
 __all__ = [
     "SCHEMA",
     "Energy",
@@ -70,7 +72,8 @@ class Stats(_Model):
 
 
 class RunnerInfo(_Model):
-    name: Literal["transformers", "vllm", "trtllm"]
+    name: RunnerName
+    """A registered runner (``gpuroute.bench.runners``)."""
     mode: str
     """``generate`` (transformers), ``throughput``, ``latency`` or ``serve``."""
     execution: Literal["inprocess", "subprocess", "container"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuroute.bench.runners.common import RunOptions
+from gpuroute.bench.runners.registry import load_runner
 
 __all__ = ["SimulatedBenchHost"]
 
@@ -50,11 +51,8 @@ class SimulatedBenchHost:
         docker: dict[str, Any] = {}
         if options.execution == "container":
             self._start_engine()
-            # Unprivileged, the private engine may not lift the memlock limit that the
-            # TensorRT-LLM runner asks for; the stack limit stays.
-            docker = {"network_mode": "none"}
-            if runner == "trtllm":
-                docker["ulimits"] = [{"Name": "stack", "Soft": 67108864, "Hard": 67108864}]
+            # The private engine runs unprivileged: it may not grant all a runner asks for.
+            docker = {"network_mode": "none", **load_runner(runner).unprivileged_docker_kwargs}
         return replace(
             options,
             inventory=self.inventory,
@@ -67,13 +65,13 @@ class SimulatedBenchHost:
         )
 
     def _start_engine(self) -> None:
-        from gpuroute.testing.engine import IMAGE_TRTLLM, IMAGE_VLLM, SimulatedGPUHost
+        from gpuroute.testing.engine import STAND_IN_IMAGES, SimulatedGPUHost
 
         with self._lock:  # campaign runs ask from several threads
             if self.engine is None:
                 self.engine = SimulatedGPUHost(self.inventory).start()
                 self.docker_host = self.engine.base_url
-                self.images = {"vllm": IMAGE_VLLM, "trtllm": IMAGE_TRTLLM}
+                self.images = dict(STAND_IN_IMAGES)
 
     def close(self) -> None:
         if self.engine is not None:

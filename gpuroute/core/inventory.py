@@ -1,8 +1,8 @@
 """The GPU inventory: an immutable value listing a host's GPUs and MIG devices.
 
 GPUs are kept in NVML order (nvidia-smi's numbering, which is PCI bus order). The value is
-built from NVML (``Inventory.from_nvml``), from a JSON snapshot (``Inventory.load``), or
-directly. Building it checks that it is consistent: indices match positions, UUIDs and PCI
+built from NVML (``gpuroute.nvml.read_inventory``), from a JSON snapshot (``Inventory.load``),
+or directly. Building it checks that it is consistent: indices match positions, UUIDs and PCI
 bus ids are unique, MIG devices appear only on GPUs in MIG mode.
 """
 
@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpuroute.core.spec import normalize_pci_bus_id
 from gpuroute.errors import InventoryError, SnapshotError
-
-if TYPE_CHECKING:
-    from gpuroute.nvml import NVMLApi
 
 __all__ = ["GPU", "Device", "Inventory", "MIGDevice"]
 
@@ -226,14 +223,3 @@ class Inventory:
                 f"{source} is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
             ) from exc
         return cls.from_dict(data, source=str(source))
-
-    @classmethod
-    def from_nvml(cls, nvml: NVMLApi | None = None) -> Inventory:
-        """Read the live inventory through NVML. Never initialises CUDA.
-
-        ``nvml`` is the module providing the NVML functions: ``pynvml`` by default, or a
-        stand-in such as ``gpuroute.testing.FakeNVML``.
-        """
-        from gpuroute.nvml import read_inventory
-
-        return read_inventory(nvml)

@@ -38,7 +38,14 @@ from typing import Any
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing import toolkit
 
-__all__ = ["IMAGE", "IMAGE_CUDA_ALL", "IMAGE_TRTLLM", "IMAGE_VLLM", "SimulatedGPUHost"]
+__all__ = [
+    "IMAGE",
+    "IMAGE_CUDA_ALL",
+    "IMAGE_TRTLLM",
+    "IMAGE_VLLM",
+    "STAND_IN_IMAGES",
+    "SimulatedGPUHost",
+]
 
 IMAGE = "gpuroute-sim:latest"
 IMAGE_CUDA_ALL = "gpuroute-sim-cuda:latest"
@@ -47,6 +54,8 @@ IMAGE_VLLM = "gpuroute-sim-vllm:latest"
 newer vLLM images (a runner that does not set its own entrypoint runs a server)."""
 IMAGE_TRTLLM = "gpuroute-sim-trtllm:latest"
 """Stands in for the TensorRT-LLM release image: the stand-in ``trtllm-bench``."""
+STAND_IN_IMAGES = {"vllm": IMAGE_VLLM, "trtllm": IMAGE_TRTLLM}
+"""The stand-in image for each benchmark runner that has one, by runner name."""
 _TOOLS = ("nvidia-smi", "cuda-devices", "vllm", "trtllm-bench")
 
 

@@ -49,6 +49,7 @@ from gpuroute.bench.result import (
     Workload,
     derive_energy,
 )
+from gpuroute.bench.runners import RunnerName
 from gpuroute.errors import (
     BenchConfigError,
     BenchError,
@@ -149,7 +150,7 @@ class Collected:
 class Job:
     """One benchmark, as a runner describes it."""
 
-    runner: Literal["transformers", "vllm", "trtllm"]
+    runner: RunnerName
     mode: str
     tool: str
     workload: Workload

@@ -10,6 +10,7 @@ the timed batches only (model load and warm-up excluded).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import shutil
@@ -24,13 +25,13 @@ from gpuroute.bench.runners.common import (
     Execution,
     Job,
     RunOptions,
-    execute,
     require_positive,
 )
+from gpuroute.bench.runners.registry import Runner
 from gpuroute.bench.stats import PercentileMethod, summarize
 from gpuroute.errors import BenchConfigError, NativeReportError
 
-__all__ = ["TINY", "collect_worker_report", "run_transformers", "transformers_job"]
+__all__ = ["RUNNER", "TINY", "collect_worker_report", "run_transformers", "transformers_job"]
 
 TINY = "tiny"
 _CONFIG, _REPORT = "transformers-config.json", "transformers-report.json"
@@ -197,5 +198,34 @@ def collect_worker_report(path: Path) -> Collected:
 def run_transformers(options: RunOptions | None = None, **workload: Any) -> Result:
     """Run the generation benchmark; ``workload`` takes ``transformers_job``'s arguments
     (``model``, ``input_len``, ``output_len``, ``num_prompts``, ``batch_size``, …)."""
-    options = options or RunOptions()
-    return execute(transformers_job(execution=options.execution, **workload), options)
+    return RUNNER.run(options, **workload)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument(
+        "--tiny",
+        dest="model",
+        action="store_const",
+        const="tiny",
+        help="a tiny random model, no hub access",
+    )
+    model.add_argument("--model", help="a model name or local directory")
+    p.add_argument("--revision")
+    p.add_argument("--num-prompts", type=int, required=True)
+    p.add_argument("--batch-size", type=int, help="default 1")
+    p.add_argument("--warmup", type=int, help="untimed warm-up batches (default 1)")
+    p.add_argument("--dtype", help="default: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default auto")
+    p.add_argument("--python", help="the interpreter in the image (default python3)")
+
+
+RUNNER = Runner(
+    name="transformers",
+    tool="transformers",
+    help="Hugging Face transformers generate()",
+    job=transformers_job,
+    default_execution="subprocess",
+    default_mode="generate",
+    add_arguments=_add_arguments,
+)

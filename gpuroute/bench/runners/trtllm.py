@@ -10,6 +10,7 @@ the entrypoint (``trtllm-bench``), and parses the nested ``--report_json`` repor
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections.abc import Sequence
@@ -23,13 +24,13 @@ from gpuroute.bench.runners.common import (
     Execution,
     Job,
     RunOptions,
-    execute,
     read_report,
     require_positive,
 )
+from gpuroute.bench.runners.registry import Runner, add_parallel_options
 from gpuroute.errors import BenchConfigError
 
-__all__ = ["DEFAULT_IMAGE", "run_trtllm", "trtllm_job"]
+__all__ = ["DEFAULT_IMAGE", "RUNNER", "run_trtllm", "trtllm_job"]
 
 DEFAULT_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:latest"
 Mode = Literal["throughput", "latency"]
@@ -149,5 +150,31 @@ def trtllm_job(
 def run_trtllm(options: RunOptions | None = None, **workload: Any) -> Result:
     """Run a TensorRT-LLM benchmark; ``workload`` takes ``trtllm_job``'s arguments. In a
     container the image defaults to ``DEFAULT_IMAGE``."""
-    options = options or RunOptions(execution="container")
-    return execute(trtllm_job(execution=options.execution, **workload), options)
+    return RUNNER.run(options, **workload)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("throughput", "latency"), help="default throughput")
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-path")
+    p.add_argument("--num-requests", type=int, help="default 1000")
+    p.add_argument("--backend", help="default pytorch")
+    p.add_argument("--warmup", type=int, help="warm-up requests (default 2)")
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--streaming", action="store_true")
+    add_parallel_options(p, "trtllm-bench")
+
+
+RUNNER = Runner(
+    name="trtllm",
+    tool="trtllm-bench",
+    help="trtllm-bench throughput | latency",
+    job=trtllm_job,
+    default_execution="container",
+    default_mode="throughput",
+    add_arguments=_add_arguments,
+    default_image=DEFAULT_IMAGE,
+    # Unprivileged, an engine may not lift the memlock limit the job asks for; the stack
+    # limit stays.
+    unprivileged_docker_kwargs={"ulimits": [{"Name": "stack", "Soft": 67108864, "Hard": 67108864}]},
+)

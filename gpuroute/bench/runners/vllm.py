@@ -15,6 +15,7 @@ window is the client's timed run, excluding the server's start-up.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,13 +27,13 @@ from gpuroute.bench.runners.common import (
     Execution,
     Job,
     RunOptions,
-    execute,
     read_report,
     require_positive,
 )
+from gpuroute.bench.runners.registry import Runner, add_parallel_options
 from gpuroute.errors import BenchConfigError
 
-__all__ = ["DEFAULT_IMAGE", "run_vllm", "vllm_job"]
+__all__ = ["DEFAULT_IMAGE", "RUNNER", "run_vllm", "vllm_job"]
 
 DEFAULT_IMAGE = "vllm/vllm-openai:latest"
 Mode = Literal["throughput", "latency", "serve"]
@@ -221,5 +222,33 @@ def vllm_job(
 def run_vllm(options: RunOptions | None = None, **workload: Any) -> Result:
     """Run a vLLM benchmark; ``workload`` takes ``vllm_job``'s arguments. In a container
     the image defaults to ``DEFAULT_IMAGE``."""
-    options = options or RunOptions(execution="container")
-    return execute(vllm_job(execution=options.execution, **workload), options)
+    return RUNNER.run(options, **workload)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("throughput", "latency", "serve"), help="default throughput")
+    p.add_argument("--model", required=True)
+    p.add_argument("--num-prompts", type=int, help="default 1000")
+    p.add_argument("--batch-size", type=int, help="latency mode (default 8)")
+    p.add_argument("--num-iters", type=int, help="latency mode (default 30)")
+    p.add_argument("--num-iters-warmup", type=int, help="latency mode (default 10)")
+    p.add_argument("--load-format")
+    p.add_argument("--dtype")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--gpu-memory-utilization", type=float)
+    p.add_argument("--request-rate", type=float, help="serve mode")
+    p.add_argument("--max-concurrency", type=int, help="serve mode")
+    p.add_argument("--port", type=int, help="serve mode (default 8000)")
+    add_parallel_options(p, "vLLM")
+
+
+RUNNER = Runner(
+    name="vllm",
+    tool="vLLM",
+    help="vllm bench throughput | latency | serve",
+    job=vllm_job,
+    default_execution="container",
+    default_mode="throughput",
+    add_arguments=_add_arguments,
+    default_image=DEFAULT_IMAGE,
+)
