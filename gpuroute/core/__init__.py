@@ -1,7 +1,7 @@
 """The pure core: the spec grammar, the inventory value, resolution into a routing plan.
 
 Nothing here reads the environment, talks to NVML or Docker, or starts a process. Values go
-in and values come out; the I/O layer (``gpuroute.nvml``, ``gpuroute.host``) and the adapters
+in and values come out; the I/O layer (``gpuroute.nvml``, ``gpuroute.host``) and the backends
 build on it, never the other way round. ``Inventory.load``/``save`` are the only doors to
 I/O: they read or write the one file named. The live inventory is read by
 ``gpuroute.nvml.read_inventory``.
