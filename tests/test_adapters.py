@@ -1,4 +1,4 @@
-"""What the backends render from a plan, compared with what docker-py and the docker CLI really build."""
+"""What the backends render from a plan, against what docker-py and the docker CLI build."""
 
 from __future__ import annotations
 
