@@ -15,9 +15,9 @@ Importing gpuroute imports neither docker nor pynvml; they load when first used.
 
 from gpuroute.api import acquire, launch, plan
 from gpuroute.backends import Launch
-from gpuroute.backends.compose import ComposeLaunch
-from gpuroute.backends.docker import ContainerLaunch, RetryPolicy
-from gpuroute.backends.local import LocalLaunch
+from gpuroute.backends.compose import ComposeLaunch, ComposeWork
+from gpuroute.backends.docker import ContainerLaunch, DockerWork, RetryPolicy
+from gpuroute.backends.local import LocalLaunch, LocalWork
 from gpuroute.core import GPU, CallerContext, Device, Inventory, MIGDevice, RoutingPlan
 from gpuroute.errors import (
     AmbiguousDeviceError,
@@ -54,8 +54,7 @@ from gpuroute.errors import (
 from gpuroute.host import Host, default_inventory, detect_context
 from gpuroute.leases import Lease
 from gpuroute.records import Holder
-
-__version__ = "0.1.0"
+from gpuroute.version import __version__
 
 __all__ = [
     "acquire",
@@ -63,11 +62,13 @@ __all__ = [
     "CallerContext",
     "ComposeConflictError",
     "ComposeLaunch",
+    "ComposeWork",
     "ContainerLaunch",
     "ContextError",
     "default_inventory",
     "detect_context",
     "Device",
+    "DockerWork",
     "DeviceLeasedError",
     "DuplicateDeviceError",
     "EngineError",
@@ -89,6 +90,7 @@ __all__ = [
     "LeaseError",
     "LimitExceededError",
     "LocalLaunch",
+    "LocalWork",
     "MIGDevice",
     "MIGModeError",
     "MixedDeviceError",

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gpuroute.backends import Launch, Work
-from gpuroute.backends.docker import Pull
+from gpuroute.backends.docker import Pull, RetryPolicy
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
@@ -20,6 +20,7 @@ from gpuroute.core.spec import SpecInput
 from gpuroute.errors import LaunchError
 from gpuroute.host import LeaseTerms, PlanOptions, host_for
 from gpuroute.leases import Lease
+from gpuroute.limits import Policy
 
 __all__ = ["acquire", "launch", "plan"]
 
@@ -64,7 +65,7 @@ def acquire(
     ttl_s: float | None = None,
     state: HostState | None = None,
     nvml: Any = None,
-    policy: Any = None,
+    policy: Policy | None = None,
     context: CallerContext | None = None,
     target: Target | None = None,
     min_free_mib: int | None = None,
@@ -133,7 +134,7 @@ def launch(
     local_ids: LocalIds = "uuid",
     docker_host: str | None = None,
     docker_client: Any = None,
-    retry: Any = None,
+    retry: RetryPolicy | None = None,
     pull: Pull = "missing",
     name: str | None = None,
     compose: Sequence[str] | None = None,

@@ -571,13 +571,13 @@ def default_host(
 def host_for(
     inventory: Inventory | None = None,
     *,
-    nvml: Any = None,
+    nvml: NVMLApi | None = None,
     lease_dir: str | os.PathLike[str] | None = None,
-    policy: Any = None,
+    policy: Policy | None = None,
     state: HostState | None = None,
     docker_host: str | None = None,
     docker_client: Any = None,
-    retry: Any = None,
+    retry: RetryPolicy | None = None,
 ) -> Host:
     """The default host for the call's engine and lease directory, with the call's own
     inventory, NVML, policy or live state where it gives them. A caller's docker-py client

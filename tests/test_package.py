@@ -12,9 +12,6 @@ from pathlib import Path
 
 import gpuroute
 
-# Known offenders of the rules below, still to be fixed in launch.py, leases.py and limits.py.
-# Empty each set as its offender is fixed; never add a new one.
-
 PACKAGE = Path(gpuroute.__file__).parent
 CORE_MAY_IMPORT = ("gpuroute.core", "gpuroute.errors", "pydantic", "__future__")
 
@@ -95,6 +92,23 @@ def test_no_module_takes_a_private_name_from_another() -> None:
     assert found == set()
 
 
+def test_names_other_modules_import_are_public() -> None:
+    """A name one module imports from another is in that module's ``__all__`` (where it has
+    one): the names modules share are the public ones, listed where they live."""
+    hidden = set()
+    for name, path in MODULES.items():
+        for node, imported, taken in _imports(ast.parse(path.read_text())):
+            if imported not in MODULES or imported == name:
+                continue
+            exported = getattr(importlib.import_module(imported), "__all__", None)
+            if exported is None:
+                continue
+            for item in taken:
+                if item not in exported and f"{imported}.{item}" not in MODULES:
+                    hidden.add(f"{name}:{node.lineno} takes {imported}.{item}")
+    assert sorted(hidden) == []
+
+
 def test_the_private_name_check_sees_every_form() -> None:
     code = """
 import gpuroute.nvml
@@ -170,6 +184,61 @@ def test_no_module_is_shadowed_by_a_name_in_its_package() -> None:
         if getattr(sys.modules[parent], child, module) is not module:
             shadowed.add(info.name)
     assert shadowed == set()
+
+
+LAYERS = (
+    ("gpuroute.errors", "gpuroute.core", "gpuroute.records", "gpuroute.version"),
+    ("gpuroute.backends", "gpuroute.nvml", "gpuroute.limits"),
+    ("gpuroute.leases",),
+    ("gpuroute.host",),
+    ("gpuroute.api", "gpuroute.testing"),
+    ("gpuroute.doctor", "gpuroute.demo", "gpuroute.cli_options"),
+    ("gpuroute.bench",),
+    ("gpuroute.cli", "gpuroute.__main__", "gpuroute"),
+)
+"""The layers of docs/architecture.md, bottom first: a module imports only its own layer and
+the layers below it, at every level (function bodies and ``TYPE_CHECKING`` included)."""
+
+
+def _layer(module: str) -> int:
+    best = -1, 0
+    for rank, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                best = max(best, (len(prefix), rank))
+    assert best[0] > 0, f"{module} is in no layer of docs/architecture.md"
+    return best[1]
+
+
+def test_every_module_imports_only_its_layer_and_those_below() -> None:
+    upward = [
+        f"{name} imports {target}"
+        for name, targets in _import_graph().items()
+        for target in targets
+        if _layer(target) > _layer(name)
+    ]
+    assert upward == []
+
+
+def test_backends_know_nothing_of_leases_hosts_or_each_others_callers() -> None:
+    """A backend module imports the core, the records, the errors and other backends only:
+    adding one never touches the route, the leases or the host."""
+    for name, targets in _import_graph().items():
+        if name.startswith("gpuroute.backends"):
+            outside = {
+                t
+                for t in targets
+                if not t.startswith(("gpuroute.backends", "gpuroute.core"))
+                and t not in ("gpuroute.errors", "gpuroute.records")
+            }
+            assert outside == set(), name
+
+
+def test_the_testing_package_is_imported_only_where_documented() -> None:
+    allowed = ("gpuroute.testing", "gpuroute.demo", "gpuroute.bench.simhost", "gpuroute.cli")
+    for name, targets in _import_graph().items():
+        if any(t.startswith("gpuroute.testing") for t in targets):
+            assert name.startswith(allowed), name
 
 
 def _import_graph() -> dict[str, set[str]]:

@@ -384,6 +384,8 @@ def _check_generated(
 
 # -- the handle ---------------------------------------------------------------------------
 
+_NOT_YET = object()
+
 
 class ComposeLaunch(ProcessLaunch):
     """``compose run --rm`` of one service, on a generated configuration."""
@@ -419,15 +421,24 @@ class ComposeLaunch(ProcessLaunch):
         """The service's container once it exists (and runs, with ``running``), while the
         compose process lives; None if it does not appear within ``timeout`` seconds."""
         import docker.errors
+        import tenacity
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            with contextlib.suppress(docker.errors.NotFound):
+        def look() -> Any:
+            if self.process.poll() is not None:
+                return None  # compose has ended: the container will not appear
+            try:
                 container = self.engine.client.containers.get(self.run.container_name)
-                if not running or container.status == "running":
-                    return container
-            time.sleep(0.05)
-        return None
+            except docker.errors.NotFound:
+                return _NOT_YET
+            return container if not running or container.status == "running" else _NOT_YET
+
+        found = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(max(timeout, 0)),
+            wait=tenacity.wait_fixed(0.05),
+            retry=tenacity.retry_if_result(lambda result: result is _NOT_YET),
+            retry_error_callback=lambda state: None,
+        )(look)
+        return None if found is _NOT_YET else found
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -198,15 +197,22 @@ class ProcessLaunch(Launch):
     def kill_group(self, timeout: float) -> None:
         """SIGTERM to the whole process group (children the leader left behind included),
         then SIGKILL to whatever of it is left after ``timeout`` seconds."""
+        import tenacity
+
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def alive() -> bool:
             self.process.poll()  # reap the leader, so that only live members count
-            if not self._group_alive():
-                break
-            time.sleep(0.02)
-        else:
+            return self._group_alive()
+
+        ended = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(timeout),
+            wait=tenacity.wait_fixed(0.02),
+            retry=tenacity.retry_if_result(bool),
+            retry_error_callback=lambda state: True,
+        )
+        if ended(alive):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()

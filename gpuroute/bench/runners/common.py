@@ -586,7 +586,7 @@ def _result(
     wall: tuple[float, float],
     argv: list[str],
 ) -> Result:
-    import gpuroute
+    from gpuroute.version import __version__
 
     wall_start, wall_end = wall
     routing = _routing(job, plan, options, lease)
@@ -641,7 +641,7 @@ def _result(
         gpu_names=[d.gpu.name + (f" MIG {d.mig.profile}" if d.mig else "") for d in plan.devices],
         hostname=socket.gethostname(),
         python_version=platform.python_version(),
-        gpuroute_version=gpuroute.__version__,
+        gpuroute_version=__version__,
         framework_versions=dict(collected.framework_versions) if collected else {},
         device=collected.device if collected else None,
         simulated_host=options.simulated_host,
