@@ -23,10 +23,12 @@ simulated host, instead of ``GPUROUTE_INVENTORY`` or NVML. User errors print one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from gpuroute.api import plan as make_plan
@@ -245,6 +247,43 @@ def _has_inventory_option(args: argparse.Namespace) -> bool:
     return bool(args.inventory or args.simulate)
 
 
+class _Stopped(BaseException):
+    """A signal asked ``gpuroute run`` to stop (SIGINT, SIGTERM, SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_stop_the_work() -> Iterator[None]:
+    """The first SIGINT, SIGTERM or SIGHUP stops the work: the launch is unwound (the work
+    stopped and removed, the lease released, temporary files deleted). Signals that come
+    while it is being stopped are noted, never allowed to cut the clean-up short."""
+
+    def again(signum: int, frame: object) -> None:
+        print(
+            f"gpuroute: {signal.Signals(signum).name} again: still stopping the work",
+            file=sys.stderr,
+        )
+
+    def first(signum: int, frame: object) -> None:
+        for each in _STOP_SIGNALS:
+            signal.signal(each, again)
+        print(f"gpuroute: {signal.Signals(signum).name}: stopping the work", file=sys.stderr)
+        raise _Stopped(signum)
+
+    previous = {each: signal.signal(each, first) for each in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+
 def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
     from gpuroute.api import launch
 
@@ -252,36 +291,36 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     env = key_values(args.env, "--env")
-    handle = launch(
-        argv,
-        gpus=args.gpus,
-        image=args.image,
-        compose_service=args.compose_service,
-        compose_files=args.compose_files,
-        inventory=inventory,
-        env=env,
-        verify=args.verify,
-        cdi=args.cdi,
-        torchrun=args.torchrun,
-        local_ids=args.local_ids,
-        stream=True,
-        docker_kwargs={"network_mode": args.network} if args.network else None,
-        lease=args.lease,
-        lease_dir=args.lease_dir,
-    )
-    with handle:
-        if args.explain:
-            print(handle.plan.explain(), file=sys.stderr)
-        for note in handle.notes:
-            print(f"gpuroute: {note}", file=sys.stderr)
-        try:
-            for chunk in handle.follow():  # a container's output; the others print it
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-            return handle.wait()
-        except KeyboardInterrupt:
-            print("gpuroute: interrupted; stopping the work", file=sys.stderr)
-            return 130
+    try:
+        with _signals_stop_the_work():
+            handle = launch(
+                argv,
+                gpus=args.gpus,
+                image=args.image,
+                compose_service=args.compose_service,
+                compose_files=args.compose_files,
+                inventory=inventory,
+                env=env,
+                verify=args.verify,
+                cdi=args.cdi,
+                torchrun=args.torchrun,
+                local_ids=args.local_ids,
+                stream=True,
+                docker_kwargs={"network_mode": args.network} if args.network else None,
+                lease=args.lease,
+                lease_dir=args.lease_dir,
+            )
+            with handle:
+                if args.explain:
+                    print(handle.plan.explain(), file=sys.stderr)
+                for note in handle.notes:
+                    print(f"gpuroute: {note}", file=sys.stderr)
+                for chunk in handle.follow():  # a container's output; the others print it
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                return handle.wait()
+    except _Stopped as stopped:
+        return 128 + stopped.signum
 
 
 def _existing_lease_dir(path: str | None) -> LeaseDir | None:
@@ -448,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GpurouteError as exc:
         print(f"gpuroute: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("gpuroute: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

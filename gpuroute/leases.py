@@ -34,7 +34,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
-from gpuroute.backends.local import process_alive, process_holder, process_start_time
+from gpuroute.backends.local import (
+    process_alive,
+    process_holder,
+    process_start_time,
+    process_state,
+)
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Device, Inventory
 from gpuroute.core.plan import RoutingPlan
@@ -104,8 +109,11 @@ def stale_reason(
     holder = record.holder
     if alive(holder) is not False:
         return None
-    if holder.backend == "local":
-        if process_start_time(int(holder.id)) is not None:
+    if holder.backend == "local" and holder.pid is not None:
+        state = process_state(holder.pid)
+        if state in ("Z", "X"):
+            return f"its process {holder.id} has ended (a zombie its parent never collected)"
+        if state is not None:
             return f"its process {holder.id} has ended (the pid now belongs to another process)"
         return f"its process {holder.id} has ended"
     return f"its {holder.describe()} is gone"

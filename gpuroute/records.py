@@ -5,12 +5,14 @@ write these; nothing here does I/O, so every module that needs a record imports 
 none of them imports another for it.
 
 A record names its **holder**, the work that keeps the lease alive, the same way for every
-backend: ``Holder(backend, id, where, started)``. ``backend`` names the backend whose probe
-decides whether the holder still lives (``local``: a process; ``docker``: a container;
-``compose``: a compose service's container, by name), ``id`` is that backend's own id (a
-pid, a container id or name), ``where`` is where it runs (an engine address; None for this
-host), and ``started`` tells a reused id from the original (a process's start time in clock
-ticks since boot).
+backend: ``Holder(backend, id, where, pid, started)``. ``backend`` names the backend whose
+probe decides whether the holder still lives (``local``: a process; ``docker``: a
+container; ``compose``: a compose service's container, by name), ``id`` is that backend's
+own id (a pid, a container id or name), ``where`` is where it runs (an engine address; None
+for this host). ``pid`` and ``started`` name a process of this host that stands for the
+holder (the process itself; a container's init process; the compose client) with its start
+time in clock ticks since boot, which tells a reused pid from the original: it lets the
+probe decide when the backend itself cannot answer (an engine that is gone).
 
 Schema ``gpuroute.lease/2`` (one JSON object per device file; every device file of one lease
 holds the same record)::
@@ -18,7 +20,7 @@ holds the same record)::
     {"schema": "gpuroute.lease/2", "lease_id": "9f2c1a0b7e3d", "devices": ["GPU-…"],
      "spec": "any:1", "uid": 1000, "user": "alice", "boot_id": "…", "created": 1764633600.5,
      "ttl_s": null, "holder": {"backend": "local", "id": "4242", "where": null,
-     "started": 123456}}
+     "pid": 4242, "started": 123456}}
 
 Records of the earlier schema ``gpuroute.lease/1`` (``pid``, ``pid_start``, ``container_id``,
 ``docker_host`` at the top level) are still read; they are written as ``gpuroute.lease/2``.
@@ -54,7 +56,7 @@ _V1_FIELDS = frozenset(
 _V2_FIELDS = frozenset(
     {"lease_id", "devices", "spec", "uid", "user", "boot_id", "created", "ttl_s", "holder"}
 )
-_HOLDER_FIELDS = frozenset({"backend", "id", "where", "started"})
+_HOLDER_FIELDS = frozenset({"backend", "id", "where", "pid", "started"})
 
 
 def _is_int(value: object) -> bool:
@@ -71,22 +73,19 @@ def _optional(value: object, check: Any) -> bool:
 
 @dataclass(frozen=True)
 class Holder:
-    """The work that keeps a lease alive, as its backend names it."""
+    """The work that keeps a lease alive, as its backend names it, and the process of this
+    host that stands for it (if any)."""
 
     backend: str
     id: str
     where: str | None = None
+    pid: int | None = None
     started: int | None = None
 
     @classmethod
     def process(cls, pid: int, started: int | None) -> Holder:
         """A process of this host (``started``: its start time, to tell a reused pid)."""
-        return cls("local", str(pid), None, started)
-
-    @property
-    def pid(self) -> int | None:
-        """The process id, for a process holder."""
-        return int(self.id) if self.backend == "local" and self.id.isdigit() else None
+        return cls("local", str(pid), None, pid, started)
 
     def describe(self) -> str:
         if self.backend == "local":
@@ -100,6 +99,7 @@ class Holder:
             "backend": self.backend,
             "id": self.id,
             "where": self.where,
+            "pid": self.pid,
             "started": self.started,
         }
 
@@ -107,16 +107,23 @@ class Holder:
     def from_dict(cls, data: object) -> Holder:
         if not isinstance(data, dict) or set(data) != _HOLDER_FIELDS:
             raise ValueError("malformed lease holder")
-        backend, ident, where, started = (data[k] for k in ("backend", "id", "where", "started"))
+        backend, ident, where = data["backend"], data["id"], data["where"]
+        pid, started = data["pid"], data["started"]
         checks = (
             isinstance(backend, str) and backend.isidentifier(),
             isinstance(ident, str) and ident != "",
             _optional(where, lambda v: isinstance(v, str)),
+            _optional(pid, _is_pid),
             _optional(started, _is_int),
         )
         if not all(checks):
             raise ValueError("malformed lease holder")
-        return cls(backend, ident, where, started)
+        return cls(backend, ident, where, pid, started)
+
+
+def _is_pid(value: object) -> bool:
+    """A Linux pid: 1 to 2**22 (the kernel's largest ``pid_max``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 2**22
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ class LeaseRecord:
     # Read-only views of the holder, as the earlier schema named them.
     @property
     def pid(self) -> int | None:
-        return self.holder.pid
+        return self.holder.pid if self.holder.backend == "local" else None
 
     @property
     def pid_start(self) -> int | None:
@@ -221,7 +228,7 @@ def _v1_holder(data: dict[str, Any]) -> Holder:
     pid, pid_start = data.pop("pid"), data.pop("pid_start")
     container_id, docker_host = data.pop("container_id"), data.pop("docker_host")
     checks = (
-        _optional(pid, _is_int),
+        _optional(pid, _is_pid),
         _optional(pid_start, _is_int),
         _optional(container_id, lambda v: isinstance(v, str)),
         _optional(docker_host, lambda v: isinstance(v, str)),
@@ -229,7 +236,7 @@ def _v1_holder(data: dict[str, Any]) -> Holder:
     if not all(checks):
         raise ValueError("malformed lease record")
     if container_id:
-        return Holder("docker", container_id, docker_host, None)
+        return Holder("docker", container_id, docker_host)
     if pid is None:
         raise ValueError("a gpuroute.lease/1 record with neither a process nor a container")
     return Holder.process(pid, pid_start)

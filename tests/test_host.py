@@ -236,6 +236,7 @@ def test_a_new_backend_runs_work_and_holds_leases_like_the_others(tmp_path: Path
         "backend": "thread",
         "id": handle.id,
         "where": None,
+        "pid": None,
         "started": None,
     }
     # Its thread has ended: its backend says so, and the next acquisition reclaims it.

@@ -238,6 +238,7 @@ def test_lease_files_say_who_holds_what(tmp_path: Path) -> None:
             None,
         )
         assert data["boot_id"]
+        assert holder["pid"] == os.getpid()
         assert holder["started"]
         assert lease.plan.container_env["CUDA_VISIBLE_DEVICES"] == "1,0"
     assert sorted(os.listdir(tmp_path)) == ["lock"]
@@ -294,11 +295,13 @@ def test_records_of_the_earlier_schema_are_still_honoured(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "holder",
     [
-        {"backend": "local", "id": "", "where": None, "started": None},
-        {"backend": "local", "id": "1", "where": 3, "started": None},
-        {"backend": "no such", "id": "1", "where": None, "started": None},
-        {"backend": "local", "id": "1", "where": None, "started": True},
-        {"backend": "local", "id": "1", "where": None},
+        {"backend": "local", "id": "", "where": None, "pid": 1, "started": None},
+        {"backend": "local", "id": "1", "where": 3, "pid": 1, "started": None},
+        {"backend": "no such", "id": "1", "where": None, "pid": 1, "started": None},
+        {"backend": "local", "id": "1", "where": None, "pid": 1, "started": True},
+        {"backend": "local", "id": "1", "where": None, "pid": 10**30, "started": None},
+        {"backend": "local", "id": "1", "where": None, "pid": 0, "started": None},
+        {"backend": "local", "id": "1", "where": None, "started": None},
         "pid 1",
     ],
 )

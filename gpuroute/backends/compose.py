@@ -32,10 +32,11 @@ from gpuroute.backends.docker import (
     RetryPolicy,
     check_seen,
     container_state,
+    init_process,
     nvidia_smi_inside,
 )
 from gpuroute.backends.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
-from gpuroute.backends.local import ProcessLaunch, process_holder
+from gpuroute.backends.local import ProcessLaunch, process_alive, process_start_time
 from gpuroute.core.plan import RoutingPlan
 from gpuroute.errors import ComposeConflictError, EngineError, LaunchError
 from gpuroute.records import Holder
@@ -393,13 +394,22 @@ class ComposeLaunch(ProcessLaunch):
     kind = "compose"
 
     def __init__(
-        self, plan: RoutingPlan, run: ComposeRun, engine: Engine, *, cwd: Path, stream: bool
+        self,
+        plan: RoutingPlan,
+        run: ComposeRun,
+        engine: Engine,
+        *,
+        cwd: Path,
+        stream: bool,
+        gated: bool = False,
     ) -> None:
         self.run = run
         self.engine = engine
         self.cwd = cwd
         try:
-            super().__init__(plan, run.argv, run.env, cwd=cwd, stream=stream, notes=run.notes)
+            super().__init__(
+                plan, run.argv, run.env, cwd=cwd, stream=stream, notes=run.notes, gated=gated
+            )
         except LaunchError:
             run.cleanup()
             raise
@@ -408,8 +418,12 @@ class ComposeLaunch(ProcessLaunch):
     def id(self) -> str:
         return self.run.container_name
 
-    def holder(self) -> Holder:
-        return Holder("compose", self.run.container_name, self.engine.holder_where())
+    def holder(self, container: Any = None) -> Holder:
+        """The service's holder: its container by name, standing for it the compose client
+        until the container runs, then the container's init process (where visible)."""
+        init = init_process(self.engine, container) if container is not None else None
+        pid, started = init or (self.process.pid, process_start_time(self.process.pid))
+        return Holder("compose", self.run.container_name, self.engine.holder_where(), pid, started)
 
     def _container(self, action: Callable[[Any], None]) -> None:
         import docker.errors
@@ -526,16 +540,21 @@ class ComposeBackend(Backend):
             cwd=cwd,
             container_name=work.name,
         )
-        handle = ComposeLaunch(plan, run, self.engine, cwd=cwd, stream=work.stream)
-        if bind is unbound:
+        gated = bind is not unbound
+        handle = ComposeLaunch(plan, run, self.engine, cwd=cwd, stream=work.stream, gated=gated)
+        if not gated:
             return handle
         try:
-            # The compose process holds the lease until the service's container exists
-            # (it outlives a killed compose client); then the container does.
-            bind(process_holder(handle.process.pid))
-            if handle.wait_for_container(30) is not None:
-                bind(handle.holder())
+            # The lease names the service's container and the compose client before the
+            # client may start (it waits at the gate): a launcher killed at any moment leaves
+            # either nothing running, or work that its lease names.
+            bind(handle.holder())
+            handle.open_gate()
+            container = handle.wait_for_container(30, running=True)
+            if container is not None:
+                bind(handle.holder(container))
         except BaseException:
+            handle.shut_gate()
             handle.close()
             raise
         return handle
@@ -545,7 +564,18 @@ class ComposeBackend(Backend):
         handle.verify()
 
     def alive(self, holder: Holder) -> bool | None:
-        """Whether the service's container (by name) still exists; None if unknown."""
+        """Whether the service's container (by name) still exists, as the engine says; while
+        it does not exist yet, whether the compose client that will create it lives; when
+        the engine cannot be asked, whether the process standing for it (the client, then
+        the container's init process) lives."""
+        state = self._engine_says(holder)
+        if state is True:
+            return True
+        if holder.pid is not None:
+            return process_alive(holder)
+        return state
+
+    def _engine_says(self, holder: Holder) -> bool | None:
         if holder.where == UNKNOWN_ENGINE:
             return None
         if self._engine is not None and holder.where == self._engine.where:

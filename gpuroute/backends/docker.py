@@ -49,6 +49,7 @@ __all__ = [
     "connect",
     "container_kwargs",
     "container_state",
+    "init_process",
     "device_requests",
     "engine_address",
     "is_not_running",
@@ -186,6 +187,13 @@ def call(fn: Callable[[], T], *, retry: RetryPolicy, where: str, image: str | No
         base = min(retry.max_wait, retry.initial_wait * 2 ** (state.attempt_number - 1))
         return float(base * (1 + retry.jitter * random.random()))  # noqa: S311 - jitter
 
+    def attempt() -> T:
+        try:
+            return fn()
+        except Exception as exc:
+            _close_failed_sockets(exc)
+            raise
+
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(retry.attempts),
         wait=wait,
@@ -194,7 +202,7 @@ def call(fn: Callable[[], T], *, retry: RetryPolicy, where: str, image: str | No
         reraise=True,
     )
     try:
-        return retrying(fn)
+        return retrying(attempt)
     except EngineError:
         raise
     except Exception as exc:
@@ -209,6 +217,20 @@ def call(fn: Callable[[], T], *, retry: RetryPolicy, where: str, image: str | No
         if isinstance(exc, engine_failures):
             raise translate(exc, where=where, image=image) from exc
         raise
+
+
+def _close_failed_sockets(exc: BaseException) -> None:
+    """Close the socket of a connection that failed to open. docker-py's unix-socket
+    transport leaves it open (``connect`` assigns it to the connection only on success), so
+    every failed try on a dead engine would leak one, until the garbage collector finds it."""
+    import socket
+    import traceback
+
+    for link in _chain(exc):
+        for frame, _ in traceback.walk_tb(link.__traceback__):
+            sock = frame.f_locals.get("sock")
+            if isinstance(sock, socket.socket) and frame.f_code.co_name == "connect":
+                sock.close()
 
 
 def engine_address(environ: Mapping[str, str] | None = None) -> str:
@@ -648,6 +670,11 @@ class DockerBackend(Backend):
             # runs while the lease names only this (mortal) launcher.
             bind(Holder("docker", str(container.id), engine.holder_where()))
             engine.call(container.start, image=work.image)
+            # And the container's init process, which outlives the engine's API: liveness is
+            # then known even when the engine no longer answers.
+            init = init_process(engine, container)
+            if init is not None:
+                bind(Holder("docker", str(container.id), engine.holder_where(), *init))
         except BaseException:
             handle.close()
             raise
@@ -685,7 +712,17 @@ class DockerBackend(Backend):
 
     def alive(self, holder: Holder) -> bool | None:
         """Whether a holder's container still exists (created, running, restarting or
-        paused); None when its engine is unknown or cannot be asked."""
+        paused), as its engine says; when the engine cannot be asked, whether the
+        container's init process (recorded at start, for an engine on this host) lives;
+        None when neither can tell."""
+        state = self._engine_says(holder)
+        if state is None and holder.pid is not None:
+            from gpuroute.backends.local import process_alive
+
+            return process_alive(holder)
+        return state
+
+    def _engine_says(self, holder: Holder) -> bool | None:
         if holder.where == UNKNOWN_ENGINE:
             return None
         mine = self._engine is not None and holder.where == self._engine.where
@@ -707,6 +744,22 @@ class DockerBackend(Backend):
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+
+
+def init_process(engine: Engine, container: Any) -> tuple[int, int] | None:
+    """The host pid and start time of a started container's init process, where this
+    process can see it (an engine on this host, in our pid namespace); None otherwise."""
+    from gpuroute.backends.local import process_start_time
+
+    if not engine.where.startswith("unix://"):
+        return None
+    try:
+        engine.call(container.reload)
+        pid = int(container.attrs["State"]["Pid"])
+    except (EngineError, KeyError, TypeError, ValueError):
+        return None
+    started = process_start_time(pid) if pid > 0 else None
+    return (pid, started) if started is not None else None
 
 
 def container_state(engine: Engine, container: str) -> bool | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,9 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from gpuroute.backends.base import Backend, Bind, Launch, Work
+from gpuroute.backends.base import Backend, Bind, Launch, Work, unbound
 from gpuroute.backends.env import merge_env
 from gpuroute.core.plan import RoutingPlan
 from gpuroute.errors import LaunchError, LaunchTimeout
@@ -34,6 +34,7 @@ __all__ = [
     "process_env",
     "process_holder",
     "process_start_time",
+    "process_state",
     "process_tree",
     "torchrun_command",
 ]
@@ -74,14 +75,30 @@ def torchrun_command(
 # -- processes as lease holders -----------------------------------------------------------
 
 
-def process_start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and start time (clock ticks since boot), from
+    ``/proc/<pid>/stat``; None when there is no such process."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode(errors="replace")
     except OSError:
         return None
     fields = text.rsplit(")", 1)[-1].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    if len(fields) < 20 or not fields[19].isdigit():
+        return None
+    return fields[0], int(fields[19])
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter (``R``, ``S``, ``Z`` for a zombie, ...); None if none."""
+    found = _stat(pid)
+    return found[0] if found is not None else None
+
+
+def process_start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    found = _stat(pid)
+    return found[1] if found is not None else None
 
 
 @cache
@@ -98,19 +115,26 @@ def process_holder(pid: int | None = None) -> Holder:
 
 
 def process_alive(holder: Holder) -> bool | None:
-    """Whether a process holder lives: False once its pid is gone or belongs to a process
-    started at another time; True for a live process, also another user's."""
+    """Whether the process that stands for a holder lives: False once its pid is gone, is a
+    zombie (it has exited; only its parent has not collected it), or belongs to a process
+    started at another time; True for a live process, also another user's. None for a
+    holder without a process."""
     pid = holder.pid
     if pid is None:
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    found = _stat(pid)
+    if found is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # another user's live process, where /proc hides it
+        return True  # no /proc: the pid answers
+    state, start = found
+    if state in ("Z", "X"):
         return False
-    except PermissionError:
-        pass  # another user's live process
-    start = process_start_time(pid)
-    return not (holder.started is not None and start is not None and start != holder.started)
+    return not (holder.started is not None and start != holder.started)
 
 
 def process_tree(root: int) -> set[int]:
@@ -139,8 +163,37 @@ def process_tree(root: int) -> set[int]:
 # -- the handle ---------------------------------------------------------------------------
 
 
+GATE = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "go = os.read(fd, 1) == b'1'\n"
+    "os.close(fd)\n"
+    "if not go:\n"
+    "    sys.exit(125)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+"""Runs before gated work: it waits for the launcher's go (written once the lease names
+this very process) and then becomes the work (``exec``: same pid, same start time). If the
+launcher dies first, the pipe closes and the work never starts."""
+
+
+def _check_executable(argv: list[str], env: Mapping[str, str], cwd: str | None) -> None:
+    """The error Popen would give for a program that cannot be run, before the gate hides it."""
+    name = argv[0]
+    if "/" in name:
+        path = os.path.join(cwd or os.getcwd(), name)
+        found = path if os.access(path, os.X_OK) and os.path.isfile(path) else None
+    else:
+        found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise LaunchError(f"cannot start {name!r}: No such file or directory (or not executable)")
+
+
 class ProcessLaunch(Launch):
-    """Work run by a child process of ours (the program itself, or ``compose run``)."""
+    """Work run by a child process of ours (the program itself, or ``compose run``).
+
+    ``gated``: the child waits, before it becomes the work, until ``open_gate()``: so that a
+    lease can name the child's pid before the work can run (see ``GATE``)."""
 
     def __init__(
         self,
@@ -151,24 +204,53 @@ class ProcessLaunch(Launch):
         cwd: str | os.PathLike[str] | None,
         stream: bool,
         notes: Iterable[str] = (),
+        gated: bool = False,
     ) -> None:
         super().__init__(plan, notes)
         self.argv = argv
+        self._gate: int | None = None
         # The work's output, kept for logs() as long as the handle lives.
         self._log: IO[bytes] | None = None if stream else tempfile.TemporaryFile()  # noqa: SIM115
+        command: list[str] = argv
+        passed: tuple[int, ...] = ()
+        reader = -1
+        if gated and sys.executable:
+            _check_executable(argv, env, os.fspath(cwd) if cwd is not None else None)
+            reader, self._gate = os.pipe()
+            command = [sys.executable, "-I", "-S", "-c", GATE, str(reader), *argv]
+            passed = (reader,)
         try:
             self.process = subprocess.Popen(
-                argv,
+                command,
                 env=env,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL if self._log else None,
                 stdout=self._log,
                 stderr=subprocess.STDOUT if self._log else None,
                 start_new_session=True,  # its own process group, stopped as a whole
+                pass_fds=passed,
             )
         except OSError as exc:
             self._close_log()
+            self.shut_gate()
             raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}") from exc
+        finally:
+            if reader >= 0:
+                os.close(reader)
+
+    def open_gate(self) -> None:
+        """Let gated work start (it waits until then)."""
+        if self._gate is not None:
+            try:
+                os.write(self._gate, b"1")
+            finally:
+                self.shut_gate()
+
+    def shut_gate(self) -> None:
+        """Close the gate without letting the work start: it exits (status 125)."""
+        if self._gate is not None:
+            os.close(self._gate)
+            self._gate = None
 
     def wait(self, timeout: float | None = None) -> int:
         try:
@@ -222,6 +304,7 @@ class ProcessLaunch(Launch):
             self._log.close()
 
     def cleanup(self) -> None:
+        self.shut_gate()
         self._close_log()
 
 
@@ -260,10 +343,15 @@ class LocalBackend(Backend):
         assert isinstance(work, LocalWork)
         argv = torchrun_command(plan, work.command) if work.torchrun else list(work.command)
         environment = process_env(plan, self.connection.env(), work.env)
-        handle = LocalLaunch(plan, argv, environment, cwd=work.cwd, stream=work.stream)
+        gated = bind is not unbound
+        handle = LocalLaunch(plan, argv, environment, cwd=work.cwd, stream=work.stream, gated=gated)
         try:
+            # The lease names the child before the work can run: a launcher killed at any
+            # moment leaves either no work, or work that its lease names.
             bind(process_holder(handle.process.pid))
+            handle.open_gate()
         except BaseException:
+            handle.shut_gate()
             handle.close()
             raise
         return handle

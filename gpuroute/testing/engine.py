@@ -37,6 +37,7 @@ from typing import Any
 
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing import toolkit
+from gpuroute.testing.watchdog import stop_engine, unmount_below
 
 __all__ = [
     "IMAGE",
@@ -78,6 +79,7 @@ class SimulatedGPUHost:
         self.start_timeout = start_timeout
         self.root: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: tuple[subprocess.Popen[bytes], int] | None = None
 
     # -- availability ------------------------------------------------------------------
 
@@ -147,7 +149,9 @@ class SimulatedGPUHost:
         reason = self.unavailable()
         if reason is not None:
             raise EngineStartError(reason)
-        self.root = Path(tempfile.mkdtemp(prefix="gpuroute-engine-"))
+        clean_stale_roots()
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        (self.root / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}")
         try:
             self._start()
             self._build_images()
@@ -204,7 +208,55 @@ class SimulatedGPUHost:
             self._process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
+        self._watch(self._process.pid)
         self._wait_until_ready()
+
+    def _watch(self, pid: int) -> None:
+        """Start the watchdog that stops dockerd ``pid`` once this process is gone, however
+        it ends (see ``gpuroute.testing.watchdog``)."""
+        assert self.root is not None
+        reader, writer = os.pipe()
+        try:
+            watchdog = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    WATCHDOG,
+                    str(reader),
+                    str(pid),
+                    str(self.root),
+                ],
+                pass_fds=(reader,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to the owner's group does not reach it
+            )
+        except BaseException:
+            os.close(writer)
+            raise
+        finally:
+            os.close(reader)
+        self._watchdog = (watchdog, writer)
+
+    def _unwatch(self) -> None:
+        """The engine was stopped here: let the watchdog go."""
+        if self._watchdog is not None:
+            watchdog, writer = self._watchdog
+            self._watchdog = None
+            os.close(writer)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(timeout=10)
+
+    def crash(self) -> int:
+        """Kill dockerd at once (SIGKILL), as a crash would: its containers keep running
+        (their shims outlive it) and its API stops answering. Returns dockerd's pid; ``stop()``
+        still cleans up everything."""
+        assert self._process is not None, "the engine is not started"
+        self._process.kill()
+        self._process.wait()
+        return self._process.pid
 
     def _wait_until_ready(self) -> None:
         import docker
@@ -290,20 +342,24 @@ class SimulatedGPUHost:
                     client.close()
         self._terminate()
         if self.root is not None:
-            _unmount_below(self.root)
+            unmount_below(str(self.root))
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
 
     def _terminate(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # a containerd dockerd left behind
+        self._unwatch()
 
     def __enter__(self) -> SimulatedGPUHost:
         return self.start()
@@ -315,6 +371,42 @@ class SimulatedGPUHost:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+ROOT_PREFIX = "gpuroute-engine-"
+WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def clean_stale_roots(tmp: str | None = None) -> list[Path]:
+    """Remove the directories of private engines whose owner is gone (a run that was killed
+    before it could stop its engine), stopping such an engine first if it still runs.
+    Returns what was removed."""
+    removed = []
+    for root in Path(tmp or tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            owner_pid, _, owner_start = (root / "owner").read_text().partition(" ")
+        except OSError:
+            continue  # not (yet) an engine's directory: leave it
+        if owner_pid.isdigit() and _start_time(int(owner_pid)) == owner_start.strip():
+            continue  # its owner lives
+        try:
+            dockerd = (root / "dockerd.pid").read_text().strip()
+        except OSError:
+            dockerd = ""
+        if dockerd.isdigit() and _start_time(int(dockerd)):
+            stop_engine(int(dockerd), str(root))
+        else:
+            unmount_below(str(root))
+            shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
 
 
 def _is_static(path: Path) -> bool:
@@ -335,18 +427,6 @@ def _is_static(path: Path) -> bool:
     return all(
         struct.unpack_from(order + "I", table, i * phentsize)[0] != pt_interp for i in range(phnum)
     )
-
-
-def _unmount_below(root: Path) -> None:
-    """Unmount anything the engine left mounted under ``root`` (deepest first)."""
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return
-    prefix = str(root) + "/"
-    targets = [line.split()[1] for line in lines if line.split()[1].startswith(prefix)]
-    for target in sorted(targets, key=len, reverse=True):
-        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
 
 
 def _image_tar() -> bytes:
