@@ -25,20 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gpuroute.backends.base import Backend, Bind, Connection, Launch, Work, unbound
+from gpuroute.backends.base import Bind, Launch, Work, unbound
 from gpuroute.backends.docker import (
-    UNKNOWN_ENGINE,
     Engine,
-    RetryPolicy,
+    EngineBackend,
     check_seen,
-    container_state,
     init_process,
     nvidia_smi_inside,
 )
 from gpuroute.backends.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
 from gpuroute.backends.local import ProcessLaunch, process_alive, process_start_time
 from gpuroute.core.plan import RoutingPlan
-from gpuroute.errors import ComposeConflictError, EngineError, LaunchError
+from gpuroute.errors import ComposeConflictError, LaunchError
 from gpuroute.records import Holder
 
 __all__ = [
@@ -509,19 +507,9 @@ class ComposeWork(Work):
     stream: bool = False
 
 
-class ComposeBackend(Backend):
+class ComposeBackend(EngineBackend):
     name = "compose"
     target = "container"
-
-    def __init__(self, connection: Connection) -> None:
-        super().__init__(connection)
-        self._engine: Engine | None = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = Engine(self.connection.docker_host, retry=self.connection.retry)
-        return self._engine
 
     def start(self, plan: RoutingPlan, work: Any, bind: Bind) -> Launch:
         assert isinstance(work, ComposeWork)
@@ -568,26 +556,9 @@ class ComposeBackend(Backend):
         it does not exist yet, whether the compose client that will create it lives; when
         the engine cannot be asked, whether the process standing for it (the client, then
         the container's init process) lives."""
-        state = self._engine_says(holder)
+        state = self.engine_says(holder)
         if state is True:
             return True
         if holder.pid is not None:
             return process_alive(holder)
         return state
-
-    def _engine_says(self, holder: Holder) -> bool | None:
-        if holder.where == UNKNOWN_ENGINE:
-            return None
-        if self._engine is not None and holder.where == self._engine.where:
-            return container_state(self._engine, holder.id)
-        engine = Engine(holder.where, retry=RetryPolicy(attempts=1), timeout=10)
-        try:
-            return container_state(engine, holder.id)
-        finally:
-            with contextlib.suppress(EngineError):
-                engine.close()
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None

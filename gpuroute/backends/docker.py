@@ -40,6 +40,7 @@ __all__ = [
     "DockerBackend",
     "DockerWork",
     "Engine",
+    "EngineBackend",
     "Pull",
     "RetryPolicy",
     "call",
@@ -306,6 +307,10 @@ class Engine:
         # With a caller's client and no docker_host, which engine it talks to is unknown.
         self.where = docker_host or engine_address()
         self.known = self._own_client or docker_host is not None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
 
     @property
     def client(self) -> Any:
@@ -619,9 +624,9 @@ class DockerWork(Work):
     docker_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
-class DockerBackend(Backend):
-    name = "docker"
-    target = "container"
+class EngineBackend(Backend):
+    """A backend whose work runs on a Docker engine: it keeps one connection, and asks the
+    engine whether a holder's container exists."""
 
     def __init__(self, connection: Connection) -> None:
         super().__init__(connection)
@@ -637,6 +642,37 @@ class DockerBackend(Backend):
                 retry=self.connection.retry,
             )
         return self._engine
+
+    def engine_says(self, holder: Holder) -> bool | None:
+        """Whether the holder's container (``holder.id``: an id or a name) exists on its
+        engine (``holder.where``); None when that engine is unknown or does not answer."""
+        if holder.where == UNKNOWN_ENGINE:
+            return None
+        # This backend's own connection if it is open to that engine; else a short-lived one
+        # that tries once: a probe must not wait out the retry policy on a dead engine.
+        mine = (
+            self._engine is not None
+            and self._engine.connected
+            and holder.where == self._engine.where
+        )
+        engine = (
+            self.engine if mine else Engine(holder.where, retry=RetryPolicy(attempts=1), timeout=10)
+        )
+        try:
+            return container_state(engine, holder.id)
+        finally:
+            if not mine:
+                engine.close()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
+class DockerBackend(EngineBackend):
+    name = "docker"
+    target = "container"
 
     def create_kwargs(self, plan: RoutingPlan, work: DockerWork) -> dict[str, Any]:
         """Everything ``containers.create`` gets for ``work`` on ``plan``."""
@@ -715,35 +751,12 @@ class DockerBackend(Backend):
         paused), as its engine says; when the engine cannot be asked, whether the
         container's init process (recorded at start, for an engine on this host) lives;
         None when neither can tell."""
-        state = self._engine_says(holder)
+        state = self.engine_says(holder)
         if state is None and holder.pid is not None:
             from gpuroute.backends.local import process_alive
 
             return process_alive(holder)
         return state
-
-    def _engine_says(self, holder: Holder) -> bool | None:
-        if holder.where == UNKNOWN_ENGINE:
-            return None
-        mine = self._engine is not None and holder.where == self._engine.where
-        try:
-            engine = (
-                self.engine
-                if mine
-                else Engine(holder.where, retry=RetryPolicy(attempts=1), timeout=10)
-            )
-        except Exception:
-            return None
-        try:
-            return container_state(engine, holder.id)
-        finally:
-            if not mine:
-                engine.close()
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
 
 
 def init_process(engine: Engine, container: Any) -> tuple[int, int] | None:
