@@ -34,6 +34,7 @@ def plan(
     allow_multiple_mig: bool = False,
     driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
     local_ids: LocalIds = "uuid",
+    allow_unhealthy: bool = False,
 ) -> RoutingPlan:
     """Resolve a GPU spec into a RoutingPlan.
 
@@ -48,12 +49,17 @@ def plan(
         allow_multiple_mig: permit several MIG devices for one process (driver R570+).
         driver_capabilities: ``NVIDIA_DRIVER_CAPABILITIES`` for the container runtime.
         local_ids: ``"uuid"`` (default) or ``"index"`` for ``plan.local_env``.
+        allow_unhealthy: plan a device known to be unhealthy (an Xid, ECC errors, lost)
+            rather than raise ``UnhealthyDeviceError``. Health is known for this host's own
+            inventory only (not a given inventory or a snapshot).
 
     Raises:
-        SpecError, ResolutionError (and its subclasses), ContextError, InventoryError:
-        all subclasses of GpurouteError, each naming the offending input.
+        SpecError, ResolutionError (and its subclasses), ContextError, InventoryError,
+        UnhealthyDeviceError: all subclasses of GpurouteError, each naming the offending input.
     """
-    options = PlanOptions(target, allow_multiple_mig, tuple(driver_capabilities), local_ids)
+    options = PlanOptions(
+        target, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+    )
     return host_for(inventory).route(spec, options=options, context=context).plan
 
 
@@ -76,6 +82,7 @@ def acquire(
     local_ids: LocalIds = "uuid",
     pid: int | None = None,
     wait_s: float = 0.0,
+    allow_unhealthy: bool = False,
 ) -> Lease:
     """Lease devices: the ones a spec names, or ``any:N`` free ones chosen for you.
 
@@ -94,6 +101,8 @@ def acquire(
         pid: the process the lease lives with (default: this one).
         wait_s: while the devices are taken (NoFreeDeviceError, DeviceLeasedError), try
             again for up to this many seconds before raising.
+        allow_unhealthy: lease devices the spec names even when known to be unhealthy
+            (``any:N`` never picks one).
 
     Raises:
         NoFreeDeviceError, DeviceLeasedError, UnhealthyDeviceError, LimitExceededError,
@@ -113,6 +122,7 @@ def acquire(
         driver_capabilities=driver_capabilities,
         local_ids=local_ids,
         pid=pid,
+        allow_unhealthy=allow_unhealthy,
     )
 
 
@@ -145,6 +155,8 @@ def launch(
     lease_dir: str | os.PathLike[str] | None = None,
     ttl_s: float | None = None,
     lease_wait_s: float = 0.0,
+    allow_unhealthy: bool = False,
+    nvml: Any = None,
 ) -> Launch:
     """Start ``command`` on exactly the GPUs ``gpus`` names.
 
@@ -183,6 +195,9 @@ def launch(
             the container is gone).
         lease_dir / ttl_s / lease_wait_s: as ``lease_dir``, ``ttl_s`` and ``wait_s`` of
             ``gpuroute.acquire``.
+        allow_unhealthy: start on devices known to be unhealthy (an Xid, ECC errors, a lost
+            GPU) rather than raise ``UnhealthyDeviceError``; with or without a lease.
+        nvml: an NVML module to read the host through (a ``FakeNVML`` in tests).
 
     Returns:
         A LocalLaunch, ContainerLaunch or ComposeLaunch. As a context manager it stops and
@@ -206,12 +221,15 @@ def launch(
     )
     host = host_for(
         inventory,
+        nvml=nvml,
         lease_dir=lease_dir,
         docker_host=docker_host,
         docker_client=docker_client,
         retry=retry,
     )
-    options = PlanOptions(None, allow_multiple_mig, tuple(driver_capabilities), local_ids)
+    options = PlanOptions(
+        None, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+    )
     terms = LeaseTerms(ttl_s=ttl_s, wait_s=lease_wait_s, need=Need(0))
     return host.launch(work, gpus=gpus, context=context, options=options, lease=lease, terms=terms)
 

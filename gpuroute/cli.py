@@ -4,6 +4,7 @@
     gpuroute plan SPEC [--target T] [--json]   the routing plan for a spec, explained
     gpuroute inventory save FILE               write a snapshot of this host
     gpuroute leases | limits                   who holds which GPUs; your usage and limits
+    gpuroute health [clear GPU...]             GPUs marked unhealthy by an Xid; clear marks
     gpuroute doctor [--image IMG] [--simulate] check what launches depend on
     gpuroute run --gpus SPEC [--image IMG | --compose-service S [-f FILE]...] -- CMD...
                                                run a command on exactly those GPUs
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         default="compute,utility",
         help="NVIDIA_DRIVER_CAPABILITIES (default: compute,utility)",
     )
+    pl.add_argument("--allow-unhealthy", action="store_true", help=_ALLOW_UNHEALTHY)
     add_inventory_options(pl)
 
     inv = sub.add_parser("inventory", help="inventory snapshots")
@@ -154,6 +156,16 @@ def _parser() -> argparse.ArgumentParser:
         "--lease", action="store_true", help="lease the GPUs for the run (--gpus may be any:N)"
     )
     run.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
+    run.add_argument("--allow-unhealthy", action="store_true", help=_ALLOW_UNHEALTHY)
+
+    health = sub.add_parser("health", help="GPUs marked unhealthy by a critical Xid")
+    health.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
+    health_sub = health.add_subparsers(dest="health_command", metavar="ACTION")
+    health_clear = health_sub.add_parser(
+        "clear", help="clear the marks of these GPUs (after a reset): later Xids count again"
+    )
+    health_clear.add_argument("gpus", nargs="+", metavar="GPU", help="an index or a UUID")
+    add_inventory_options(health)
 
     leases = sub.add_parser("leases", help="list GPU leases on this host")
     leases.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
@@ -187,6 +199,53 @@ def _parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
     return parser
+
+
+_ALLOW_UNHEALTHY = "use named GPUs even if known to be unhealthy (an Xid, ECC errors)"
+
+
+def _health(args: argparse.Namespace, inventory: Inventory) -> int:
+    from gpuroute.errors import GpurouteError as Error
+    from gpuroute.health import HealthStore, clear
+    from gpuroute.kernel_log import DEFAULT_KERNEL_LOG, KERNEL_LOG_ENV, KernelLog
+
+    if args.health_command == "clear":
+        uuids = []
+        for token in args.gpus:
+            found = make_plan(token, inventory).devices
+            if len(found) != 1 or found[0].is_mig:
+                raise Error(f"{token!r} is not one GPU: name a GPU by its index or UUID")
+            uuids.append(found[0].uuid)
+        reader = KernelLog(os.environ.get(KERNEL_LOG_ENV, "").strip() or DEFAULT_KERNEL_LOG)
+        kernel = reader.poll()
+        reader.close()
+        previous = clear(
+            uuids, kernel=kernel if kernel.readable else None, lease_dir=args.lease_dir
+        )
+        for token, record in zip(args.gpus, previous, strict=True):
+            had = (
+                ""
+                if record is None or not record.unhealthy
+                else " (it had " + ", ".join(f"Xid {m.xid}" for m in record.marks) + ")"
+            )
+            print(f"Cleared the health mark of GPU {token}{had}.")
+        return 0
+    directory = _existing_lease_dir(args.lease_dir)
+    if directory is None:
+        return 0
+    records, notes = HealthStore(directory).read()
+    for note in notes:
+        print(f"gpuroute: {note}", file=sys.stderr)
+    rows = []
+    for gpu in inventory.gpus:
+        record = records.get(gpu.uuid)
+        if record is not None and record.unhealthy:
+            rows.append((str(gpu.index), gpu.uuid, "; ".join(m.describe() for m in record.marks)))
+    if not rows:
+        print(f"No GPU is marked unhealthy in {directory.path}.")
+        return 0
+    print(format_table(("GPU", "UUID", "XIDS"), rows), end="\n")
+    return 0
 
 
 def _state_text(state: HostState | None, device: Device) -> str:
@@ -309,6 +368,7 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
                 docker_kwargs={"network_mode": args.network} if args.network else None,
                 lease=args.lease,
                 lease_dir=args.lease_dir,
+                allow_unhealthy=args.allow_unhealthy,
             )
             with handle:
                 if args.explain:
@@ -447,16 +507,20 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(inventory.to_dict(), indent=2))
         else:
-            from gpuroute.host import reads_live_state
-            from gpuroute.nvml import read_state
+            from gpuroute.host import Host, reads_live_state
 
-            live = read_state(inventory) if reads_live_state(_has_inventory_option(args)) else None
+            live = None
+            if reads_live_state(_has_inventory_option(args)):
+                with Host() as host:
+                    live = host.live_state(inventory)
             print(_ls(inventory, live), end="")
         return 0
     if args.command == "leases":
         return _leases(args, inventory)
     if args.command == "limits":
         return _limits(args, inventory)
+    if args.command == "health":
+        return _health(args, inventory)
     if args.command == "inventory":
         inventory.save(args.file)
         print(
@@ -466,7 +530,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     result = make_plan(
         args.spec,
-        inventory,
+        inventory if _has_inventory_option(args) else None,  # this host's: its health counts
+        allow_unhealthy=args.allow_unhealthy,
         target=args.target,
         allow_multiple_mig=args.allow_multiple_mig,
         driver_capabilities=args.capabilities.split(","),

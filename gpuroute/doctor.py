@@ -17,6 +17,7 @@ from gpuroute.errors import EngineError, GpurouteError, LeaseDirError
 from gpuroute.host import detect_context, reads_live_state
 
 if TYPE_CHECKING:
+    from gpuroute.kernel_log import KernelLogState
     from gpuroute.nvml import NVMLApi
 
 __all__ = ["Check", "diagnose", "render"]
@@ -40,9 +41,12 @@ def diagnose(
     image: str | None = None,
     lease_dir: str | None = None,
     nvml: NVMLApi | None = None,
+    kernel_log: str | os.PathLike[str] | None = None,
 ) -> list[Check]:
     """Run every check. ``inventory`` skips reading NVML; ``image`` enables a real GPU
-    container start on the engine (needs ``nvidia-smi`` in the image)."""
+    container start on the engine (needs ``nvidia-smi`` in the image); ``kernel_log`` is
+    where Xids are read (default: ``GPUROUTE_KERNEL_LOG``, else ``/dev/kmsg`` with the real
+    NVML)."""
     env = os.environ if environ is None else environ
     checks: list[Check] = []
     inv, check = _inventory(inventory, env)
@@ -70,7 +74,9 @@ def diagnose(
                 )
             )
         else:
-            checks.append(_health(inv, nvml))
+            kernel, check = _kernel_log(kernel_log, env, nvml)
+            checks.append(check)
+            checks.append(_health(inv, nvml, kernel, lease_dir, env))
     checks.append(_leases(lease_dir, env))
     return checks
 
@@ -280,14 +286,54 @@ def _mig(inventory: Inventory) -> list[Check]:
     return checks
 
 
-def _health(inventory: Inventory, nvml: NVMLApi | None) -> Check:
+def _kernel_log(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str], nvml: NVMLApi | None
+) -> tuple[KernelLogState | None, Check]:
+    from gpuroute.kernel_log import DEFAULT_KERNEL_LOG, KERNEL_LOG_ENV, KernelLog
+    from gpuroute.nvml import critical_xid
+
+    name = "Kernel log"
+    where = path or env.get(KERNEL_LOG_ENV, "").strip() or None
+    if where is None and nvml is None:
+        where = DEFAULT_KERNEL_LOG
+    if where is None:
+        return None, Check(name, "info", "not read: a given NVML stands for another host")
+    reader = KernelLog(where)
+    try:
+        state = reader.poll()
+    finally:
+        reader.close()
+    if not state.readable:
+        return state, Check(
+            name,
+            "warn",
+            f"Xids cannot be read: {state.reason}. They are then seen only through NVML, "
+            "which delivers each Xid to a single reader that was already waiting for it",
+            "let gpuroute read the kernel log (root, CAP_SYSLOG or kernel.dmesg_restrict=0)",
+        )
+    critical = sorted({e.xid for e in state.xids if critical_xid(e.xid)})
+    detail = f"{state.path}: {len(state.xids)} Xid(s) since boot" + (
+        f" (critical: {', '.join(map(str, critical))})" if critical else ""
+    )
+    return state, Check(name, "ok", detail)
+
+
+def _health(
+    inventory: Inventory,
+    nvml: NVMLApi | None,
+    kernel: KernelLogState | None,
+    lease_dir: str | None,
+    env: Mapping[str, str],
+) -> Check:
+    from gpuroute.health import observe
     from gpuroute.nvml import read_state
 
     try:
         state = read_state(inventory, nvml)
     except GpurouteError as exc:
         return Check("GPU health", "warn", f"cannot read: {exc.message}")
-    if state.source == "none":
+    state = observe(inventory, state, kernel=kernel, lease_dir=lease_dir, environ=env)
+    if state.source == "none" and not any(d.problems for d in state.devices.values()):
         return Check("GPU health", "info", "not checked: NVML is not available here")
     bad = [
         (d.label, state.of(d.uuid).problems)
@@ -301,7 +347,8 @@ def _health(inventory: Inventory, nvml: NVMLApi | None) -> Check:
         "GPU health",
         "warn",
         f"not offered to leases: {listing}",
-        "reset the GPU (`nvidia-smi -r -i N`) or reboot; see `dmesg` for Xids",
+        "reset the GPU (`nvidia-smi -r -i N`) or reboot, see `dmesg` for Xids; then "
+        "`gpuroute health clear N` clears a recorded Xid",
     )
 
 

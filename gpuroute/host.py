@@ -31,13 +31,14 @@ from gpuroute.core.inventory import Inventory
 from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
 from gpuroute.core.resolution import Target, resolve
 from gpuroute.core.selection import HostState, Need
-from gpuroute.core.spec import ParsedSpec, SpecInput, parse_spec
+from gpuroute.core.spec import Kind, ParsedSpec, SpecInput, parse_spec
 from gpuroute.leases import Acquisition, Lease, LeaseDir
 from gpuroute.limits import Policy
 from gpuroute.records import Holder
 
 if TYPE_CHECKING:
     from gpuroute.backends.docker import RetryPolicy
+    from gpuroute.kernel_log import KernelLog, KernelLogState
     from gpuroute.nvml import NVMLApi
 
 __all__ = [
@@ -109,6 +110,8 @@ class PlanOptions:
     allow_multiple_mig: bool = False
     driver_capabilities: tuple[str, ...] = DEFAULT_DRIVER_CAPABILITIES
     local_ids: LocalIds = "uuid"
+    allow_unhealthy: bool = False
+    """Route to named devices that are known to be unhealthy (``any:N`` never picks one)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,9 @@ class Host:
             acquisition, for this host's own inventory).
         recheck_s: how often ``plan`` asks NVML whether the layout (GPUs, MIG devices)
             changed, at most; ``acquire`` always asks. 0: every call.
+        kernel_log: where to read Xids that NVML no longer delivers (default:
+            ``GPUROUTE_KERNEL_LOG``, else ``/dev/kmsg`` when reading the real NVML; none for
+            a given NVML, such as ``FakeNVML``, unless named here).
         environ: the environment to read defaults from (default ``os.environ``).
     """
 
@@ -180,8 +186,11 @@ class Host:
         state: HostState | None = None,
         recheck_s: float = 1.0,
         environ: Mapping[str, str] | None = None,
+        kernel_log: str | os.PathLike[str] | None = None,
     ) -> None:
         self.nvml = nvml
+        self.kernel_log = kernel_log
+        self._kernel: KernelLog | None = None
         self.environ = environ
         self.lease_dir = lease_dir
         self.state = state
@@ -219,6 +228,7 @@ class Host:
             state=state if state is not None else self.state,
             recheck_s=self.recheck_s,
             environ=self.environ,
+            kernel_log=self.kernel_log,
         )
         other.connection = self.connection
         other._backends = self._backends
@@ -323,9 +333,48 @@ class Host:
             return self.state
         if not self.live:
             return HostState.unknown()  # a snapshot: only leases say what is free
+        from gpuroute.health import observe
         from gpuroute.nvml import read_state
 
-        return read_state(inventory, self.nvml)
+        state = read_state(inventory, self.nvml)
+        kernel = self.kernel_log_state()
+        return observe(
+            inventory, state, kernel=kernel, lease_dir=self.lease_dir, environ=self.environ
+        )
+
+    def kernel_log_state(self) -> KernelLogState | None:
+        """The Xids the kernel log holds since boot (read on, from where this host stopped),
+        or None where this host reads no kernel log (see ``kernel_log``)."""
+        from gpuroute.kernel_log import DEFAULT_KERNEL_LOG, KERNEL_LOG_ENV, KernelLog
+
+        with self._lock:
+            if self._kernel is None:
+                path = self.kernel_log or self._env().get(KERNEL_LOG_ENV, "").strip() or None
+                if path is None and self.nvml is None:
+                    path = DEFAULT_KERNEL_LOG
+                if path is None:
+                    return None
+                self._kernel = KernelLog(path)
+            kernel = self._kernel
+        return kernel.poll()
+
+    def _check_health(self, plan: RoutingPlan, options: PlanOptions) -> None:
+        """Refuse a plan naming a device known to be unhealthy, unless allowed."""
+        if options.allow_unhealthy or not plan.devices or not (self.live or self.state):
+            return
+        from gpuroute.errors import UnhealthyDeviceError
+
+        state = self.live_state(self.inventory)
+        for device in plan.devices:
+            problems = state.problems_of(device)
+            if problems:
+                raise UnhealthyDeviceError(
+                    f"{device.describe()} is unhealthy: {'; '.join(problems)}. Choose another "
+                    "device, pass allow_unhealthy=True (`--allow-unhealthy`) to use it anyway, "
+                    f"or clear a mark that no longer applies (`gpuroute health clear "
+                    f"{device.label}`)",
+                    spec=plan.spec,
+                )
 
     # -- backends -------------------------------------------------------------------------
 
@@ -364,12 +413,15 @@ class Host:
             return Routed(lease.plan, lease, own=False)
         if isinstance(spec, RoutingPlan):
             if not lease:
+                self._check_health(spec, options)
                 return Routed(spec)  # routed already
             spec = spec.spec
         parsed = parse_spec(spec)
         context = context if context is not None else self.context
         if not lease:
-            return Routed(self._resolve(parsed, self.inventory, context, options))
+            plan = self._resolve(parsed, self.inventory, context, options)
+            self._check_health(plan, options)
+            return Routed(plan)
         taken = self._acquire(parsed, context, options, terms)
         return Routed(taken.plan, taken, own=True)
 
@@ -406,8 +458,18 @@ class Host:
             ttl_s=terms.ttl_s,
             local_only_target=options.target == "local",
         )
+
+        def state() -> HostState:
+            found = self.live_state(inventory)
+            named = not any(t.kind is Kind.ANY for t in spec.tokens)
+            if options.allow_unhealthy and named:  # any:N never picks an unhealthy device
+                found = replace(
+                    found, devices={u: replace(d, problems=()) for u, d in found.devices.items()}
+                )
+            return found
+
         if terms.wait_s <= 0:
-            return acquisition.once(self.live_state(inventory))
+            return acquisition.once(state())
         import tenacity
 
         from gpuroute.errors import DeviceLeasedError, NoFreeDeviceError
@@ -419,7 +481,7 @@ class Host:
             reraise=True,
         )
         # The live state is read anew at each try: processes end.
-        return retrying(lambda: acquisition.once(self.live_state(inventory)))
+        return retrying(lambda: acquisition.once(state()))
 
     # -- the three doors ------------------------------------------------------------------
 
@@ -432,9 +494,12 @@ class Host:
         allow_multiple_mig: bool = False,
         driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
         local_ids: LocalIds = "uuid",
+        allow_unhealthy: bool = False,
     ) -> RoutingPlan:
         """Resolve a spec into a RoutingPlan, as ``gpuroute.plan`` does, on this host."""
-        options = PlanOptions(target, allow_multiple_mig, tuple(driver_capabilities), local_ids)
+        options = PlanOptions(
+            target, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+        )
         return self.route(spec, options=options, context=context).plan
 
     def acquire(
@@ -452,11 +517,14 @@ class Host:
         driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
         local_ids: LocalIds = "uuid",
         pid: int | None = None,
+        allow_unhealthy: bool = False,
     ) -> Lease:
         """Lease devices on this host, as ``gpuroute.acquire`` does."""
         from gpuroute.backends.local import process_holder
 
-        options = PlanOptions(target, allow_multiple_mig, tuple(driver_capabilities), local_ids)
+        options = PlanOptions(
+            target, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+        )
         terms = LeaseTerms(
             ttl_s=ttl_s,
             wait_s=wait_s,
@@ -504,6 +572,9 @@ class Host:
 
     def close(self) -> None:
         """Close the backends' connections (work already started goes on)."""
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None:
+            kernel.close()
         if not self._owns_backends:
             return
         backends, self._backends = list(self._backends.values()), {}
@@ -528,6 +599,7 @@ _DEFAULT_KEYS = (
     INVENTORY_ENV,
     "GPUROUTE_LEASE_DIR",
     "GPUROUTE_POLICY",
+    "GPUROUTE_KERNEL_LOG",
     "DOCKER_HOST",
     "DOCKER_TLS_VERIFY",
     "DOCKER_CERT_PATH",

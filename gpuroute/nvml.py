@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from gpuroute.core.selection import HostState
 
 __all__ = [
+    "APPLICATION_XIDS",
     "NVMLApi",
+    "XID_PROBLEM",
+    "critical_xid",
     "load_pynvml",
     "nvml_errors",
     "layout_of",
@@ -280,6 +283,14 @@ XID_CRITICAL_ERROR_EVENT = 0x8
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 """Xids an application causes (illegal address, page fault, stopped channel ...): reported by
 NVML as critical but not a fault of the GPU, so not a reason to withhold it."""
+XID_PROBLEM = "critical Xid"
+"""How a health problem from an Xid begins."""
+
+
+def critical_xid(xid: int) -> bool:
+    """Whether an Xid makes its GPU unhealthy: every Xid but those an application causes
+    (``APPLICATION_XIDS``). NVML's events and the kernel log are judged alike."""
+    return xid not in APPLICATION_XIDS
 
 
 def read_state(
@@ -376,8 +387,10 @@ def _read_state(api: NVMLApi, inventory: Inventory, xid_window_ms: int) -> HostS
             )
     for uuid, xids in _critical_xids(api, handles, xid_window_ms).items():
         current = devices[uuid]
-        problem = f"critical Xid {', '.join(map(str, xids))} pending"
-        devices[uuid] = replace(current, problems=(*current.problems, problem))
+        problem = f"{XID_PROBLEM} {', '.join(map(str, xids))} pending"
+        devices[uuid] = replace(
+            current, problems=(*current.problems, problem), xids=(*current.xids, *xids)
+        )
     distances: dict[frozenset[str], int] = {}
     ordered = list(handles.items())
     for i, (a, ha) in enumerate(ordered):
@@ -407,7 +420,7 @@ def _critical_xids(api: NVMLApi, handles: dict[str, Any], window_ms: int) -> dic
                     break
                 raise
             xid = int(event.eventData)
-            if xid in APPLICATION_XIDS:
+            if not critical_xid(xid):
                 continue
             uuid = text(api.nvmlDeviceGetUUID(event.device))
             found.setdefault(uuid, []).append(xid)

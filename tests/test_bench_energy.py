@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gpuroute import Inventory, plan
-from gpuroute.bench.energy import EnergyMonitor
+from gpuroute.bench.energy import EnergyMonitor, EnergyReading
 from gpuroute.testing import FakeNVML
 
 
@@ -195,3 +195,113 @@ def test_background_sampling_follows_real_time(h100: Inventory) -> None:
     assert energy.gpu_energy_j == pytest.approx(2 * 100.0 * energy.window.duration_s, rel=0.1)
     assert energy.sampler_cpu_s is not None
     assert energy.sampler_cpu_s > 0.0, "the sampler's own CPU time is measured"
+
+
+def test_a_gpu_lost_mid_window_has_null_energy_saying_gpu_lost(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(h100, power_w=75.0, clock=clock)
+    monitor = watch(h100, "1,3", fake, clock).start()
+    clock.t += 5
+    fake.lose_gpu(3)
+    clock.t += 5
+    energy = monitor.stop().energy()
+    by_index = {g.nvml_index: g for g in energy.per_gpu}
+    assert by_index[1].energy_j == pytest.approx(750.0)
+    lost = by_index[3]
+    assert (lost.energy_j, lost.avg_power_w, lost.unavailable_reason) == (None, None, "gpu_lost")
+    assert energy.gpu_energy_j is None, "a total without one GPU is not a total"
+    uuid = h100.gpus[3].uuid
+    assert f"gpu_lost:{uuid}" in energy.warnings
+    assert f"window_shorter_than_counter_update:{uuid}" not in energy.warnings
+
+
+def test_a_gpu_lost_after_its_last_sample_in_the_window_keeps_the_window(
+    h100: Inventory,
+) -> None:
+    clock = ManualClock(0.0)
+    fake = FakeNVML(h100, power_w=100.0, clock=clock)
+    monitor = EnergyMonitor(plan("2", h100).devices, nvml=fake, interval_s=3600, clock=clock)
+    monitor.start()
+    clock.t = 10.0
+    monitor._sample()  # a sample at t=10, as the sampler thread takes one
+    clock.t = 20.0
+    fake.lose_gpu(2)
+    reading = monitor.stop()
+    inside = reading.energy(0.0, 10.0)
+    assert inside.per_gpu[0].energy_j == pytest.approx(1000.0)
+    after = reading.energy(0.0, 15.0)
+    assert after.per_gpu[0].energy_j is None
+    assert after.per_gpu[0].unavailable_reason == "gpu_lost"
+
+
+def _run_two(fakes: list[FakeNVML], inventory: Inventory, seconds: float) -> list[EnergyReading]:
+    monitors = [
+        EnergyMonitor(plan("0", inventory).devices, nvml=f, interval_s=0.02).start() for f in fakes
+    ]
+    time.sleep(seconds)
+    return [m.stop() for m in monitors]
+
+
+def test_energy_carries_its_uncertainty_from_the_measured_counter_update(
+    h100: Inventory,
+) -> None:
+    """A coarse counter (updated every 0.5 s) is measured from the samples, and every figure
+    comes with an uncertainty that covers its true error; one above 2 % is warned of. A fine
+    counter over a long window is within 2 % and says nothing."""
+    coarse = FakeNVML(h100, power_w=300.0, clock=time.time, energy_update_s=0.5)
+    fine = FakeNVML(h100, power_w=300.0, clock=time.time, energy_update_s=0.005)
+    coarse_reading, fine_reading = _run_two([coarse, fine], h100, 2.6)
+    uuid = h100.gpus[0].uuid
+    first = coarse_reading.first_sample_s
+    assert first is not None
+    warned = []
+    # The 0.3 s windows together span 0.8 s: at least one holds a counter update.
+    for start, length in [(0.4, 0.3), (0.65, 0.3), (0.9, 0.3), (0.45, 1.0), (0.7, 1.0)]:
+        energy = coarse_reading.energy(first + start, first + start + length)
+        gpu = energy.per_gpu[0]
+        assert gpu.counter_update_s == pytest.approx(0.5, abs=0.06)
+        assert gpu.energy_j is not None
+        assert gpu.energy_uncertainty_j is not None
+        truth = 300.0 * length
+        # (1 mJ: the float rounding of unix times, integrating a steady power)
+        assert abs(gpu.energy_j - truth) <= gpu.energy_uncertainty_j + 1e-3, (start, length)
+        assert energy.gpu_energy_uncertainty_j == pytest.approx(gpu.energy_uncertainty_j)
+        if gpu.method == "nvml_total_energy_counter":
+            assert gpu.energy_uncertainty_j > 0.02 * gpu.energy_j
+            assert f"energy_uncertainty_above_2pct:{uuid}" in energy.warnings
+            warned.append(length)
+        else:  # the counter did not move: sampled power, which was steady
+            assert f"window_shorter_than_counter_update:{uuid}" in energy.warnings
+    assert 0.3 in warned
+    assert 1.0 in warned
+    energy = fine_reading.energy()
+    gpu = energy.per_gpu[0]
+    assert gpu.counter_update_s is not None
+    assert gpu.counter_update_s < 0.05
+    assert gpu.energy_j is not None
+    assert gpu.energy_uncertainty_j is not None
+    assert 0 < gpu.energy_uncertainty_j <= 0.02 * gpu.energy_j
+    assert abs(gpu.energy_j - 300.0 * energy.window.duration_s) <= gpu.energy_uncertainty_j  # type: ignore[union-attr]
+    assert not any(w.startswith("energy_uncertainty_above_2pct") for w in energy.warnings)
+
+
+def test_results_without_uncertainty_fields_are_still_read() -> None:
+    from gpuroute.bench.result import Energy
+
+    old = {
+        "method": "nvml_total_energy_counter",
+        "per_gpu": [
+            {
+                "uuid": "GPU-0",
+                "nvml_index": 0,
+                "name": "x",
+                "method": "nvml_total_energy_counter",
+                "energy_j": 1.0,
+                "avg_power_w": 1.0,
+            }
+        ],
+        "gpu_energy_j": 1.0,
+    }
+    energy = Energy.model_validate(old)
+    assert energy.gpu_energy_uncertainty_j is None
+    assert energy.per_gpu[0].energy_uncertainty_j is None

@@ -186,3 +186,31 @@ class TestRun:
         assert (result.returncode, "index 9 is out of range" in result.stderr) == (2, True)
         result = run_cli("run", "--gpus", "1", "--simulate", "h100-sxm-8", "-e", "X", "--", "true")
         assert "--env 'X' is not KEY=VALUE" in result.stderr
+
+
+def test_health_lists_and_clears_marks(
+    capsys: pytest.CaptureFixture[str], h100: Inventory, tmp_path: Path
+) -> None:
+    from gpuroute import Host
+    from gpuroute.limits import Policy
+    from gpuroute.testing import FakeNVML
+
+    fake = FakeNVML(h100)
+    fake.inject_xid(5, 79)
+    Host(nvml=fake, lease_dir=tmp_path, policy=Policy(), environ={}).live_state(h100)
+    where = ["--lease-dir", str(tmp_path), "--simulate", "h100-sxm-8"]
+    assert main(["health", *where]) == 0
+    out = capsys.readouterr().out
+    assert h100.gpus[5].uuid in out
+    assert "Xid 79" in out
+    assert main(["health", *where, "clear", "5"]) == 0
+    assert "Cleared the health mark of GPU 5 (it had Xid 79)" in capsys.readouterr().out
+    assert main(["health", *where]) == 0
+    assert "No GPU is marked unhealthy" in capsys.readouterr().out
+    assert main(["health", *where, "clear", "all"]) == 2
+    assert "not one GPU" in capsys.readouterr().err
+
+
+def test_plan_and_run_take_allow_unhealthy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "3", "--simulate", "h100-sxm-8", "--allow-unhealthy"]) == 0
+    assert "CUDA_VISIBLE_DEVICES=0" in capsys.readouterr().out

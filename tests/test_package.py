@@ -188,8 +188,8 @@ def test_no_module_is_shadowed_by_a_name_in_its_package() -> None:
 
 LAYERS = (
     ("gpuroute.errors", "gpuroute.core", "gpuroute.records", "gpuroute.version"),
-    ("gpuroute.backends", "gpuroute.nvml", "gpuroute.limits"),
-    ("gpuroute.leases",),
+    ("gpuroute.backends", "gpuroute.nvml", "gpuroute.limits", "gpuroute.kernel_log"),
+    ("gpuroute.leases", "gpuroute.health"),
     ("gpuroute.host",),
     ("gpuroute.api", "gpuroute.testing"),
     ("gpuroute.doctor", "gpuroute.demo", "gpuroute.cli_options"),

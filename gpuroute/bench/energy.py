@@ -15,6 +15,16 @@ power is integrated instead (trapezoids). Recorded problems, never hidden:
 
 * ``counter_reset:<uuid>``: the counter went backwards (a driver reload); that GPU's energy,
   and the total, are null rather than partial;
+* ``gpu_lost:<uuid>``: the GPU fell off the bus before the window ended; its energy, and the
+  total, are null (``unavailable_reason: gpu_lost``), never estimated from earlier readings;
+* ``energy_uncertainty_above_2pct:<uuid>``: the figure's uncertainty is above 2 % of it.
+
+Every figure carries its uncertainty in joules (``energy_uncertainty_j``). The counter lags
+the truth by up to one update period, which differs from driver to driver (20 ms to 1 s): it
+is measured from the samples (``counter_update_s``: the median spacing of the counter's
+changes), and the uncertainty is that period plus the sampling interval, times the highest
+power sampled in the window. Integrated power carries the energy at stake between samples
+(half the change of power across each interval, times its length).
 * ``window_shorter_than_counter_update:<uuid>``: the counter did not move in the window; the
   energy is estimated from the sampled power;
 * ``window_shorter_than_1s``: too short to be trusted, whatever the method;
@@ -53,7 +63,10 @@ __all__ = ["EnergyMonitor", "EnergyReading", "MIN_TRUSTED_WINDOW_S", "unavailabl
 
 MIB = 1024 * 1024
 MIN_TRUSTED_WINDOW_S = 1.0
+MAX_RELATIVE_UNCERTAINTY = 0.02
+"""Above this share of the figure, an energy's uncertainty is warned of."""
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_GPU_IS_LOST = 15
 
 
 def unavailable_energy(reason: str) -> Energy:
@@ -78,6 +91,8 @@ class _Watched:
     samples: list[_Sample] = field(default_factory=list)
     peak_used_mib: dict[str, float] = field(default_factory=dict)
     idle_power_w: float | None = None
+    lost_at: float | None = None
+    """When a read first said the GPU is lost (fell off the bus), if it did."""
 
     @property
     def mig_uuids(self) -> list[str]:
@@ -221,6 +236,15 @@ class EnergyMonitor:
         except Exception:
             return None
 
+    def _read(self, w: _Watched, now: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` for one watched GPU, None if it fails; a lost GPU is remembered."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if getattr(exc, "value", None) == NVML_ERROR_GPU_IS_LOST and w.lost_at is None:
+                w.lost_at = now
+            return None
+
     def _baseline(self) -> None:
         api = self._api
         assert api is not None  # opened by start()
@@ -245,11 +269,11 @@ class EnergyMonitor:
         now = self._clock()
         for w in self._watched:
             counter = (
-                self._optional(api.nvmlDeviceGetTotalEnergyConsumption, w.handle)
+                self._read(w, now, api.nvmlDeviceGetTotalEnergyConsumption, w.handle)
                 if w.has_counter
                 else None
             )
-            mw = self._optional(api.nvmlDeviceGetPowerUsage, w.handle)
+            mw = self._read(w, now, api.nvmlDeviceGetPowerUsage, w.handle)
             sample = _Sample(now, int(counter) if counter is not None else None, None)
             if mw is not None:
                 sample.power_w = mw / 1000.0
@@ -360,6 +384,20 @@ class EnergyReading:
             if all(g.energy_j is not None for g in per_gpu)
             else None
         )
+        uncertainties = [g.energy_uncertainty_j for g in per_gpu]
+        total_uncertainty = (
+            sum(u for u in uncertainties if u is not None)
+            if total is not None and all(u is not None for u in uncertainties)
+            else None
+        )
+        for g in per_gpu:
+            u = g.energy_uncertainty_j
+            if (
+                g.energy_j is not None
+                and u is not None
+                and u > MAX_RELATIVE_UNCERTAINTY * g.energy_j
+            ):
+                warnings.append(f"energy_uncertainty_above_2pct:{g.uuid}")
         idle_adjusted = None
         if total is not None and all(g.idle_power_w is not None for g in per_gpu):
             idle = sum(g.idle_power_w or 0.0 for g in per_gpu)
@@ -379,6 +417,7 @@ class EnergyReading:
             ),
             per_gpu=per_gpu,
             gpu_energy_j=total,
+            gpu_energy_uncertainty_j=total_uncertainty,
             avg_gpu_power_w=total / duration if total is not None and duration > 0 else None,
             idle_adjusted_gpu_energy_j=idle_adjusted,
             sample_interval_s=self.interval_s,
@@ -404,32 +443,62 @@ class EnergyReading:
         }
         duration = t1 - t0
         counters = [s for s in samples if s.counter_mj is not None]
+        if w.lost_at is not None:
+            readings = counters if w.has_counter else powers
+            last_seen = readings[-1].t if readings else None
+            if last_seen is None or t1 > last_seen:
+                warnings.append(f"gpu_lost:{w.gpu.uuid}")
+                return GPUEnergy(
+                    method=None,
+                    energy_j=None,
+                    avg_power_w=None,
+                    unavailable_reason="gpu_lost",
+                    **common,
+                )
         if w.has_counter and len(counters) >= 1:
             if any(
                 (b.counter_mj or 0) < (a.counter_mj or 0) for a, b in itertools.pairwise(counters)
             ):
                 warnings.append(f"counter_reset:{w.gpu.uuid}")
                 return GPUEnergy(
-                    method="nvml_total_energy_counter", energy_j=None, avg_power_w=None, **common
+                    method="nvml_total_energy_counter",
+                    energy_j=None,
+                    avg_power_w=None,
+                    unavailable_reason="counter_reset",
+                    **common,
                 )
             start_mj = _interpolate(counters, t0)
             end_mj = _interpolate(counters, t1)
             energy_j = (end_mj - start_mj) / 1000.0
+            period = _update_period(counters)
             if energy_j > 0 or duration <= 0:
+                power = _peak_power(powers, t0, t1)
+                if power is None and duration > 0:
+                    power = energy_j / duration
+                spacing = _median([b.t - a.t for a, b in itertools.pairwise(counters)])
+                uncertainty = (
+                    (period + spacing) * power
+                    if period is not None and spacing is not None and power is not None
+                    else None
+                )
                 return GPUEnergy(
                     method="nvml_total_energy_counter",
                     energy_j=energy_j,
                     avg_power_w=energy_j / duration if duration > 0 else None,
                     counter_start_mj=round(start_mj),
                     counter_end_mj=round(end_mj),
+                    energy_uncertainty_j=uncertainty,
+                    counter_update_s=period,
                     **common,
                 )
             warnings.append(f"window_shorter_than_counter_update:{w.gpu.uuid}")
+            common["counter_update_s"] = period
         energy = _integrate(powers, t0, t1)
         return GPUEnergy(
             method="nvml_power_integration",
             energy_j=energy,
             avg_power_w=energy / duration if energy is not None and duration > 0 else None,
+            energy_uncertainty_j=_integration_uncertainty(powers, t0, t1),
             **common,
         )
 
@@ -491,3 +560,41 @@ def _integrate(samples: Sequence[_Sample], t0: float, t1: float) -> float | None
 
     knots = [t0, *(t for t in times if t0 < t < t1), t1]
     return sum((b - a) * (power_at(a) + power_at(b)) / 2 for a, b in itertools.pairwise(knots))
+
+
+def _median(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _update_period(counters: Sequence[_Sample]) -> float | None:
+    """The counter's update period, measured: the median spacing of the times at which a new
+    counter value was first sampled (None with fewer than two changes sampled)."""
+    changes = [b.t for a, b in itertools.pairwise(counters) if b.counter_mj != a.counter_mj]
+    return _median([b - a for a, b in itertools.pairwise(changes)])
+
+
+def _peak_power(samples: Sequence[_Sample], t0: float, t1: float) -> float | None:
+    """The highest power sampled in [t0, t1], or at the samples nearest to it."""
+    points = [(s.t, s.power_w) for s in samples if s.power_w is not None]
+    if not points:
+        return None
+    inside = [p for t, p in points if t0 <= t <= t1]
+    if inside:
+        return max(inside)
+    before = [p for t, p in points if t < t0]
+    after = [p for t, p in points if t > t1]
+    return max([*before[-1:], *after[:1]])
+
+
+def _integration_uncertainty(samples: Sequence[_Sample], t0: float, t1: float) -> float | None:
+    """The energy at stake between power samples in [t0, t1]: the power may have changed
+    anywhere between two samples, so half the change times the interval, summed. None
+    without two power samples in the window."""
+    points = [(s.t, s.power_w) for s in samples if s.power_w is not None and t0 <= s.t <= t1]
+    if len(points) < 2:
+        return None
+    return sum((tb - ta) * abs(pb - pa) / 2 for (ta, pa), (tb, pb) in itertools.pairwise(points))

@@ -185,6 +185,17 @@ class GPUEnergy(_Model):
     avg_power_w: float | None
     counter_start_mj: int | None = None
     counter_end_mj: int | None = None
+    energy_uncertainty_j: float | None = None
+    """How far ``energy_j`` may be from the truth, in joules (a bound, either way): for the
+    counter, its update period (measured from the samples) plus the sampling interval, times
+    the power; for power integration, the energy at stake between power samples. Null when
+    it could not be measured (fewer than two counter changes sampled)."""
+    counter_update_s: float | None = None
+    """The energy counter's update period, measured from the samples: the median spacing of
+    its changes."""
+    unavailable_reason: str | None = None
+    """Why ``energy_j`` is null: ``gpu_lost`` (the GPU fell off the bus before the window
+    ended), ``counter_reset``."""
     idle_power_w: float | None = None
     power_samples: int = 0
     mig_devices: list[str] = Field(default_factory=list)
@@ -201,6 +212,8 @@ class Energy(_Model):
     window: EnergyWindow | None = None
     per_gpu: list[GPUEnergy] = Field(default_factory=list)
     gpu_energy_j: float | None = None
+    gpu_energy_uncertainty_j: float | None = None
+    """The sum of the GPUs' uncertainties (a bound; null if one is unknown)."""
     avg_gpu_power_w: float | None = None
     idle_adjusted_gpu_energy_j: float | None = None
     j_per_output_token: float | None = None

@@ -36,6 +36,9 @@ class DeviceState:
     pids: tuple[int, ...] = ()
     problems: tuple[str, ...] = ()
     """Health problems; a device with any is never offered."""
+    xids: tuple[int, ...] = ()
+    """Critical Xids NVML delivered at this reading (already among ``problems``): NVML
+    delivers each to one reader only, so the reader records them (``gpuroute.health``)."""
 
     @property
     def memory_free_mib(self) -> int | None:

@@ -3,7 +3,9 @@
 * ``topology(name)``: a built-in simulated host, as an Inventory recorded in the snapshot
   format (``TOPOLOGIES`` lists the names);
 * ``FakeNVML``: a stateful stand-in for the pynvml functions gpuroute calls, built from
-  such an inventory.
+  such an inventory;
+* ``FakeKernelLog``: a recorded kernel log (``/dev/kmsg`` records) with the driver's Xid
+  lines, which ``FakeNVML.inject_xid`` writes to when given one.
 
 Importing this module imports pynvml (``nvidia-ml-py``), whose errors FakeNVML raises.
 """
@@ -14,8 +16,16 @@ from importlib import resources
 
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing.fake_nvml import FakeNVML, FakeProcess
+from gpuroute.testing.kernel_log import FakeKernelLog
 
-__all__ = ["TOPOLOGIES", "FakeNVML", "FakeProcess", "topology", "topology_path"]
+__all__ = [
+    "TOPOLOGIES",
+    "FakeKernelLog",
+    "FakeNVML",
+    "FakeProcess",
+    "topology",
+    "topology_path",
+]
 
 TOPOLOGIES = {
     "h100-sxm-8": "8 identical NVIDIA H100 80GB HBM3 (SXM), no MIG",

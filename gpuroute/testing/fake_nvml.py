@@ -19,6 +19,7 @@ from typing import Any
 import pynvml
 
 from gpuroute.core.inventory import GPU, Inventory, MIGDevice
+from gpuroute.testing.kernel_log import FakeKernelLog
 
 __all__ = ["FakeNVML", "FakeProcess"]
 
@@ -73,8 +74,10 @@ class FakeNVML:
         energy_start_mj: int = 1_000_000,
         clock: Callable[[], float] | None = None,
         energy_update_s: float = 0.0,
+        kernel_log: FakeKernelLog | None = None,
     ) -> None:
         self.inventory = inventory
+        self.kernel_log = kernel_log
         self.init_count = 0
         self.clock = clock
         self.energy_update_s = energy_update_s
@@ -149,11 +152,15 @@ class FakeNVML:
         (self._retired_pending.add if pending else self._retired_pending.discard)(index)
 
     def inject_xid(self, index: int, xid: int) -> None:
-        """An Xid event on a GPU, queued for delivery to NVML event sets that watch it.
-        (Real NVML queues events raised after registration; the fake queues them from the
-        start, standing in for a watcher that has been registered all along.)"""
-        self._gpu(index)
+        """An Xid event on a GPU, queued for delivery to NVML event sets that watch it, and
+        delivered to one reader only, as NVML does. (Real NVML queues events raised after
+        registration; the fake queues them from the start, standing in for a watcher that
+        has been registered all along.) With a ``kernel_log``, the driver's line is also
+        written there, where every reader finds it."""
+        gpu = self._gpu(index)
         self._xids.append((index, xid))
+        if self.kernel_log is not None:
+            self.kernel_log.xid(gpu.pci_bus_id, xid)
 
     def set_power(self, index: int, watts: float) -> None:
         self._gpu(index)
