@@ -165,7 +165,8 @@ class Host:
         state: the live state to choose devices by (default: read through NVML at each
             acquisition, for this host's own inventory).
         recheck_s: how often ``plan`` asks NVML whether the layout (GPUs, MIG devices)
-            changed, at most; ``acquire`` always asks. 0: every call.
+            changed and reads the devices' health, at most; ``acquire`` always does.
+            0: every call.
         kernel_log: where to read Xids that NVML no longer delivers (default:
             ``GPUROUTE_KERNEL_LOG``, else ``/dev/kmsg`` when reading the real NVML; none for
             a given NVML, such as ``FakeNVML``, unless named here).
@@ -206,6 +207,7 @@ class Host:
         self._context: CallerContext | None = context
         self._policy: tuple[tuple[str, int, int] | None, Policy] | None = None
         self._backends: dict[str, Backend] = {}
+        self._recent_state: tuple[float, HostState] | None = None
         self._owns_backends = True
         self._lock = threading.Lock()
 
@@ -338,9 +340,20 @@ class Host:
 
         state = read_state(inventory, self.nvml)
         kernel = self.kernel_log_state()
-        return observe(
+        state = observe(
             inventory, state, kernel=kernel, lease_dir=self.lease_dir, environ=self.environ
         )
+        self._recent_state = (time.monotonic(), state)
+        return state
+
+    def _state_for_plan(self) -> HostState:
+        """The live state as last read, if it is more recent than ``recheck_s``; else read
+        anew. A plan sees a GPU that became unhealthy within ``recheck_s``; an acquisition
+        always reads the state."""
+        recent = self._recent_state
+        if recent is not None and time.monotonic() - recent[0] < self.recheck_s:
+            return recent[1]
+        return self.live_state(self.inventory)
 
     def kernel_log_state(self) -> KernelLogState | None:
         """The Xids the kernel log holds since boot (read on, from where this host stopped),
@@ -364,7 +377,7 @@ class Host:
             return
         from gpuroute.errors import UnhealthyDeviceError
 
-        state = self.live_state(self.inventory)
+        state = self._state_for_plan()
         for device in plan.devices:
             problems = state.problems_of(device)
             if problems:

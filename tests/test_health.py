@@ -20,7 +20,9 @@ from gpuroute.limits import Policy
 from gpuroute.testing import FakeKernelLog, FakeNVML, topology
 
 
-def host(fake: FakeNVML, lease_dir: Path, kernel_log: Path | None = None) -> Host:
+def host(
+    fake: FakeNVML, lease_dir: Path, kernel_log: Path | None = None, *, recheck_s: float = 1.0
+) -> Host:
     """A fresh host: as a separate process (a separate command) would be."""
     return Host(
         nvml=fake,
@@ -29,6 +31,7 @@ def host(fake: FakeNVML, lease_dir: Path, kernel_log: Path | None = None) -> Hos
         policy=Policy(),
         context=CallerContext(),
         environ={},
+        recheck_s=recheck_s,
     )
 
 
@@ -103,12 +106,21 @@ def test_kernel_log_xids_mark_gpus_for_every_process_until_cleared(tmp_path: Pat
     assert previous is not None
     assert [m.xid for m in previous.marks] == [79]
     assert host(fake, leases, log.path).plan("2").uuids == (inventory.gpus[2].uuid,)
-    # ... but a later one does, for a host that kept reading the log as for a new one.
-    reader = host(fake, leases, log.path)
+    # ... but a later one does, for a host that kept reading the log as for a new one
+    # (within recheck_s a host's plan uses the health it read last; an acquisition reads).
+    reader = host(fake, leases, log.path, recheck_s=3600)
     reader.plan("2")
     log.xid(inventory.gpus[2].pci_bus_id, 48)
+    assert reader.plan("2").uuids == (inventory.gpus[2].uuid,)
+    with pytest.raises(UnhealthyDeviceError, match="Xid 48"):
+        reader.acquire("2")
     with pytest.raises(UnhealthyDeviceError, match="Xid 48"):
         reader.plan("2")
+    eager = host(fake, leases, log.path, recheck_s=0)
+    eager.plan("1")
+    log.xid(inventory.gpus[1].pci_bus_id, 48)
+    with pytest.raises(UnhealthyDeviceError, match="Xid 48"):
+        eager.plan("1")
     with pytest.raises(UnhealthyDeviceError, match="Xid 48"):
         host(fake, leases, log.path).plan("2")
 
