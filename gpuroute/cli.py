@@ -304,8 +304,7 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     directory = _existing_lease_dir(args.lease_dir)
     if directory is None:
         return 0
-    with directory.locked():
-        records, notes = directory.read()
+    records, notes = directory.read(set_aside=False)  # no lock: files change atomically
     by_lease = {r.lease_id: r for r in records.values()}
     if args.json:
         print(json.dumps([json.loads(r.to_json()) for r in by_lease.values()], indent=2))
@@ -347,8 +346,7 @@ def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
     directory = _existing_lease_dir(args.lease_dir)
     records: dict[str, LeaseRecord] = {}
     if directory is not None:
-        with directory.locked():
-            records, _ = directory.read()
+        records, _ = directory.read(set_aside=False)
     uid, user = caller_identity()
     (_, limit, mine, _), *groups = policy.budgets(uid, user, records.values(), inventory)
     print(f"Policy: {policy.source}")

@@ -97,7 +97,7 @@ def test_16_processes_x_50_cycles_never_share_a_device(tmp_path: Path) -> None:
     while not errors.empty():
         found.append(errors.get())
     assert found == []
-    assert sorted(os.listdir(tmp_path / "leases")) == ["lock"]
+    assert sorted(os.listdir(tmp_path / "leases")) == []
 
 
 def test_a_sigkilled_holder_is_reclaimed(tmp_path: Path) -> None:
@@ -186,11 +186,16 @@ def test_symlink_tricks_are_refused(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
     assert any("set aside" in n for n in lease.notes)
     lease.release()
-    (real / "lock").unlink()
+    # The lock is the directory itself: a link planted as the lock file of earlier versions
+    # is never opened, and a directory swapped for a link after its checks is refused.
     (real / "lock").symlink_to(victim)
-    with pytest.raises(LeaseDirError, match="lock is a symlink"):
-        take("0", inventory, real)
+    take("0", inventory, real).release()
     assert victim.read_text() == "precious"
+    directory = LeaseDir(real)
+    real.rename(tmp_path / "moved")
+    (tmp_path / "real").symlink_to(tmp_path / "moved")
+    with pytest.raises(LeaseDirError, match="is a symlink"), directory.locked():
+        pass
 
 
 def test_a_planted_fifo_is_set_aside_never_waited_on(tmp_path: Path) -> None:
@@ -220,14 +225,15 @@ def test_a_directory_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
 
 def test_an_unusable_default_location_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(LeaseDirError, match="install -d -m 0777"):
+    with pytest.raises(LeaseDirError, match="install -d -m 1777"):
         take("0", four_gpus(), tmp_path / "file" / "leases")
 
 
 def test_lease_files_say_who_holds_what(tmp_path: Path) -> None:
     inventory = four_gpus()
     with take("3,1", inventory, tmp_path, ttl_s=60) as lease:
-        data = json.loads((tmp_path / f"dev-{inventory.gpus[3].uuid}.json").read_text())
+        name = LeaseDir.file_name(inventory.gpus[3].uuid, lease.id)
+        data = json.loads((tmp_path / name).read_text())
         assert data["schema"] == "gpuroute.lease/2"
         assert data["devices"] == [inventory.gpus[3].uuid, inventory.gpus[1].uuid]
         assert (data["uid"], data["ttl_s"]) == (os.getuid(), 60)
@@ -240,7 +246,7 @@ def test_lease_files_say_who_holds_what(tmp_path: Path) -> None:
         assert data["boot_id"]
         assert holder["started"]
         assert lease.plan.container_env["CUDA_VISIBLE_DEVICES"] == "1,0"
-    assert sorted(os.listdir(tmp_path)) == ["lock"]
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def _v1_record(lease_id: str, uuid: str, *, pid: int | None, container: str | None) -> str:
@@ -307,7 +313,7 @@ def test_malformed_holders_are_set_aside(tmp_path: Path, holder: object) -> None
     lease = take("0", inventory, tmp_path)
     data = json.loads(lease.record.to_json())
     data["holder"] = holder
-    (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text(json.dumps(data))
+    (tmp_path / LeaseDir.file_name(inventory.gpus[0].uuid, lease.id)).write_text(json.dumps(data))
     again = take("0", inventory, tmp_path)
     assert any("set aside" in n for n in again.notes)
 
@@ -490,8 +496,8 @@ def _two_users(tmp_path: Path, a100: Inventory) -> None:
     snapshot = tmp_path / "a100.json"
     a100.save(snapshot)
     leases = tmp_path / "leases"
-    leases.mkdir(mode=0o777)
-    leases.chmod(0o777)
+    leases.mkdir(mode=0o1777)
+    leases.chmod(0o1777)  # as documented: sticky, so that no user removes another's leases
     policy = tmp_path / "policy.yaml"
     policy.write_text(
         "default: {gpu_equivalents: 1, physical_gpus: 1}\n"
@@ -605,7 +611,8 @@ def test_a_record_with_wrong_types_is_set_aside(
     data = json.loads(record.to_json())
     key, value = field_value
     data[key] = value
-    (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text(json.dumps(data))
+    name = LeaseDir.file_name(inventory.gpus[0].uuid, record.lease_id)
+    (tmp_path / name).write_text(json.dumps(data))
     lease = take("0", inventory, tmp_path)
     assert any("set aside" in n for n in lease.notes)
 
@@ -614,10 +621,11 @@ def test_a_failed_write_leaves_no_partial_lease(tmp_path: Path) -> None:
     inventory = four_gpus()
     directory = LeaseDir(tmp_path)
     record = take("0,1", inventory, tmp_path / "model").record
-    (tmp_path / f"dev-{inventory.gpus[1].uuid}.json").mkdir()  # the rename onto it fails
+    # the rename onto it fails
+    (tmp_path / LeaseDir.file_name(inventory.gpus[1].uuid, record.lease_id)).mkdir()
     with directory.locked(), pytest.raises(IsADirectoryError):
         directory.write(record)
-    assert not (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").exists()
+    assert not (tmp_path / LeaseDir.file_name(inventory.gpus[0].uuid, record.lease_id)).exists()
     assert not list(tmp_path.glob(".tmp-*"))
 
 
