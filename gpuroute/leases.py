@@ -184,10 +184,10 @@ class LeaseDir:
         *,
         create: bool = True,
         environ: Mapping[str, str] | None = None,
-        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        lock_timeout_s: float | None = None,
     ) -> None:
         self.path = lease_dir_path(path, environ)
-        self.lock_timeout_s = lock_timeout_s
+        self.lock_timeout_s = DEFAULT_LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s
         self._dir = str(self.path)  # plain strings on the hot path
         self._me = os.getuid()
         self._local = threading.local()  # the locked directory's fd, per thread
