@@ -160,7 +160,11 @@ def _parser() -> argparse.ArgumentParser:
 
     limits = sub.add_parser("limits", help="your GPU usage against your limits")
     limits.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
-    limits.add_argument("--policy", metavar="FILE", help="the limits policy file")
+    limits.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="a policy of your own: it only tightens the administrator's",
+    )
     add_inventory_options(limits)
 
     doctor = sub.add_parser("doctor", help="check what GPU launches depend on, with fixes")
@@ -340,9 +344,10 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
 
 def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
     from gpuroute.leases import caller_identity
-    from gpuroute.limits import Policy
+    from gpuroute.limits import Policy, binding_policy
 
-    policy = Policy.load(args.policy) if args.policy else Policy.from_default_location()
+    # The administrator's policy binds; --policy (or GPUROUTE_POLICY) only tightens it.
+    policy = binding_policy(Policy.load(args.policy) if args.policy else None)
     directory = _existing_lease_dir(args.lease_dir)
     records: dict[str, LeaseRecord] = {}
     if directory is not None:

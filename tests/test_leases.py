@@ -940,3 +940,64 @@ def test_a_careless_umask_never_frees_a_lease(shared: Path) -> None:
     outcome = as_user(DAEMON, lambda: _granted(take("2", inventory, shared)))
     assert outcome.startswith("DeviceLeasedError: GPU 2")
     assert "leased to nobody" in outcome
+
+
+# -- whose limits bind ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The administrator's policy, root-owned and writable by root alone: one GPU each."""
+    path = tmp_path / "admin-policy.yaml"
+    path.write_text("default: {gpu_equivalents: 2, physical_gpus: 1}\n")
+    path.chmod(0o644)
+    assert path.stat().st_uid == 0
+    monkeypatch.setattr(gpuroute.limits, "DEFAULT_POLICY", str(path))
+    return path
+
+
+def test_a_callers_policy_never_lifts_the_administrators(
+    tmp_path: Path,
+    admin_policy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inventory = four_gpus()
+    leases = tmp_path / "leases"
+    options: dict[str, Any] = {
+        "inventory": inventory,
+        "lease_dir": leases,
+        "state": HostState.unknown(),
+        "context": CallerContext(),
+    }
+    gpuroute.acquire("0", **options)
+    monkeypatch.setenv("GPUROUTE_POLICY", "/dev/null")
+    with pytest.raises(LimitExceededError, match=f"{admin_policy}\\): physical GPUs 2 > 1"):
+        gpuroute.acquire("1", **options)
+    monkeypatch.delenv("GPUROUTE_POLICY")
+    for lifting in (Policy(), Policy(default=Limit(Fraction(8), 8), source="mine")):
+        with pytest.raises(LimitExceededError, match="physical GPUs 2 > 1"):
+            gpuroute.acquire("1", policy=lifting, **options)
+    # A stricter policy of the caller's does bind: each limit is the stricter of the two.
+    me = gpuroute.leases.caller_identity()[1]
+    mine = Policy(users={me: Limit(Fraction(1, 2), 4)}, source="mine")
+    with pytest.raises(LimitExceededError, match=r"tightened by mine\): GPU-equivalents 2 > 1/2"):
+        gpuroute.acquire("1", policy=mine, **options)
+    combined = gpuroute.limits.admin_policy().tightened_by(mine)
+    assert combined.user_limit(me) == Limit(Fraction(1, 2), 1)
+    assert combined.user_limit("someone else") == Limit(Fraction(2), 1)
+    inventory_args = ["--simulate", "h100-sxm-8", "--lease-dir", str(leases)]
+    assert gpuroute.cli.main(["limits", *inventory_args, "--policy", "/dev/null"]) == 0
+    assert "your limit: 2 GPU-equivalents, 1 physical GPU(s)" in capsys.readouterr().out
+
+
+def test_an_administrators_policy_others_may_write_is_refused(
+    tmp_path: Path, admin_policy: Path
+) -> None:
+    admin_policy.chmod(0o666)
+    with pytest.raises(gpuroute.PolicyError, match=r"writable by root alone.*chmod 0644"):
+        gpuroute.acquire("0", inventory=four_gpus(), lease_dir=tmp_path, context=CallerContext())
+    admin_policy.chmod(0o644)
+    os.chown(admin_policy, NOBODY, NOBODY)
+    with pytest.raises(gpuroute.PolicyError, match="belongs to uid 65534"):
+        gpuroute.acquire("0", inventory=four_gpus(), lease_dir=tmp_path, context=CallerContext())
