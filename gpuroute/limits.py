@@ -39,13 +39,15 @@ from gpuroute.errors import LimitExceededError, PolicyError
 from gpuroute.records import LeaseRecord
 
 __all__ = [
+    "DEFAULT_POLICY",
     "POLICY_ENV",
     "Limit",
     "Policy",
     "Usage",
     "format_equivalents",
-    "binding_policy",
     "admin_policy",
+    "binding_policy",
+    "file_key",
     "policy_path",
     "usage_of",
 ]
