@@ -1,12 +1,13 @@
 """GPU leases on a shared host: race-free, daemon-free, and self-cleaning.
 
 A lease directory (default ``/run/gpuroute/leases``; ``GPUROUTE_LEASE_DIR`` or ``lease_dir=``)
-holds one small JSON file per leased device, ``dev-<UUID>.json``, naming the lease that holds
-it. Every change happens under an exclusive ``flock`` on the directory's ``lock`` file, so two
-acquisitions never see the same free device, across processes and users. Files are written
-to a temporary name and renamed into place, so a reader never sees half a record; a record
-that is unreadable anyway (a crash, a disk error, an edit) is moved aside as
-``corrupt-…`` and only that device is affected.
+holds one small JSON file per lease and device, ``dev-<UUID>.<lease id>.json``, created and
+owned by the lease's user. Every acquisition happens under an exclusive ``flock`` on the
+directory itself, waited for at most ``DEFAULT_LOCK_TIMEOUT_S``, so two acquisitions never see
+the same free device, across processes and users. Files are written to a temporary name and
+renamed into place, so a reader never sees half a record; a record that is unreadable anyway
+(a crash, a disk error, an edit) is moved aside as ``corrupt-…`` and only that device is
+affected.
 
 A lease records who holds it (uid and user name), its holder (the work that keeps it alive,
 named the same way for every backend: a process with its start time, so that a reused pid is
@@ -15,8 +16,10 @@ its creation time and an optional TTL. A lease is stale, and reclaimed by the ne
 acquisition, when its holder's backend says the holder is gone, the host rebooted, or its TTL
 passed.
 
-Leases are advisory, like every daemon-free scheme: they keep cooperating users (and their
-scripts) from colliding. They do not stop someone who bypasses gpuroute.
+In the shared directory (root-owned, mode 1777) a user can delete or replace only their own
+files, and a record counts only in a file owned by the user it names (or by root); docs/leases.md
+says what this guarantees against whom. Leases are advisory, like every daemon-free scheme:
+they do not stop someone who runs work on a GPU without one.
 """
 
 from __future__ import annotations
