@@ -300,22 +300,34 @@ class LeaseDir:
             os.close(fd)  # closing releases the lock
 
     def _lock(self, fd: int) -> None:
+        """Take the lock on ``fd``, waiting at most ``lock_timeout_s``. The wait is the
+        kernel's own (a blocking ``flock``, which hands the lock over at once), done by a
+        helper thread on a duplicate of ``fd``: an ``flock`` belongs to the open file, so the
+        helper takes it for ``fd``, and if we have given up by then, closing both releases
+        it again."""
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             pass
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.0002
-        while True:
-            time.sleep(delay)
+        waiter = os.dup(fd)
+        done = threading.Event()
+        failed: list[OSError] = []
+
+        def wait() -> None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(waiter, fcntl.LOCK_EX)
+            except OSError as exc:
+                failed.append(exc)
+            finally:
+                os.close(waiter)  # the lock stays with fd, while fd is open
+                done.set()
+
+        threading.Thread(target=wait, name="gpuroute-lease-lock", daemon=True).start()
+        if done.wait(self.lock_timeout_s):
+            if not failed:
                 return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    break
-                delay = min(delay * 1.5, 0.005)
+            raise LeaseDirError(f"cannot lock lease directory {self.path}: {failed[0].strerror}")
         holder = lock_holder(os.fstat(fd))
         raise LeaseDirError(
             f"lease directory {self.path} stayed locked for {self.lock_timeout_s:g}s by "
@@ -593,10 +605,12 @@ class Lease:
 def caller_identity() -> tuple[int, str]:
     """The caller's OS uid and user name: the only identity leases and limits use."""
     uid = os.getuid()
-    try:
-        return uid, pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return uid, str(uid)
+    return uid, _cached_user_name(uid)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_user_name(uid: int) -> str:
+    return _user_name(uid)
 
 
 Plan = Callable[[ParsedSpec | str], RoutingPlan]
@@ -637,17 +651,25 @@ class Acquisition:
             if visible is not None:
                 allowed = {d.uuid for d in visible}
         # Fast path: choose from the lease files' names without the lock, then take the lock
-        # only to check that nobody took those devices meanwhile and to write the files. The
-        # lock is held for a directory listing and a few renames.
+        # only to check that nobody took those devices meanwhile (else choose again from the
+        # names seen under it, at once: many acquirers choose the same device) and to write
+        # the files. The lock is held for a directory listing and a few renames.
         if not self.policy.active:
-            for _ in range(3):
-                try:
-                    plan = self._pick(state, self.directory.held(), allowed, locked=False)
-                except (NoFreeDeviceError, DeviceLeasedError):
-                    break
+            fast: RoutingPlan | None
+            try:
+                fast = self._pick(state, self.directory.held(), allowed, locked=False)
+            except (NoFreeDeviceError, DeviceLeasedError):
+                fast = None
+            if fast is not None:
                 with self.directory.locked():
-                    if self.directory.held().isdisjoint(plan.uuids):
-                        return self._take(plan, time.time())
+                    held = self.directory.held()
+                    if not held.isdisjoint(fast.uuids):
+                        try:
+                            fast = self._pick(state, held, allowed, locked=False)
+                        except (NoFreeDeviceError, DeviceLeasedError):
+                            fast = None
+                    if fast is not None:
+                        return self._take(fast, time.time())
         # Slow path, all under the lock: limits, precise errors, and reclaiming stale leases.
         with self.directory.locked():
             now = time.time()
