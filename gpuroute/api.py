@@ -95,8 +95,9 @@ def acquire(
         state / nvml: the live state (processes, memory, health) used to pick and check
             devices; by default read through NVML (``nvml`` may be a ``FakeNVML``), and
             unknown on a host without NVML (then only leases decide what is free).
-        policy: a ``gpuroute.limits.Policy`` (default: ``GPUROUTE_POLICY`` or
-            ``/etc/gpuroute/policy.yaml`` if present; none means no limits).
+        policy: a ``gpuroute.limits.Policy`` of the caller's (default: ``GPUROUTE_POLICY``'s
+            file): it only tightens the administrator's ``/etc/gpuroute/policy.yaml``, which
+            binds every user; each limit is the stricter of the two.
         min_free_mib, model, mig_profile: filters for ``any:N``.
         pid: the process the lease lives with (default: this one).
         wait_s: while the devices are taken (NoFreeDeviceError, DeviceLeasedError), try

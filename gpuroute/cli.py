@@ -174,7 +174,11 @@ def _parser() -> argparse.ArgumentParser:
 
     limits = sub.add_parser("limits", help="your GPU usage against your limits")
     limits.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
-    limits.add_argument("--policy", metavar="FILE", help="the limits policy file")
+    limits.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="a policy of your own: it only tightens the administrator's",
+    )
     add_inventory_options(limits)
 
     doctor = sub.add_parser("doctor", help="check what GPU launches depend on, with fixes")
@@ -339,8 +343,9 @@ def _signals_stop_the_work() -> Iterator[None]:
     try:
         yield
     finally:
-        for each, handler in previous.items():
-            signal.signal(each, handler)
+        if signal.getsignal(signal.SIGINT) is first:  # no signal came: as before
+            for each, handler in previous.items():
+                signal.signal(each, handler)
 
 
 def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
@@ -380,6 +385,8 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
                     sys.stdout.flush()
                 return handle.wait()
     except _Stopped as stopped:
+        for each in _STOP_SIGNALS:  # stopped: exit now, whatever signal comes
+            signal.signal(each, signal.SIG_IGN)
         return 128 + stopped.signum
 
 
@@ -403,8 +410,7 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     directory = _existing_lease_dir(args.lease_dir)
     if directory is None:
         return 0
-    with directory.locked():
-        records, notes = directory.read()
+    records, notes = directory.read(set_aside=False)  # no lock: files change atomically
     by_lease = {r.lease_id: r for r in records.values()}
     if args.json:
         print(json.dumps([json.loads(r.to_json()) for r in by_lease.values()], indent=2))
@@ -440,14 +446,14 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
 
 def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
     from gpuroute.leases import caller_identity
-    from gpuroute.limits import Policy
+    from gpuroute.limits import Policy, binding_policy
 
-    policy = Policy.load(args.policy) if args.policy else Policy.from_default_location()
+    # The administrator's policy binds; --policy (or GPUROUTE_POLICY) only tightens it.
+    policy = binding_policy(Policy.load(args.policy) if args.policy else None)
     directory = _existing_lease_dir(args.lease_dir)
     records: dict[str, LeaseRecord] = {}
     if directory is not None:
-        with directory.locked():
-            records, _ = directory.read()
+        records, _ = directory.read(set_aside=False)
     uid, user = caller_identity()
     (_, limit, mine, _), *groups = policy.budgets(uid, user, records.values(), inventory)
     print(f"Policy: {policy.source}")

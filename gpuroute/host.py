@@ -160,8 +160,9 @@ class Host:
             connection is opened on first use and kept until ``close()``.
         lease_dir: the lease directory (default: ``GPUROUTE_LEASE_DIR``, else
             ``/run/gpuroute/leases``).
-        policy: a limits ``Policy`` (default: ``GPUROUTE_POLICY`` or
-            ``/etc/gpuroute/policy.yaml`` if present, re-read when the file changes).
+        policy: a limits ``Policy`` of the caller's (default: ``GPUROUTE_POLICY``'s file);
+            it only tightens the administrator's ``/etc/gpuroute/policy.yaml``, which binds
+            every user. Files are read again when they change.
         state: the live state to choose devices by (default: read through NVML at each
             acquisition, for this host's own inventory).
         recheck_s: how often ``plan`` asks NVML whether the layout (GPUs, MIG devices)
@@ -205,7 +206,7 @@ class Host:
         self._checked = 0.0
         self._snapshot_key: tuple[str, int, int] | None = None
         self._context: CallerContext | None = context
-        self._policy: tuple[tuple[str, int, int] | None, Policy] | None = None
+        self._policy: tuple[tuple[object, ...], Policy] | None = None
         self._backends: dict[str, Backend] = {}
         self._recent_state: tuple[float, HostState] | None = None
         self._owns_backends = True
@@ -311,22 +312,19 @@ class Host:
 
     @property
     def policy(self) -> Policy:
-        """The limits policy: as given, else the default file's, re-read when it changes."""
-        if self._given_policy is not None:
-            return self._given_policy
-        from gpuroute.limits import policy_path
+        """The limits policy that binds the caller: the administrator's
+        (``/etc/gpuroute/policy.yaml``), tightened by the caller's own (as given, else
+        ``GPUROUTE_POLICY``'s file), read again when either file changes."""
+        from gpuroute.limits import DEFAULT_POLICY, POLICY_ENV, binding_policy, file_key
 
-        path = policy_path(self._env())
-        key: tuple[str, int, int] | None = None
-        if path:
-            try:
-                info = os.stat(path)
-                key = (path, info.st_mtime_ns, info.st_size)
-            except OSError:
-                key = None
-        if self._policy is None or self._policy[0] != key or (key is None and path):
-            policy = Policy.load(path) if path else Policy()
-            self._policy = (key, policy)
+        caller_path = "" if self._given_policy is not None else self._env().get(POLICY_ENV, "")
+        key = (
+            file_key(DEFAULT_POLICY),
+            file_key(caller_path) if caller_path else None,
+            id(self._given_policy),
+        )
+        if self._policy is None or self._policy[0] != key or (caller_path and key[1] is None):
+            self._policy = (key, binding_policy(self._given_policy, self._env()))
         return self._policy[1]
 
     def live_state(self, inventory: Inventory) -> HostState:

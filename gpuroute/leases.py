@@ -1,12 +1,13 @@
 """GPU leases on a shared host: race-free, daemon-free, and self-cleaning.
 
 A lease directory (default ``/run/gpuroute/leases``; ``GPUROUTE_LEASE_DIR`` or ``lease_dir=``)
-holds one small JSON file per leased device, ``dev-<UUID>.json``, naming the lease that holds
-it. Every change happens under an exclusive ``flock`` on the directory's ``lock`` file, so two
-acquisitions never see the same free device, across processes and users. Files are written
-to a temporary name and renamed into place, so a reader never sees half a record; a record
-that is unreadable anyway (a crash, a disk error, an edit) is moved aside as
-``corrupt-…`` and only that device is affected.
+holds one small JSON file per lease and device, ``dev-<UUID>.<lease id>.json``, created and
+owned by the lease's user. Every acquisition happens under an exclusive ``flock`` on the
+directory itself, waited for at most ``DEFAULT_LOCK_TIMEOUT_S``, so two acquisitions never see
+the same free device, across processes and users. Files are written to a temporary name and
+renamed into place, so a reader never sees half a record; a record that is unreadable anyway
+(a crash, a disk error, an edit) is moved aside as ``corrupt-…`` and only that device is
+affected.
 
 A lease records who holds it (uid and user name), its holder (the work that keeps it alive,
 named the same way for every backend: a process with its start time, so that a reused pid is
@@ -15,8 +16,10 @@ its creation time and an optional TTL. A lease is stale, and reclaimed by the ne
 acquisition, when its holder's backend says the holder is gone, the host rebooted, or its TTL
 passed.
 
-Leases are advisory, like every daemon-free scheme: they keep cooperating users (and their
-scripts) from colliding. They do not stop someone who bypasses gpuroute.
+In the shared directory (root-owned, mode 1777) a user can delete or replace only their own
+files, and a record counts only in a file owned by the user it names (or by root); docs/leases.md
+says what this guarantees against whom. Leases are advisory, like every daemon-free scheme:
+they do not stop someone who runs work on a GPU without one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import functools
 import os
 import pwd
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -58,6 +62,8 @@ from gpuroute.records import Holder, LeaseRecord
 
 __all__ = [
     "DEFAULT_LEASE_DIR",
+    "DEFAULT_LOCK_TIMEOUT_S",
+    "lock_holder",
     "lease_dir_path",
     "LEASE_DIR_ENV",
     "Acquisition",
@@ -77,6 +83,13 @@ DEFAULT_LEASE_DIR = "/run/gpuroute/leases"
 LEASE_DIR_ENV = "GPUROUTE_LEASE_DIR"
 _PREFIX = "dev-"
 _SUFFIX = ".json"
+_MAX_RECORD = 1 << 16
+_BAD_RECORD = (ValueError, TypeError, KeyError, ArithmeticError, RecursionError)
+"""What reading a planted or damaged record may raise (OSError aside)."""
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+"""How long an acquisition waits for the lease directory's lock. gpuroute holds it for
+milliseconds (longer only while it asks an engine whether a container lives); a process
+that holds it longer is stuck or hostile, and is named in the error."""
 
 Alive = Callable[[Holder], "bool | None"]
 """Asks the holder's backend whether a holder lives: True, False (gone) or None (unknown)."""
@@ -127,8 +140,54 @@ def lease_dir_path(
     return Path(path or env.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
 
 
+def _split(name: str) -> tuple[str, str | None] | None:
+    """A lease file's name -> (device UUID, lease id); None for any other name. A name of the
+    earlier layout (``dev-<UUID>.json``, one file per device) has no lease id."""
+    if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+        return None
+    rest = name[len(_PREFIX) : -len(_SUFFIX)]
+    uuid, dot, lease_id = rest.rpartition(".")
+    return (uuid, lease_id) if dot else (rest, None)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def lock_holder(info: os.stat_result, locks: str = "/proc/locks") -> str:
+    """Who holds a lock on the file ``info`` describes, from ``/proc/locks``: its pid, user
+    and command, or what is known of it."""
+    inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        lines = Path(locks).read_text().splitlines()
+    except OSError:
+        return "a process this host does not name (no /proc/locks)"
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[5] != inode:
+            continue  # "->": a waiter, not the holder
+        pid = fields[4]
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError):
+            return f"pid {pid} (not visible from here)"
+        return f"pid {pid} ({command}) of user {_user_name(uid)} (uid {uid})"
+    return "a process that has since let go"
+
+
 class LeaseDir:
-    """The lease directory: its safety checks, its lock, and its device files."""
+    """The lease directory: its safety checks, its lock, and its lease files.
+
+    Every lease has one file per device, ``dev-<UUID>.<lease id>.json``, created by its owner
+    and owned by them. The directory itself is the lock (a kernel ``flock`` on it, waited
+    for at most ``lock_timeout_s``), so that no user can swap or delete the lock. A record
+    counts only in a file owned by the user it names (or by root). See docs/leases.md for
+    what this guarantees against whom.
+    """
 
     def __init__(
         self,
@@ -136,157 +195,343 @@ class LeaseDir:
         *,
         create: bool = True,
         environ: Mapping[str, str] | None = None,
+        lock_timeout_s: float | None = None,
     ) -> None:
         self.path = lease_dir_path(path, environ)
+        self.lock_timeout_s = DEFAULT_LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s
         self._dir = str(self.path)  # plain strings on the hot path
-        self._lock = f"{self._dir}/lock"
+        self._me = os.getuid()
+        self._local = threading.local()  # the locked directory's fd, per thread
         self._check(create)
 
-    def _check(self, create: bool) -> None:
-        me = os.getuid()
-        fix = (
-            f"ask an administrator to run `install -d -m 0777 {self.path}` (a tmpfiles.d rule "
-            f"keeps it across reboots); a directory of your own ({LEASE_DIR_ENV}) keeps "
-            "leases among your own jobs only"
+    def _fix(self) -> str:
+        return (
+            f"ask an administrator to run `install -d -m 1777 {self.path}` (root-owned and "
+            f"sticky; a tmpfiles.d rule keeps it across reboots); a directory of your own "
+            f"({LEASE_DIR_ENV}) keeps leases among your own jobs only"
         )
+
+    def _check(self, create: bool) -> None:
         try:
             info = os.lstat(self.path)
         except (FileNotFoundError, NotADirectoryError):
             if not create:
-                raise LeaseDirError(f"lease directory {self.path} does not exist; {fix}") from None
+                raise LeaseDirError(
+                    f"lease directory {self.path} does not exist; {self._fix()}"
+                ) from None
+            # root creates the shared directory (sticky: nobody removes another's files);
+            # anyone else a directory of their own.
+            mode = 0o1777 if self._me == 0 else 0o755
             try:
-                self.path.mkdir(parents=True, mode=0o777, exist_ok=True)  # others may race us
-                with contextlib.suppress(PermissionError):  # another user made it first
-                    os.chmod(self.path, 0o777)  # noqa: S103 - shared by every user of the host
+                self.path.mkdir(parents=True, mode=mode, exist_ok=True)  # others may race us
+                info = os.lstat(self.path)
+                if info.st_uid == self._me and stat.S_IMODE(info.st_mode) != mode:
+                    os.chmod(self.path, mode)  # the umask narrowed it
+                    info = os.lstat(self.path)
             except OSError as exc:
                 raise LeaseDirError(
                     f"lease directory {self.path} does not exist and cannot be created "
-                    f"({exc.strerror}); {fix}"
+                    f"({exc.strerror}); {self._fix()}"
                 ) from exc
-            info = os.lstat(self.path)
+        self._validate(info)
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise LeaseDirError(
+                f"lease directory {self.path} is not writable for uid {self._me}; {self._fix()}"
+            )
+
+    def _validate(self, info: os.stat_result) -> None:
+        """The directory may hold leases: a real directory, owned by root or the caller, and
+        sticky wherever others may write in it (else any of them could delete or replace
+        another user's lease files)."""
         if stat.S_ISLNK(info.st_mode):
-            raise LeaseDirError(f"lease directory {self.path} is a symlink; refusing it ({fix})")
+            raise LeaseDirError(
+                f"lease directory {self.path} is a symlink; refusing it ({self._fix()})"
+            )
         if not stat.S_ISDIR(info.st_mode):
-            raise LeaseDirError(f"{self.path} is not a directory; {fix}")
-        if info.st_uid not in (0, me):
+            raise LeaseDirError(f"{self.path} is not a directory; {self._fix()}")
+        if info.st_uid not in (0, self._me):
             raise LeaseDirError(
                 f"lease directory {self.path} belongs to uid {info.st_uid}, who could swap "
-                f"its files; it must belong to root or to you. {fix}"
+                f"its files; it must belong to root or to you. {self._fix()}"
             )
-        if not os.access(self.path, os.W_OK | os.X_OK):
-            raise LeaseDirError(f"lease directory {self.path} is not writable for uid {me}; {fix}")
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise LeaseDirError(
+                f"lease directory {self.path} is writable by other users but not sticky, so "
+                f"any of them could delete or replace another user's lease; its owner must "
+                f"run `chmod 1777 {self.path}` (or `chmod o-w,g-w` for a private one)"
+            )
+
+    def _open_dir(self) -> int:
+        """The directory, opened and checked again (it may have been swapped since)."""
+        try:
+            fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._validate(os.lstat(self._dir))
+            raise LeaseDirError(f"cannot open lease directory {self.path}: {exc.strerror}") from exc
+        try:
+            self._validate(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _dir_fd(self) -> Iterator[int]:
+        """The locked directory's fd when this thread holds the lock, else a fresh one."""
+        fd: int | None = getattr(self._local, "fd", None)
+        if fd is not None:
+            yield fd
+            return
+        fd = self._open_dir()
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the directory's exclusive lock (a kernel flock, released if we die)."""
-        fd = self._open(self._lock, os.O_RDWR | os.O_CREAT, 0o666)
+        """Hold the directory's exclusive lock: a kernel ``flock`` on the directory itself,
+        released if we die. Waits at most ``lock_timeout_s``, then raises LeaseDirError
+        naming the process that holds it."""
+        if getattr(self._local, "fd", None) is not None:
+            raise LeaseDirError(f"lease directory {self.path} is locked by this thread already")
+        fd = self._open_dir()
         try:
-            if stat.S_IMODE(os.fstat(fd).st_mode) != 0o666:
-                with contextlib.suppress(PermissionError):
-                    os.fchmod(fd, 0o666)  # every user must be able to open it
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            self._lock(fd)
+            self._local.fd = fd
+            try:
+                yield
+            finally:
+                self._local.fd = None
         finally:
             os.close(fd)  # closing releases the lock
 
-    @staticmethod
-    def _open(path: str, flags: int, mode: int = 0o644) -> int:
+    def _lock(self, fd: int) -> None:
+        """Take the lock on ``fd``, waiting at most ``lock_timeout_s``. The wait is the
+        kernel's own (a blocking ``flock``, which hands the lock over at once), done by a
+        helper thread on a duplicate of ``fd``: an ``flock`` belongs to the open file, so the
+        helper takes it for ``fd``, and if we have given up by then, closing both releases
+        it again."""
         try:
-            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise LeaseDirError(f"{path} is a symlink; remove it") from exc
-            raise LeaseDirError(f"cannot open {path}: {exc.strerror}") from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise LeaseDirError(f"{path} is not a regular file; remove it")
-        return fd
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waiter = os.dup(fd)
+        done = threading.Event()
+        failed: list[OSError] = []
 
-    def _device_file(self, uuid: str) -> str:
-        return f"{self._dir}/{_PREFIX}{uuid}{_SUFFIX}"
+        def wait() -> None:
+            try:
+                fcntl.flock(waiter, fcntl.LOCK_EX)
+            except OSError as exc:
+                failed.append(exc)
+            finally:
+                os.close(waiter)  # the lock stays with fd, while fd is open
+                done.set()
+
+        threading.Thread(target=wait, name="gpuroute-lease-lock", daemon=True).start()
+        if done.wait(self.lock_timeout_s):
+            if not failed:
+                return
+            raise LeaseDirError(f"cannot lock lease directory {self.path}: {failed[0].strerror}")
+        holder = lock_holder(os.fstat(fd))
+        raise LeaseDirError(
+            f"lease directory {self.path} stayed locked for {self.lock_timeout_s:g}s by "
+            f"{holder}; gpuroute holds this lock for milliseconds, so that process is stuck "
+            "or is not gpuroute: ask its user or an administrator to end it, then try again"
+        )
+
+    @staticmethod
+    def file_name(uuid: str, lease_id: str) -> str:
+        """The name of a lease's file for one device."""
+        if not lease_id.isalnum():
+            raise ValueError(f"lease id {lease_id!r} is not alphanumeric")
+        return f"{_PREFIX}{uuid}.{lease_id}{_SUFFIX}"
 
     def held(self) -> set[str]:
-        """The UUIDs that have a lease file (call under the lock). Names only: fast."""
-        return {
-            name[len(_PREFIX) : -len(_SUFFIX)]
-            for name in os.listdir(self._dir)
-            if name.startswith(_PREFIX) and name.endswith(_SUFFIX)
-        }
+        """The UUIDs that have a lease file. Names only: fast. A file may be stale, forged
+        or unreadable: ``read`` tells."""
+        with self._dir_fd() as fd:
+            names = os.listdir(fd)
+        held = set()
+        for name in names:
+            parsed = _split(name)
+            if parsed is not None:
+                held.add(parsed[0])
+        return held
 
-    def read(self) -> tuple[dict[str, LeaseRecord], list[str]]:
-        """Every device's record (call under the lock), and notes on files set aside."""
-        records: dict[str, LeaseRecord] = {}
+    def has(self, record: LeaseRecord) -> bool:
+        """Whether every device file of ``record``'s lease is there."""
+        with self._dir_fd() as fd:
+            for uuid in record.devices:
+                try:
+                    os.stat(self.file_name(uuid, record.lease_id), dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return False
+        return True
+
+    def read_all(self, *, set_aside: bool = True) -> tuple[dict[str, list[LeaseRecord]], list[str]]:
+        """Every device's trusted records (call under the lock), and notes on the files that
+        do not count: unreadable or malformed ones (moved aside as ``corrupt-…`` when
+        ``set_aside`` and this user may), and forged ones, whose record names another user
+        than the file's owner. A device normally has one record; it has more when a stale
+        lease's file could not be removed (another user's, in a sticky directory)."""
+        records: dict[str, list[LeaseRecord]] = {}
         notes: list[str] = []
-        for entry in os.scandir(self.path):
-            if not (entry.name.startswith(_PREFIX) and entry.name.endswith(_SUFFIX)):
-                continue
-            uuid = entry.name[len(_PREFIX) : -len(_SUFFIX)]
-            try:
-                record = self._load(entry.path)
+        with self._dir_fd() as fd:
+            for name in os.listdir(fd):
+                parsed = _split(name)
+                if parsed is None:
+                    continue
+                uuid, lease_id = parsed
+                try:
+                    record, owner = self._load(fd, name)
+                except FileNotFoundError:
+                    continue
+                except PermissionError:
+                    unreadable = self._unreadable(fd, name, uuid)
+                    if unreadable is not None:
+                        notes.append(
+                            f"cannot read lease file {name} of {unreadable.user}: its device "
+                            "counts as held until they or an administrator remove it"
+                        )
+                        records.setdefault(uuid, []).append(unreadable)
+                    continue
+                except (OSError, *_BAD_RECORD) as exc:  # a link, a directory, damage
+                    notes.append(self._set_aside(fd, name, exc, set_aside))
+                    continue
+                problem = None
                 if uuid not in record.devices:
-                    raise ValueError("the record does not hold this device")
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                notes.append(self._set_aside(entry.name, exc))
-                continue
-            records[uuid] = record
+                    problem = "the record does not hold this device"
+                elif lease_id is not None and lease_id != record.lease_id:
+                    problem = "the record's lease id is not the one in its name"
+                elif owner not in (0, record.uid):
+                    problem = (
+                        f"forged: it names uid {record.uid} ({record.user}) but belongs to "
+                        f"uid {owner} ({_user_name(owner)}); only a file owned by the user "
+                        "it names counts"
+                    )
+                if problem is not None:
+                    notes.append(self._set_aside(fd, name, ValueError(problem), set_aside))
+                    continue
+                records.setdefault(uuid, []).append(record)
         return records, notes
 
-    @staticmethod
-    def _load(path: str) -> LeaseRecord:
-        """One record file. Never follows a link and never blocks: a FIFO or a device
-        planted in the directory is refused, not waited on."""
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ValueError("not a regular file")
-            return LeaseRecord.from_json(os.read(fd, 1 << 16).decode())
-        finally:
-            os.close(fd)
+    def read(self, *, set_aside: bool = True) -> tuple[dict[str, LeaseRecord], list[str]]:
+        """Every device's record (call under the lock: the newest where a device has several,
+        see ``read_all``), and notes on files that do not count."""
+        records, notes = self.read_all(set_aside=set_aside)
+        return {u: max(rs, key=lambda r: r.created) for u, rs in records.items() if rs}, notes
 
-    def _set_aside(self, name: str, exc: BaseException) -> str:
+    @staticmethod
+    def _load(fd: int, name: str) -> tuple[LeaseRecord, int]:
+        """One record file and its owner's uid. Never follows a link and never blocks: a
+        FIFO or a device planted in the directory is refused, not waited on."""
+        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            info = os.fstat(f)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("not a regular file")
+            text = os.read(f, _MAX_RECORD + 1)
+        finally:
+            os.close(f)
+        if len(text) > _MAX_RECORD:
+            raise ValueError(f"larger than {_MAX_RECORD} bytes")
+        try:
+            return LeaseRecord.from_json(text.decode()), info.st_uid
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+
+    @staticmethod
+    def _unreadable(fd: int, name: str, uuid: str) -> LeaseRecord | None:
+        """A record standing for a file this user may not read: held by its owner, for as
+        long as the file is there."""
+        try:
+            owner = os.stat(name, dir_fd=fd, follow_symlinks=False).st_uid
+        except FileNotFoundError:
+            return None
+        return LeaseRecord(
+            lease_id="unreadable",
+            devices=(uuid,),
+            spec="?",
+            uid=owner,
+            user=_user_name(owner),
+            holder=Holder("unreadable", name),
+            boot_id="",
+            created=0.0,
+        )
+
+    def _set_aside(self, fd: int, name: str, exc: BaseException, move: bool) -> str:
+        if not move:
+            return f"ignored the lease file {name} ({exc})"
         aside = f"corrupt-{name}-{int(time.time())}-{os.urandom(3).hex()}"
-        with contextlib.suppress(OSError):
-            os.rename(self.path / name, self.path / aside)
+        try:
+            os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError:
+            return f"ignored the lease file {name}, which only its owner may move ({exc})"
         return f"set aside the unreadable lease file {name} as {aside} ({exc})"
 
     def write(self, record: LeaseRecord) -> None:
-        """Write the record into each of its device files (call under the lock)."""
+        """Write the record into each of its device files (call under the lock). The files
+        are readable by everyone whatever the umask: a record others cannot read would keep
+        its devices from them, or (in an earlier gpuroute) free them."""
         data = record.to_json().encode()
         written: list[str] = []
-        try:
-            for uuid in record.devices:
-                tmp = f"{self._dir}/.tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
-                fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    try:
-                        os.write(fd, data)
-                    finally:
-                        os.close(fd)
-                    os.rename(tmp, self._device_file(uuid))
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-                    raise
-                written.append(uuid)
-        except BaseException:
-            for uuid in written:  # all or nothing
-                self.remove(uuid, record.lease_id)
-            raise
-
-    def remove(self, uuid: str, lease_id: str | None = None) -> None:
-        """Remove a device file (only if it still belongs to ``lease_id``, when given)."""
-        path = self._device_file(uuid)
-        if lease_id is not None:
+        with self._dir_fd() as fd:
             try:
-                current = self._load(path)
-            except (OSError, ValueError, TypeError, KeyError):
-                return
-            if current.lease_id != lease_id:
-                return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+                for uuid in record.devices:
+                    name = self.file_name(uuid, record.lease_id)
+                    tmp = f".tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                    f = os.open(tmp, flags, 0o644, dir_fd=fd)
+                    try:
+                        try:
+                            os.fchmod(f, 0o644)
+                            os.write(f, data)
+                        finally:
+                            os.close(f)
+                        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp, dir_fd=fd)
+                        raise
+                    written.append(uuid)
+            except BaseException:
+                for uuid in written:  # all or nothing
+                    self.remove(uuid, record.lease_id)
+                raise
+
+    def remove(self, uuid: str, lease_id: str | None = None) -> bool:
+        """Remove a lease's file for ``uuid`` (every lease's, without ``lease_id``); a file
+        of the earlier layout only if it still holds ``lease_id``. False when a file could
+        not be removed: another user's, in a sticky directory."""
+        with self._dir_fd() as fd:
+            if lease_id is None:
+                names = [n for n in os.listdir(fd) if (_split(n) or ("", None))[0] == uuid]
+                outcomes = [self._unlink(fd, name) for name in names]  # every one, no short cut
+                return False not in outcomes
+            done = self._unlink(fd, self.file_name(uuid, lease_id))
+            if done is not None:
+                return done
+            legacy = f"{_PREFIX}{uuid}{_SUFFIX}"  # the earlier layout: one file per device
+            try:
+                current, _ = self._load(fd, legacy)
+            except (OSError, *_BAD_RECORD):
+                return True
+            return current.lease_id != lease_id or self._unlink(fd, legacy) is not False
+
+    @staticmethod
+    def _unlink(fd: int, name: str) -> bool | None:
+        """True: removed; None: there was none; False: not this user's to remove."""
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            return False
+        return True
 
 
 @dataclass
@@ -299,6 +544,7 @@ class Lease:
     directory: LeaseDir
     notes: list[str] = field(default_factory=list)
     released: bool = False
+    alive: Alive = local_only
 
     @property
     def id(self) -> str:
@@ -317,11 +563,16 @@ class Lease:
         that keeps this lease: it then lives exactly as long as that holder does."""
         record = replace(self.record, holder=holder)
         with self.directory.locked():
-            current, _ = self.directory.read()
-            if any(
-                current.get(u) is None or current[u].lease_id != self.id for u in record.devices
-            ):
-                raise LeaseError(f"lease {self.id} no longer holds its devices; it was reclaimed")
+            # Still ours: every file is there, and the lease is not stale (a stale lease's
+            # file may outlive it, in a sticky directory, while its devices went to another
+            # lease; it must never come back to life).
+            missing = not self.directory.has(self.record)
+            reason = stale_reason(
+                self.record, now=time.time(), this_boot=boot_id(), alive=self.alive
+            )
+            if missing or reason is not None:
+                why = "it was reclaimed" if missing else f"it is stale: {reason}"
+                raise LeaseError(f"lease {self.id} no longer holds its devices; {why}")
             self.directory.write(record)
         self.record = record
 
@@ -339,12 +590,12 @@ class Lease:
             self.bind(process_holder(pid))
 
     def release(self) -> None:
-        """Give the devices back. Safe to call twice."""
+        """Give the devices back. Safe to call twice. Needs no lock (each file is the
+        lease's own, and removing it is atomic), so a held lock never keeps a lease."""
         if self.released:
             return
-        with self.directory.locked():
-            for uuid in self.record.devices:
-                self.directory.remove(uuid, self.id)
+        for uuid in self.record.devices:
+            self.directory.remove(uuid, self.id)
         self.released = True
 
     def __enter__(self) -> Lease:
@@ -362,10 +613,12 @@ class Lease:
 def caller_identity() -> tuple[int, str]:
     """The caller's OS uid and user name: the only identity leases and limits use."""
     uid = os.getuid()
-    try:
-        return uid, pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return uid, str(uid)
+    return uid, _cached_user_name(uid)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_user_name(uid: int) -> str:
+    return _user_name(uid)
 
 
 Plan = Callable[[ParsedSpec | str], RoutingPlan]
@@ -390,7 +643,7 @@ class Acquisition:
     ttl_s: float | None = None
     local_only_target: bool = False
     notes: list[str] = field(default_factory=list)
-    _records: dict[str, LeaseRecord] | None = None
+    _records: dict[str, list[LeaseRecord]] | None = None
 
     def once(self, state: HostState) -> Lease:
         """Take the lease now, or raise (NoFreeDeviceError, DeviceLeasedError, ...)."""
@@ -406,17 +659,25 @@ class Acquisition:
             if visible is not None:
                 allowed = {d.uuid for d in visible}
         # Fast path: choose from the lease files' names without the lock, then take the lock
-        # only to check that nobody took those devices meanwhile and to write the files. The
-        # lock is held for a directory listing and a few renames.
+        # only to check that nobody took those devices meanwhile (else choose again from the
+        # names seen under it, at once: many acquirers choose the same device) and to write
+        # the files. The lock is held for a directory listing and a few renames.
         if not self.policy.active:
-            for _ in range(3):
-                try:
-                    plan = self._pick(state, self.directory.held(), allowed, locked=False)
-                except (NoFreeDeviceError, DeviceLeasedError):
-                    break
+            fast: RoutingPlan | None
+            try:
+                fast = self._pick(state, self.directory.held(), allowed, locked=False)
+            except (NoFreeDeviceError, DeviceLeasedError):
+                fast = None
+            if fast is not None:
                 with self.directory.locked():
-                    if self.directory.held().isdisjoint(plan.uuids):
-                        return self._take(plan, time.time())
+                    held = self.directory.held()
+                    if not held.isdisjoint(fast.uuids):
+                        try:
+                            fast = self._pick(state, held, allowed, locked=False)
+                        except (NoFreeDeviceError, DeviceLeasedError):
+                            fast = None
+                    if fast is not None:
+                        return self._take(fast, time.time())
         # Slow path, all under the lock: limits, precise errors, and reclaiming stale leases.
         with self.directory.locked():
             now = time.time()
@@ -427,17 +688,18 @@ class Acquisition:
                 # Only now read every record and look for stale ones: the common path reads
                 # file names alone and probes no holder. Unreadable files are set aside.
                 current = self._read()
-                set_aside = len(current) < len(held)
-                if not (self._reclaim(current, now) or set_aside):
+                live = {uuid for uuid, records in current.items() if records}
+                if not (self._reclaim(current, now) or live < held):
                     raise
-                plan = self._pick(state, set(current), allowed, locked=True)
+                live = {uuid for uuid, records in current.items() if records}
+                plan = self._pick(state, live, allowed, locked=True)
             return self._take(plan, now)
 
-    def _read(self) -> dict[str, LeaseRecord]:
+    def _read(self) -> dict[str, list[LeaseRecord]]:
         """The lease files' contents, read on demand (under the lock): the common path needs
         only names."""
         if self._records is None:
-            self._records, aside = self.directory.read()
+            self._records, aside = self.directory.read_all()
             self.notes.extend(aside)
         return self._records
 
@@ -456,7 +718,8 @@ class Acquisition:
         for device in plan.devices:
             if device.uuid in held:
                 # Records are read only under the lock: a read outside it could be stale.
-                record = self._read().get(device.uuid) if locked else None
+                records = self._read().get(device.uuid) if locked else None
+                record = max(records, key=lambda r: r.created) if records else None
                 who = (
                     f"{record.user} ({record.describe()})"
                     if record
@@ -475,7 +738,8 @@ class Acquisition:
                 )
         if self.policy.active:
             uid, user = caller_identity()
-            self.policy.check(uid, user, plan.devices, self._read().values(), self.inventory)
+            records = [r for rs in self._read().values() for r in rs]
+            self.policy.check(uid, user, plan.devices, records, self.inventory)
         return plan
 
     def _take(self, plan: RoutingPlan, now: float) -> Lease:
@@ -494,11 +758,12 @@ class Acquisition:
         )
         if plan.devices:
             self.directory.write(record)
-        return Lease(plan, record, self.directory, list(self.notes))
+        return Lease(plan, record, self.directory, list(self.notes), alive=self.alive)
 
-    def _reclaim(self, records: dict[str, LeaseRecord], now: float) -> bool:
-        """Remove the files of stale leases (under the lock); say whether there were any."""
-        notes = reclaim_stale(self.directory, records, now=now, alive=self.alive)
+    def _reclaim(self, records: dict[str, list[LeaseRecord]], now: float) -> bool:
+        """Drop stale leases (under the lock), removing their files where this user may;
+        say whether there were any."""
+        notes = _reclaim(self.directory, records, now=now, alive=self.alive)
         self.notes.extend(notes)
         return bool(notes)
 
@@ -506,20 +771,40 @@ class Acquisition:
 def reclaim_stale(
     directory: LeaseDir, records: dict[str, LeaseRecord], *, now: float, alive: Alive = local_only
 ) -> list[str]:
-    """Remove the files of stale leases from ``directory`` and ``records`` (call under the
-    lock); a note for each device reclaimed. A file is removed only while it still holds
-    the stale lease: a newer lease of the same device keeps its file."""
+    """Drop stale leases from ``records`` and remove their files from ``directory`` (call
+    under the lock); a note for each device reclaimed. Only the stale lease's own file is
+    removed: a newer lease of the same device keeps its file."""
+    lists = {uuid: [record] for uuid, record in records.items()}
+    notes = _reclaim(directory, lists, now=now, alive=alive)
+    for uuid, kept in lists.items():
+        if not kept:
+            del records[uuid]
+    return notes
+
+
+def _reclaim(
+    directory: LeaseDir, records: dict[str, list[LeaseRecord]], *, now: float, alive: Alive
+) -> list[str]:
+    """Drop the stale records from ``records`` (in place) and remove their files where this
+    user may. A stale lease of another user in a sticky directory keeps its file until they
+    or an administrator remove it; it no longer counts, and never comes back to life: a
+    lease stays stale once stale (its holder does not return, its TTL does not grow back)
+    and ``Lease.bind`` refuses a stale lease."""
     verdicts: dict[str, str | None] = {}
     this_boot = boot_id()
     notes: list[str] = []
-    for uuid, record in list(records.items()):
-        if record.lease_id not in verdicts:
-            verdicts[record.lease_id] = stale_reason(
-                record, now=now, this_boot=this_boot, alive=alive
-            )
-        reason = verdicts[record.lease_id]
-        if reason is not None:
-            directory.remove(uuid, record.lease_id)  # only if it is still that lease's file
-            del records[uuid]
-            notes.append(f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}")
+    for uuid, held in records.items():
+        for record in list(held):
+            if record.lease_id not in verdicts:
+                verdicts[record.lease_id] = stale_reason(
+                    record, now=now, this_boot=this_boot, alive=alive
+                )
+            reason = verdicts[record.lease_id]
+            if reason is None:
+                continue
+            held.remove(record)
+            note = f"reclaimed {uuid} from {record.user}'s lease {record.lease_id}: {reason}"
+            if not directory.remove(uuid, record.lease_id):
+                note += f" (its file stays until {record.user} or an administrator removes it)"
+            notes.append(note)
     return notes

@@ -5,7 +5,8 @@
 * **physical GPUs**: how many distinct GPUs the leases touch (four ``1g`` slices of one GPU
   are 4/7 GPU-equivalents and 1 physical GPU).
 
-The policy file (YAML; ``GPUROUTE_POLICY``, else ``/etc/gpuroute/policy.yaml`` if present)::
+The administrator's policy file (YAML; ``/etc/gpuroute/policy.yaml``, root-owned and writable
+by root alone)::
 
     default:             {gpu_equivalents: 2, physical_gpus: 2}   # every user without an entry
     users:
@@ -15,6 +16,10 @@ The policy file (YAML; ``GPUROUTE_POLICY``, else ``/etc/gpuroute/policy.yaml`` i
 
 A user limit (or the default) bounds that user's leases; a group limit bounds the leases of
 all the group's members together. Identity is always the caller's OS uid.
+
+The administrator's policy binds every user. A caller may add a policy of their own
+(``GPUROUTE_POLICY``, ``policy=``, ``gpuroute limits --policy``) only to tighten it: each limit
+in force is the stricter of the two (``binding_policy``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -33,17 +39,22 @@ from gpuroute.errors import LimitExceededError, PolicyError
 from gpuroute.records import LeaseRecord
 
 __all__ = [
+    "DEFAULT_POLICY",
     "POLICY_ENV",
     "Limit",
     "Policy",
     "Usage",
     "format_equivalents",
+    "admin_policy",
+    "binding_policy",
+    "file_key",
     "policy_path",
     "usage_of",
 ]
 
 POLICY_ENV = "GPUROUTE_POLICY"
 DEFAULT_POLICY = "/etc/gpuroute/policy.yaml"
+"""The administrator's policy, which binds every user (read where it is at each call)."""
 
 
 @dataclass(frozen=True)
@@ -148,10 +159,68 @@ def groups_of(user: str) -> set[str]:
 
 
 def policy_path(environ: Mapping[str, str] | None = None) -> str:
-    """The policy file in force: ``GPUROUTE_POLICY``, else the default file if it exists;
-    empty for none."""
+    """The caller's own policy file (``GPUROUTE_POLICY``), else the administrator's if it
+    exists; empty for none. What binds is ``binding_policy``: the administrator's,
+    tightened by the caller's."""
     env = os.environ if environ is None else environ
     return env.get(POLICY_ENV) or (DEFAULT_POLICY if Path(DEFAULT_POLICY).exists() else "")
+
+
+def _stricter_value(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _stricter(a: Limit | None, b: Limit | None) -> Limit | None:
+    """Each limit of ``a`` and ``b`` at its stricter value (None: no limit)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return Limit(
+        _stricter_value(a.gpu_equivalents, b.gpu_equivalents),
+        _stricter_value(a.physical_gpus, b.physical_gpus),
+    )
+
+
+def file_key(path: str) -> tuple[str, int, int, int] | None:
+    """What tells a changed file from the same one: None when there is no file."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (path, info.st_mtime_ns, info.st_size, info.st_ino)
+
+
+def admin_policy() -> Policy:
+    """The administrator's policy (``DEFAULT_POLICY``), or no limits where there is none.
+    A file that root does not own, or that others may write, could be any user's: it is a
+    PolicyError, never silently obeyed or ignored."""
+    path = DEFAULT_POLICY
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return Policy()
+    except OSError as exc:
+        raise PolicyError(f"cannot read the limits policy {path}: {exc.strerror}") from exc
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise PolicyError(
+            f"the limits policy {path} binds every user, so it must belong to root and be "
+            f"writable by root alone (it belongs to uid {info.st_uid}, mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); an administrator must run "
+            f"`chown root: {path} && chmod 0644 {path}`"
+        )
+    return Policy.load(path)
+
+
+def binding_policy(
+    caller: Policy | None = None, environ: Mapping[str, str] | None = None
+) -> Policy:
+    """The policy that binds the caller: the administrator's, tightened by the caller's own
+    (``caller``, else ``GPUROUTE_POLICY``'s file) where there is one. A caller's policy
+    never lifts a limit: ``GPUROUTE_POLICY=/dev/null`` changes nothing."""
+    env = os.environ if environ is None else environ
+    if caller is None and env.get(POLICY_ENV):
+        caller = Policy.load(env[POLICY_ENV])
+    admin = admin_policy()
+    return admin if caller is None else admin.tightened_by(caller)
 
 
 @dataclass(frozen=True)
@@ -188,8 +257,33 @@ class Policy:
 
     @classmethod
     def from_default_location(cls, environ: Mapping[str, str] | None = None) -> Policy:
-        path = policy_path(environ)
-        return cls.load(path) if path else cls()
+        """The policy that binds the caller (``binding_policy``)."""
+        return binding_policy(None, environ)
+
+    def tightened_by(self, other: Policy) -> Policy:
+        """This policy with each limit at the stricter of its own and ``other``'s: a user's
+        limit is the stricter of what each policy gives that user (their entry, else the
+        default), a group's of the two entries for it."""
+        if not other.active:
+            return self
+        if not self.active:
+            return other
+        users: dict[str, Limit] = {}
+        for name in {*self.users, *other.users}:
+            limit = _stricter(self.user_limit(name), other.user_limit(name))
+            assert limit is not None  # one of the two has an entry
+            users[name] = limit
+        groups: dict[str, Limit] = {}
+        for name in {*self.groups, *other.groups}:
+            limit = _stricter(self.groups.get(name), other.groups.get(name))
+            assert limit is not None
+            groups[name] = limit
+        return Policy(
+            users=users,
+            groups=groups,
+            default=_stricter(self.default, other.default),
+            source=f"{self.source}, tightened by {other.source}",
+        )
 
     @property
     def active(self) -> bool:

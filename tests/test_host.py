@@ -220,7 +220,8 @@ def test_a_new_backend_runs_work_and_holds_leases_like_the_others(tmp_path: Path
 
     def work(plan: RoutingPlan) -> None:
         # The lease names this thread before it runs.
-        seen.append(json.loads((tmp_path / f"dev-{plan.uuids[0]}.json").read_text()))
+        (path,) = tmp_path.glob(f"dev-{plan.uuids[0]}.*.json")
+        seen.append(json.loads(path.read_text()))
         gate.wait(10)
 
     handle = host.launch(ThreadWork(target_fn=work), gpus="any:1", lease=True)

@@ -487,4 +487,4 @@ def test_a_leased_compose_run_holds_its_lease_through_the_container(
     ) as run:
         assert run.lease is not None
         assert run.lease.record.container_id
-    assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == ["lock"]
+    assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == []

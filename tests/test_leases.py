@@ -3,6 +3,8 @@ MIG slices as slices, and selection that respects live state and health."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import multiprocessing
 import os
@@ -13,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 import gpuroute
+import gpuroute.cli
 from gpuroute import (
     CallerContext,
     DeviceLeasedError,
@@ -97,7 +101,7 @@ def test_16_processes_x_50_cycles_never_share_a_device(tmp_path: Path) -> None:
     while not errors.empty():
         found.append(errors.get())
     assert found == []
-    assert sorted(os.listdir(tmp_path / "leases")) == ["lock"]
+    assert sorted(os.listdir(tmp_path / "leases")) == []
 
 
 def test_a_sigkilled_holder_is_reclaimed(tmp_path: Path) -> None:
@@ -186,11 +190,16 @@ def test_symlink_tricks_are_refused(tmp_path: Path) -> None:
     assert victim.read_text() == "precious"
     assert any("set aside" in n for n in lease.notes)
     lease.release()
-    (real / "lock").unlink()
+    # The lock is the directory itself: a link planted as the lock file of earlier versions
+    # is never opened, and a directory swapped for a link after its checks is refused.
     (real / "lock").symlink_to(victim)
-    with pytest.raises(LeaseDirError, match="lock is a symlink"):
-        take("0", inventory, real)
+    take("0", inventory, real).release()
     assert victim.read_text() == "precious"
+    directory = LeaseDir(real)
+    real.rename(tmp_path / "moved")
+    (tmp_path / "real").symlink_to(tmp_path / "moved")
+    with pytest.raises(LeaseDirError, match="is a symlink"), directory.locked():
+        pass
 
 
 def test_a_planted_fifo_is_set_aside_never_waited_on(tmp_path: Path) -> None:
@@ -220,14 +229,15 @@ def test_a_directory_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
 
 def test_an_unusable_default_location_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(LeaseDirError, match="install -d -m 0777"):
+    with pytest.raises(LeaseDirError, match="install -d -m 1777"):
         take("0", four_gpus(), tmp_path / "file" / "leases")
 
 
 def test_lease_files_say_who_holds_what(tmp_path: Path) -> None:
     inventory = four_gpus()
     with take("3,1", inventory, tmp_path, ttl_s=60) as lease:
-        data = json.loads((tmp_path / f"dev-{inventory.gpus[3].uuid}.json").read_text())
+        name = LeaseDir.file_name(inventory.gpus[3].uuid, lease.id)
+        data = json.loads((tmp_path / name).read_text())
         assert data["schema"] == "gpuroute.lease/2"
         assert data["devices"] == [inventory.gpus[3].uuid, inventory.gpus[1].uuid]
         assert (data["uid"], data["ttl_s"]) == (os.getuid(), 60)
@@ -241,7 +251,7 @@ def test_lease_files_say_who_holds_what(tmp_path: Path) -> None:
         assert holder["pid"] == os.getpid()
         assert holder["started"]
         assert lease.plan.container_env["CUDA_VISIBLE_DEVICES"] == "1,0"
-    assert sorted(os.listdir(tmp_path)) == ["lock"]
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def _v1_record(lease_id: str, uuid: str, *, pid: int | None, container: str | None) -> str:
@@ -310,7 +320,7 @@ def test_malformed_holders_are_set_aside(tmp_path: Path, holder: object) -> None
     lease = take("0", inventory, tmp_path)
     data = json.loads(lease.record.to_json())
     data["holder"] = holder
-    (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text(json.dumps(data))
+    (tmp_path / LeaseDir.file_name(inventory.gpus[0].uuid, lease.id)).write_text(json.dumps(data))
     again = take("0", inventory, tmp_path)
     assert any("set aside" in n for n in again.notes)
 
@@ -493,8 +503,8 @@ def _two_users(tmp_path: Path, a100: Inventory) -> None:
     snapshot = tmp_path / "a100.json"
     a100.save(snapshot)
     leases = tmp_path / "leases"
-    leases.mkdir(mode=0o777)
-    leases.chmod(0o777)
+    leases.mkdir(mode=0o1777)
+    leases.chmod(0o1777)  # as documented: sticky, so that no user removes another's leases
     policy = tmp_path / "policy.yaml"
     policy.write_text(
         "default: {gpu_equivalents: 1, physical_gpus: 1}\n"
@@ -608,7 +618,8 @@ def test_a_record_with_wrong_types_is_set_aside(
     data = json.loads(record.to_json())
     key, value = field_value
     data[key] = value
-    (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text(json.dumps(data))
+    name = LeaseDir.file_name(inventory.gpus[0].uuid, record.lease_id)
+    (tmp_path / name).write_text(json.dumps(data))
     lease = take("0", inventory, tmp_path)
     assert any("set aside" in n for n in lease.notes)
 
@@ -617,10 +628,11 @@ def test_a_failed_write_leaves_no_partial_lease(tmp_path: Path) -> None:
     inventory = four_gpus()
     directory = LeaseDir(tmp_path)
     record = take("0,1", inventory, tmp_path / "model").record
-    (tmp_path / f"dev-{inventory.gpus[1].uuid}.json").mkdir()  # the rename onto it fails
+    # the rename onto it fails
+    (tmp_path / LeaseDir.file_name(inventory.gpus[1].uuid, record.lease_id)).mkdir()
     with directory.locked(), pytest.raises(IsADirectoryError):
         directory.write(record)
-    assert not (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").exists()
+    assert not (tmp_path / LeaseDir.file_name(inventory.gpus[0].uuid, record.lease_id)).exists()
     assert not list(tmp_path.glob(".tmp-*"))
 
 
@@ -641,3 +653,354 @@ def test_a_snapshot_of_another_host_is_not_judged_by_this_hosts_nvml(
         assert [d.uuid for d in lease.devices] == [topology("h100-sxm-8").gpus[0].uuid]
     finally:
         lease.release()
+
+
+# -- a shared directory among hostile local users --------------------------------------------
+#
+# Each attack runs as another real user: a child forked from this test process (so that it
+# needs nothing from the checkout, whatever its permissions) that drops to that uid. The test
+# process is root, the administrator; NOBODY (65534) and DAEMON (1) are two ordinary users.
+
+NOBODY, DAEMON = 65534, 1
+
+
+def _drop_to(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def as_user(uid: int, action: Callable[[], object], *, umask: int = 0o022) -> str:
+    """Run ``action`` as ``uid`` in a forked child; what it returned, or the error it raised
+    as ``Name: message``."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(reader)
+            os.umask(umask)
+            _drop_to(uid)
+            try:
+                outcome = str(action())
+            except BaseException as exc:
+                outcome = f"{type(exc).__name__}: {exc}"
+            os.write(writer, outcome.encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as stream:
+        text = stream.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+@contextlib.contextmanager
+def holding_locks(uid: int, paths: list[Path]) -> Iterator[int]:
+    """A process of ``uid`` that takes an exclusive flock on each of ``paths`` and keeps it."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(reader)
+            _drop_to(uid)
+            for path in paths:  # kept open: the locks last as long as this process
+                fcntl.flock(os.open(path, os.O_RDONLY), fcntl.LOCK_EX)
+            os.write(writer, b"locked")
+            time.sleep(600)
+        finally:
+            os._exit(0)
+    os.close(writer)
+    try:
+        assert os.read(reader, 16) == b"locked"
+        yield pid
+    finally:
+        os.close(reader)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A lease directory as docs/leases.md asks an administrator to make it: root-owned,
+    mode 1777, reachable by every user."""
+    root = Path(tempfile.mkdtemp(prefix="gpuroute-shared-"))
+    root.chmod(0o755)
+    leases = root / "leases"
+    leases.mkdir()
+    leases.chmod(0o1777)
+    try:
+        yield leases
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _granted(lease: gpuroute.Lease) -> str:
+    return "granted " + ",".join(labels(lease))
+
+
+def test_a_shared_directory_without_the_sticky_bit_is_refused(shared: Path) -> None:
+    """In a 0777 directory any user can delete or replace another's lease file."""
+    shared.chmod(0o777)
+    with pytest.raises(LeaseDirError, match=r"not sticky.*chmod 1777"):
+        take("0", four_gpus(), shared)
+    shared.chmod(0o770)
+    with pytest.raises(LeaseDirError, match="not sticky"):
+        take("0", four_gpus(), shared)
+
+
+def test_another_user_can_neither_delete_nor_overwrite_a_lease(shared: Path) -> None:
+    inventory = four_gpus()
+    lease = take("0", inventory, shared)  # root's, held by this process
+    (name,) = os.listdir(shared)
+
+    def attack() -> str:
+        outcomes = []
+        for how in (
+            lambda: os.unlink(shared / name),
+            lambda: os.rename(shared / name, shared / "mine"),
+            lambda: (shared / name).write_text("{}"),
+        ):
+            try:
+                how()
+                outcomes.append("done")
+            except PermissionError:
+                outcomes.append("refused")
+        # A file of their own renamed onto the victim's name.
+        (shared / ".tmp-x").write_text(lease.record.to_json())
+        try:
+            os.rename(shared / ".tmp-x", shared / name)
+            outcomes.append("done")
+        except PermissionError:
+            outcomes.append("refused")
+        return " ".join(outcomes)
+
+    assert as_user(NOBODY, attack) == "refused refused refused refused"
+    assert as_user(DAEMON, lambda: _granted(take("0", inventory, shared))).startswith(
+        "DeviceLeasedError"
+    )
+    lease.release()
+
+
+def test_a_forged_record_in_another_users_name_does_not_count(shared: Path) -> None:
+    """nobody plants a never-ending record that says root holds GPU 1: it is recognisably
+    forged (the file is nobody's) and ignored, so it neither blocks GPU 1 nor counts against
+    root. A record in nobody's own name is nobody's lease, and says so."""
+    inventory = four_gpus()
+    forged = LeaseRecord(
+        lease_id="f0f0f0f0f0f0",
+        devices=(inventory.gpus[1].uuid,),
+        spec="1",
+        uid=0,
+        user="root",
+        holder=Holder("nowhere", "x"),
+        boot_id="",
+        created=time.time(),
+    )
+    own = replace(forged, lease_id="0e0e0e0e0e0e", devices=(inventory.gpus[2].uuid,))
+
+    def plant() -> str:
+        for record in (forged, own):
+            for uuid in record.devices:
+                path = shared / LeaseDir.file_name(uuid, record.lease_id)
+                path.write_text(record.to_json())
+        path = shared / LeaseDir.file_name(own.devices[0], own.lease_id)
+        path.write_text(replace(own, uid=NOBODY, user="nobody").to_json())
+        return "planted"
+
+    assert as_user(NOBODY, plant) == "planted"
+    lease = take("1", inventory, shared)
+    assert any("forged" in n and "uid 65534 (nobody)" in n for n in lease.notes)
+    with pytest.raises(DeviceLeasedError, match="leased to nobody"):
+        take("2", inventory, shared)
+    records, _ = LeaseDir(shared).read()
+    assert records[inventory.gpus[2].uuid].user == "nobody"
+    assert records[inventory.gpus[1].uuid].lease_id == lease.id
+
+
+def test_a_held_lock_bounds_the_wait_and_names_its_holder(
+    shared: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nobody takes every lock there is and keeps it: acquisitions give up after the lock
+    timeout with an error naming nobody's process; releasing and listing leases need no
+    lock at all."""
+    inventory = four_gpus()
+    before = take("0", inventory, shared)
+    monkeypatch.setattr(gpuroute.leases, "DEFAULT_LOCK_TIMEOUT_S", 1.0)
+    lock_file = shared / "lock"  # what earlier versions locked
+    lock_file.touch()
+    lock_file.chmod(0o644)
+    outcome: list[BaseException | gpuroute.Lease] = []
+
+    def acquire() -> None:
+        try:
+            outcome.append(take("1", inventory, shared))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with holding_locks(NOBODY, [shared, lock_file]) as attacker:
+        started = time.monotonic()
+        worker = threading.Thread(target=acquire, daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        assert not worker.is_alive(), "acquire waited for the lock without bound"
+        assert 0.9 <= time.monotonic() - started < 10
+        (error,) = outcome
+        assert isinstance(error, LeaseDirError)
+        assert f"pid {attacker} " in str(error)
+        assert "user nobody (uid 65534)" in str(error)
+        assert "stayed locked for 1s" in str(error)
+        released = threading.Thread(target=before.release, daemon=True)
+        released.start()
+        released.join(timeout=20)
+        assert not released.is_alive(), "release waited for the lock"
+        listing = threading.Thread(
+            target=gpuroute.cli.main,
+            args=(["leases", "--simulate", "h100-sxm-8", "--lease-dir", str(shared)],),
+            daemon=True,
+        )
+        listing.start()
+        listing.join(timeout=20)
+        assert not listing.is_alive(), "gpuroute leases waited for the lock"
+    assert "No leases in" in capsys.readouterr().out
+    assert labels(take("1", inventory, shared)) == ["1"]
+
+
+def test_a_deeply_nested_record_is_set_aside_not_a_crash(shared: Path) -> None:
+    inventory = four_gpus()
+    name = f"dev-{inventory.gpus[0].uuid}.json"
+
+    def plant() -> str:
+        (shared / name).write_text("[" * 60_000)
+        return "planted"
+
+    assert as_user(NOBODY, plant) == "planted"
+
+    def victim() -> str:
+        lease = take("0", inventory, shared)
+        lease.release()
+        limited = Policy(users={"daemon": Limit(Fraction(4), 4)})  # limits read every record
+        again = take("any:1", inventory, shared, policy=limited)
+        return f"{_granted(lease)} {_granted(again)} | {' '.join(lease.notes)}"
+
+    outcome = as_user(DAEMON, victim)
+    assert outcome.startswith("granted 0 granted 1 | ")  # any:1 read every record, too
+    assert "nested too deeply" in outcome
+    assert "which only its owner may move" in outcome
+
+
+def test_another_users_stale_lease_is_reclaimed_in_a_sticky_directory(shared: Path) -> None:
+    """nobody's lease outlived its process; daemon may not remove nobody's file, yet takes
+    the GPU: the stale lease no longer counts, and its file stays until nobody (or root)
+    removes it."""
+    inventory = four_gpus()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    parent = os.getpid()
+    assert as_user(NOBODY, lambda: _granted(take("3", inventory, shared, pid=gone.pid))) == (
+        "granted 3"
+    )
+
+    def reclaim() -> str:
+        lease = take("3", inventory, shared, pid=parent)
+        return f"{_granted(lease)} | {' '.join(lease.notes)}"
+
+    outcome = as_user(DAEMON, reclaim)
+    assert outcome.startswith("granted 3 | ")
+    assert "reclaimed" in outcome
+    assert f"its process {gone.pid} has ended" in outcome
+    assert "its file stays until nobody or an administrator removes it" in outcome
+    assert len(os.listdir(shared)) == 2  # nobody's stale file, daemon's lease
+    with pytest.raises(DeviceLeasedError, match="leased to daemon"):
+        take("3", inventory, shared)
+    assert as_user(NOBODY, lambda: _granted(take("3", inventory, shared))).startswith(
+        "DeviceLeasedError: GPU 3"
+    )
+
+
+def test_a_stale_lease_never_comes_back_to_life(tmp_path: Path) -> None:
+    """Its devices may have gone to another lease: binding it to new work is refused."""
+    inventory = four_gpus()
+    lease = take("0", inventory, tmp_path, ttl_s=0.05)
+    time.sleep(0.1)
+    with pytest.raises(gpuroute.LeaseError, match="TTL"):
+        lease.bind(Holder.process(os.getpid(), None))
+
+
+def test_a_careless_umask_never_frees_a_lease(shared: Path) -> None:
+    """nobody's umask is 077: their lease files are readable by every user all the same. A
+    file that cannot be read anyway keeps its device held by its owner."""
+    inventory = four_gpus()
+    parent = os.getpid()
+    granted = as_user(
+        NOBODY, lambda: _granted(take("2", inventory, shared, pid=parent)), umask=0o077
+    )
+    assert granted == "granted 2"
+    assert as_user(DAEMON, lambda: _granted(take("2", inventory, shared))).startswith(
+        "DeviceLeasedError: GPU 2"
+    )
+    (name,) = os.listdir(shared)
+    assert as_user(NOBODY, lambda: (shared / name).chmod(0)) == "None"
+    outcome = as_user(DAEMON, lambda: _granted(take("2", inventory, shared)))
+    assert outcome.startswith("DeviceLeasedError: GPU 2")
+    assert "leased to nobody" in outcome
+
+
+# -- whose limits bind ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The administrator's policy, root-owned and writable by root alone: one GPU each."""
+    path = tmp_path / "admin-policy.yaml"
+    path.write_text("default: {gpu_equivalents: 2, physical_gpus: 1}\n")
+    path.chmod(0o644)
+    assert path.stat().st_uid == 0
+    monkeypatch.setattr(gpuroute.limits, "DEFAULT_POLICY", str(path))
+    return path
+
+
+def test_a_callers_policy_never_lifts_the_administrators(
+    tmp_path: Path,
+    admin_policy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inventory = four_gpus()
+    leases = tmp_path / "leases"
+    options: dict[str, Any] = {
+        "inventory": inventory,
+        "lease_dir": leases,
+        "state": HostState.unknown(),
+        "context": CallerContext(),
+    }
+    gpuroute.acquire("0", **options)
+    monkeypatch.setenv("GPUROUTE_POLICY", "/dev/null")
+    with pytest.raises(LimitExceededError, match=f"{admin_policy}\\): physical GPUs 2 > 1"):
+        gpuroute.acquire("1", **options)
+    monkeypatch.delenv("GPUROUTE_POLICY")
+    for lifting in (Policy(), Policy(default=Limit(Fraction(8), 8), source="mine")):
+        with pytest.raises(LimitExceededError, match="physical GPUs 2 > 1"):
+            gpuroute.acquire("1", policy=lifting, **options)
+    # A stricter policy of the caller's does bind: each limit is the stricter of the two.
+    me = gpuroute.leases.caller_identity()[1]
+    mine = Policy(users={me: Limit(Fraction(1, 2), 4)}, source="mine")
+    with pytest.raises(LimitExceededError, match=r"tightened by mine\): GPU-equivalents 2 > 1/2"):
+        gpuroute.acquire("1", policy=mine, **options)
+    combined = gpuroute.limits.admin_policy().tightened_by(mine)
+    assert combined.user_limit(me) == Limit(Fraction(1, 2), 1)
+    assert combined.user_limit("someone else") == Limit(Fraction(2), 1)
+    inventory_args = ["--simulate", "h100-sxm-8", "--lease-dir", str(leases)]
+    assert gpuroute.cli.main(["limits", *inventory_args, "--policy", "/dev/null"]) == 0
+    assert "your limit: 2 GPU-equivalents, 1 physical GPU(s)" in capsys.readouterr().out
+
+
+def test_an_administrators_policy_others_may_write_is_refused(
+    tmp_path: Path, admin_policy: Path
+) -> None:
+    admin_policy.chmod(0o666)
+    with pytest.raises(gpuroute.PolicyError, match=r"writable by root alone.*chmod 0644"):
+        gpuroute.acquire("0", inventory=four_gpus(), lease_dir=tmp_path, context=CallerContext())
+    admin_policy.chmod(0o644)
+    os.chown(admin_policy, NOBODY, NOBODY)
+    with pytest.raises(gpuroute.PolicyError, match="belongs to uid 65534"):
+        gpuroute.acquire("0", inventory=four_gpus(), lease_dir=tmp_path, context=CallerContext())

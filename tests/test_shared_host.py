@@ -79,7 +79,7 @@ def test_local_launch_with_a_lease(tmp_path: Path, h100: Inventory) -> None:
         assert run.lease.record.pid == run.process.pid  # the lease lives with the work
         with pytest.raises(DeviceLeasedError):
             take("1", h100, tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["lock"]
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 @pytest.mark.engine
