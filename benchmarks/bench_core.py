@@ -109,16 +109,22 @@ class _CountingNVML:
 
 def _interleaved_us(
     fns: dict[str, Callable[[], object]], *, rounds: int = 200, per_round: int = 50
-) -> dict[str, float]:
-    """Median us per call of each function, timed in turn within each round."""
-    samples: dict[str, list[float]] = {label: [] for label in fns}
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median us per call of each function, timed in turn within each round: wall time, and
+    this thread's CPU time (which a busy machine's other processes disturb less)."""
+    wall: dict[str, list[float]] = {label: [] for label in fns}
+    cpu: dict[str, list[float]] = {label: [] for label in fns}
     for _ in range(rounds):
         for label, fn in fns.items():
-            start = time.perf_counter_ns()
+            start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
             for _ in range(per_round):
                 fn()
-            samples[label].append((time.perf_counter_ns() - start) / per_round / 1000)
-    return {label: statistics.median(values) for label, values in samples.items()}
+            cpu[label].append((time.thread_time_ns() - start_cpu) / per_round / 1000)
+            wall[label].append((time.perf_counter_ns() - start) / per_round / 1000)
+    return (
+        {label: statistics.median(values) for label, values in wall.items()},
+        {label: statistics.median(values) for label, values in cpu.items()},
+    )
 
 
 def _plan_series(spec: str, inventory: Inventory, nvml: Any) -> dict[str, Callable[[], object]]:
@@ -154,7 +160,7 @@ def bench_host() -> bool:
         series = _plan_series(spec, inventory, this_host)
         for fn in series.values():  # first reads, imports
             fn()
-        us = _interleaved_us(series)
+        us, cpu_us = _interleaved_us(series)
 
         # NVML calls per plan, in a pass of its own (counting slows the calls down).
         this_host = _CountingNVML(FakeNVML(inventory))
@@ -175,10 +181,11 @@ def bench_host() -> bool:
         f"\nplan({spec!r}) on h100-sxm-8 (median of 200 x 50 calls, interleaved; target: "
         f"host.plan <= {HOST_PLAN_TARGET_US:.0f} us and as the core)"
     )
+    print(f"  {'':<38} {'wall':>7}      {'':<9}   {'CPU':>7}")
     for label, value in us.items():
         print(
             f"  {label:<38} {value:7.1f} us   x{value / core:4.1f} core   "
-            f"{counts[label]:6.2f} NVML calls"
+            f"{cpu_us[label]:7.1f} us   {counts[label]:6.2f} NVML calls"
         )
     host_us = us["host.plan(spec), Host(inventory=inv)"]
     live_us = us["host.plan(spec), Host(nvml=FakeNVML)"]
