@@ -1,11 +1,17 @@
-"""Core speed: ``plan()`` on the MIG topology, and the cost of ``import gpuroute``.
+"""Core speed: ``plan()`` on the MIG topology, a kept ``Host``'s ``plan``, and the cost of
+``import gpuroute``.
 
 Run: ``python benchmarks/bench_core.py``. Prints figures and ratios; targets (issue: core):
-plan() median at most 50 us; ``import gpuroute`` at most 1.3 x ``import pydantic``.
+plan() median at most 50 us; ``import gpuroute`` at most 1.3 x ``import pydantic``; a kept
+``Host``'s ``plan("3,1")`` costs what the core's costs, at most 20 us.
 
 * plan(): median of many calls, each spec resolved against the ``a100-mig-4`` topology with
   a fixed context, compared in the same run with the obvious alternative, building the two
   variables by hand from a list of indices (which checks nothing).
+* Host: ``host.plan("3,1")`` on the ``h100-sxm-8`` simulated host, against the core
+  (``resolve``), ``gpuroute.plan`` with an inventory given, and ``gpuroute.plan`` with all
+  defaults on a live host (a ``FakeNVML`` in place of pynvml), in the same rounds
+  (interleaved), with the NVML calls each plan makes, counted in a separate pass.
 * import: wall time of ``python -c "import gpuroute"`` against ``python -c "import pydantic"``
   and ``python -c "pass"``, interleaved, fresh interpreters, median, with bytecode caching on
   (as for any installed package).
@@ -21,11 +27,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
-from gpuroute import CallerContext, Inventory, plan
-from gpuroute.testing import topology
+from gpuroute.core.resolution import resolve
+
+import gpuroute
+import gpuroute.nvml
+from gpuroute import CallerContext, Host, Inventory, plan
+from gpuroute.testing import FakeNVML, topology
 
 PLAN_TARGET_US = 50.0
+HOST_PLAN_TARGET_US = 20.0
 IMPORT_TARGET_RATIO = 1.3
 
 
@@ -76,6 +88,119 @@ def bench_plan() -> bool:
     return ok
 
 
+class _CountingNVML:
+    """Passes every ``nvml*`` call on to an NVML (here a FakeNVML) and counts them."""
+
+    def __init__(self, api: FakeNVML) -> None:
+        self.api = api
+        self.NVMLError = api.NVMLError
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.api, name)
+        if not (name.startswith("nvml") and callable(attr)):
+            return attr
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def _interleaved_us(
+    fns: dict[str, Callable[[], object]], *, rounds: int = 200, per_round: int = 50
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median us per call of each function, timed in turn within each round: wall time, and
+    this thread's CPU time (which a busy machine's other processes disturb less)."""
+    wall: dict[str, list[float]] = {label: [] for label in fns}
+    cpu: dict[str, list[float]] = {label: [] for label in fns}
+    for _ in range(rounds):
+        for label, fn in fns.items():
+            start, start_cpu = time.perf_counter_ns(), time.thread_time_ns()
+            for _ in range(per_round):
+                fn()
+            cpu[label].append((time.thread_time_ns() - start_cpu) / per_round / 1000)
+            wall[label].append((time.perf_counter_ns() - start) / per_round / 1000)
+    return (
+        {label: statistics.median(values) for label, values in wall.items()},
+        {label: statistics.median(values) for label, values in cpu.items()},
+    )
+
+
+def _plan_series(spec: str, inventory: Inventory, nvml: Any) -> dict[str, Callable[[], object]]:
+    """The ways to plan ``spec``, each reading the live host (where it does) through
+    ``nvml``, which also stands in for pynvml while the series run."""
+    given = Host(inventory=inventory)
+    live = Host(nvml=nvml)  # the default recheck_s
+
+    def former() -> object:
+        # what the default path did before a host kept the inventory: read it each call
+        return resolve(spec, gpuroute.nvml.read_inventory(nvml))
+
+    return {
+        "core: resolve(spec, inventory)": functools.partial(resolve, spec, inventory),
+        "gpuroute.plan(spec, inventory=inv)": functools.partial(
+            gpuroute.plan, spec, inventory=inventory
+        ),
+        "host.plan(spec), Host(inventory=inv)": functools.partial(given.plan, spec),
+        "host.plan(spec), Host(nvml=FakeNVML)": functools.partial(live.plan, spec),
+        "gpuroute.plan(spec), live defaults": functools.partial(gpuroute.plan, spec),
+        "inventory re-read each call (former)": former,
+    }
+
+
+def bench_host() -> bool:
+    """A kept Host's plan against the core and the module-level doors, on a live host."""
+    inventory = topology("h100-sxm-8")
+    spec = "3,1"
+    saved = gpuroute.nvml.load_pynvml
+    this_host: Any = FakeNVML(inventory)
+    gpuroute.nvml.load_pynvml = lambda: this_host  # pynvml, as the default host finds it
+    try:
+        series = _plan_series(spec, inventory, this_host)
+        for fn in series.values():  # first reads, imports
+            fn()
+        us, cpu_us = _interleaved_us(series)
+
+        # NVML calls per plan, in a pass of its own (counting slows the calls down).
+        this_host = _CountingNVML(FakeNVML(inventory))
+        counted = _plan_series(spec, inventory, this_host)
+        counts: dict[str, float] = {}
+        n = 1000
+        for label, fn in counted.items():
+            fn()
+            this_host.calls = 0
+            for _ in range(n):
+                fn()
+            counts[label] = this_host.calls / n
+    finally:
+        gpuroute.nvml.load_pynvml = saved
+
+    core = us["core: resolve(spec, inventory)"]
+    print(
+        f"\nplan({spec!r}) on h100-sxm-8 (median of 200 x 50 calls, interleaved; target: "
+        f"host.plan <= {HOST_PLAN_TARGET_US:.0f} us and as the core)"
+    )
+    print(f"  {'':<38} {'wall':>7}      {'':<9}   {'CPU':>7}")
+    for label, value in us.items():
+        print(
+            f"  {label:<38} {value:7.1f} us   x{value / core:4.1f} core   "
+            f"{cpu_us[label]:7.1f} us   {counts[label]:6.2f} NVML calls"
+        )
+    host_us = us["host.plan(spec), Host(inventory=inv)"]
+    live_us = us["host.plan(spec), Host(nvml=FakeNVML)"]
+    module_us = us["gpuroute.plan(spec, inventory=inv)"]
+    defaults_us = us["gpuroute.plan(spec), live defaults"]
+    former_us = us["inventory re-read each call (former)"]
+    print(
+        f"  ratios: host.plan / gpuroute.plan(inventory=) {host_us / module_us:.2f}; "
+        f"live defaults / host.plan(nvml=) {defaults_us / live_us:.2f}; "
+        f"former / live defaults {former_us / defaults_us:.2f}"
+    )
+    return max(host_us, live_us) <= HOST_PLAN_TARGET_US
+
+
 # Bytecode caching as an installed package has it: an environment that sets
 # PYTHONDONTWRITEBYTECODE would make every run recompile gpuroute's sources (pip writes the
 # .pyc files of site-packages, such as pydantic's, at install time), and the comparison unfair.
@@ -111,6 +236,7 @@ def main() -> int:
         f"{platform.machine()}, {platform.system()} {platform.release()}\n"
     )
     ok = bench_plan()
+    ok &= bench_host()
     ok &= bench_import()
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1

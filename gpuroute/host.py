@@ -199,7 +199,6 @@ class Host:
         self.recheck_s = recheck_s
         self.connection = Connection(docker_host, docker_client, retry, environ)
         self._given_inventory = inventory
-        self._given_context = context
         self._given_policy = policy
         self._inventory: Inventory | None = inventory
         self._layout: tuple[tuple[str, ...], ...] | None = None
@@ -225,7 +224,7 @@ class Host:
         other = Host(
             inventory=inventory if inventory is not None else self._given_inventory,
             nvml=nvml if nvml is not None else self.nvml,
-            context=self._given_context,
+            context=self.context,  # read once, by this host: not again for each request
             lease_dir=self.lease_dir,
             policy=policy if policy is not None else self._given_policy,
             state=state if state is not None else self.state,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,29 @@ class TestEmptyMaskReservesGPUsForContainers:
     def test_no_gpu_locally_is_fine(self, h100: Inventory) -> None:
         p = resolve("none", h100, context=CallerContext(" "), target="local")
         assert p.local_env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_plan_with_an_inventory_reads_the_context_once_per_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``gpuroute.plan(spec, inventory)`` uses the context its default host read once, not
+    the environment and the file system again at each call; a new mask still counts at once."""
+    import gpuroute
+    import gpuroute.host
+    from gpuroute.testing import topology
+
+    reads: list[object] = []
+    real = gpuroute.host.detect_context
+
+    def counted(environ: Mapping[str, str] | None = None, *, root: str = "/") -> CallerContext:
+        reads.append(environ)
+        return real(environ, root=root)
+
+    monkeypatch.setattr(gpuroute.host, "detect_context", counted)
+    inventory = topology("h100-sxm-8")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    plans = [gpuroute.plan("3", inventory) for _ in range(3)]
+    assert len(reads) <= 1
+    assert {p.context.cuda_visible_devices for p in plans} == {"2,3"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert gpuroute.plan("3", inventory).context.cuda_visible_devices == "3"
