@@ -326,8 +326,9 @@ class Host:
             self._policy = (key, binding_policy(self._given_policy, self._env()))
         return self._policy[1]
 
-    def live_state(self, inventory: Inventory) -> HostState:
-        """The live state to choose devices by (processes, memory, health)."""
+    def live_state(self, inventory: Inventory, *, topology: bool = True) -> HostState:
+        """The live state to choose devices by (processes, memory, health; with
+        ``topology``, the distances between GPUs)."""
         if self.state is not None:
             return self.state
         if not self.live:
@@ -335,7 +336,7 @@ class Host:
         from gpuroute.health import observe
         from gpuroute.nvml import read_state
 
-        state = read_state(inventory, self.nvml)
+        state = read_state(inventory, self.nvml, topology=topology)
         kernel = self.kernel_log_state()
         state = observe(
             inventory, state, kernel=kernel, lease_dir=self.lease_dir, environ=self.environ
@@ -350,7 +351,7 @@ class Host:
         recent = self._recent_state
         if recent is not None and time.monotonic() - recent[0] < self.recheck_s:
             return recent[1]
-        return self.live_state(self.inventory)
+        return self.live_state(self.inventory, topology=False)
 
     def kernel_log_state(self) -> KernelLogState | None:
         """The Xids the kernel log holds since boot (read on, from where this host stopped),

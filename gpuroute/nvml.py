@@ -294,11 +294,16 @@ def critical_xid(xid: int) -> bool:
 
 
 def read_state(
-    inventory: Inventory, nvml: NVMLApi | None = None, *, xid_window_ms: int = 0
+    inventory: Inventory,
+    nvml: NVMLApi | None = None,
+    *,
+    xid_window_ms: int = 0,
+    topology: bool = True,
 ) -> HostState:
     """The live state of the inventory's devices: processes, memory, health
     (critical Xid events NVML has queued within ``xid_window_ms``, uncorrectable ECC errors,
-    retired pages pending, lost from the bus) and GPU-to-GPU topology distances.
+    retired pages pending, lost from the bus) and, with ``topology``, GPU-to-GPU topology
+    distances (one NVML call per pair of GPUs: what choosing ``any:N`` needs, a plan not).
 
     On a machine without NVML (no library, or no driver) the state is unknown, not an error.
     """
@@ -321,13 +326,15 @@ def read_state(
             api.nvmlInit()
     try:
         with nvml_errors("cannot read the GPUs' state"):
-            return _read_state(api, inventory, xid_window_ms)
+            return _read_state(api, inventory, xid_window_ms, topology)
     finally:
         with contextlib.suppress(Exception):
             api.nvmlShutdown()
 
 
-def _read_state(api: NVMLApi, inventory: Inventory, xid_window_ms: int) -> HostState:
+def _read_state(
+    api: NVMLApi, inventory: Inventory, xid_window_ms: int, topology: bool
+) -> HostState:
     from gpuroute.core.selection import DeviceState, HostState
 
     base = load_pynvml().NVMLError
@@ -392,7 +399,7 @@ def _read_state(api: NVMLApi, inventory: Inventory, xid_window_ms: int) -> HostS
             current, problems=(*current.problems, problem), xids=(*current.xids, *xids)
         )
     distances: dict[frozenset[str], int] = {}
-    ordered = list(handles.items())
+    ordered = list(handles.items()) if topology else []
     for i, (a, ha) in enumerate(ordered):
         for b, hb in ordered[i + 1 :]:
             level = optional(api.nvmlDeviceGetTopologyCommonAncestor, ha, hb)
