@@ -632,8 +632,9 @@ def default_host(
     """The host the module-level ``gpuroute.plan``, ``acquire`` and ``launch`` use: one per
     engine, lease directory and retry policy given, and per value of the environment
     variables that choose what a host reads, so that a change of ``DOCKER_HOST`` or
-    ``GPUROUTE_INVENTORY`` is honoured at once. It checks NVML's layout at every call
-    (``recheck_s=0``), which costs a fraction of reading the inventory."""
+    ``GPUROUTE_INVENTORY`` is honoured at once. Like any host, its ``plan`` asks NVML for
+    the layout and the devices' health at most once a second (``recheck_s``); an
+    acquisition always asks."""
     key = (
         docker_host,
         str(lease_dir) if lease_dir is not None else None,
@@ -645,9 +646,7 @@ def default_host(
         if host is None:
             while len(_defaults) >= _MAX_DEFAULTS:
                 _defaults.pop(next(iter(_defaults))).close()
-            host = _defaults[key] = Host(
-                docker_host=docker_host, lease_dir=lease_dir, retry=retry, recheck_s=0.0
-            )
+            host = _defaults[key] = Host(docker_host=docker_host, lease_dir=lease_dir, retry=retry)
         return host
 
 
