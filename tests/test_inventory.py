@@ -114,6 +114,54 @@ def test_bad_snapshots_are_rejected_with_the_field(doc: Any, expected: str) -> N
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (["gpus", 0, "uuid"], "GPU-0,all"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-555555555555,all"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-555555555555 "),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-5555555555555"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-55555555555G"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-AAAAAAAAAAAA"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-555555555555\n"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-0,all"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-bbbbbbbb-cccc-dddd-eeee-ffffffffffff,0"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-GPU-66666666-7777-8888-9999-aaaaaaaaaaaa/2"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-GPU-0,all/2/0"),
+        (["gpus", 0, "pci_bus_id"], "18:00.0"),
+        (["gpus", 0, "pci_bus_id"], "0:18:0.0"),
+        (["gpus", 0, "pci_bus_id"], "00000000:18:00.0,all"),
+        (["gpus", 0, "pci_bus_id"], "00000000:18:00.0\n"),
+    ],
+)
+def test_identifiers_must_have_the_toolkits_exact_form(
+    path: list[Any], value: str, tmp_path: Path
+) -> None:
+    """A UUID such as "GPU-0,all" would reach NVIDIA_VISIBLE_DEVICES and show every GPU."""
+    snapshot = tmp_path / "host.json"
+    snapshot.write_text(json.dumps(_mutated(path, value)))
+    field = ".".join(str(p) for p in path)
+    with pytest.raises(SnapshotError, match=rf"host\.json .*{field}: .*NVML") as err:
+        Inventory.load(snapshot)
+    assert repr(value) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-GPU-66666666-7777-8888-9999-aaaaaaaaaaaa/2/0"),
+        (["gpus", 0, "pci_bus_id"], "0000:18:00.0"),
+        (["gpus", 0, "pci_bus_id"], "00000000:18:00.0"),
+        (["gpus", 0, "pci_bus_id"], "0000:18:0a.1"),
+    ],
+)
+def test_every_form_nvml_writes_is_accepted(path: list[Any], value: str) -> None:
+    inv = Inventory.from_dict(_mutated(path, value))
+    assert value.upper() in {d.uuid.upper() for d in inv.devices()} | {
+        g.pci_bus_id[-len(value) :] for g in inv.gpus
+    }
+
+
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
     with pytest.raises(SnapshotError, match=r"cannot read inventory snapshot .*missing\.json"):
