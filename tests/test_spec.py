@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+import gpuroute
 from gpuroute import SpecError
 from gpuroute.core.spec import Kind, normalize_pci_bus_id, parse_spec
+from gpuroute.testing import topology
 
 
 class TestForms:
@@ -104,3 +106,19 @@ class TestMalformed:
     def test_bad_values(self, spec: Any) -> None:
         with pytest.raises(SpecError):
             parse_spec(spec)
+
+    @pytest.mark.parametrize(
+        "spec",
+        [b"1,2", bytearray(b"1,2"), memoryview(b"1,2"), b"", range(2), b"01"],
+    )
+    def test_bytes_and_other_sequences_are_refused_never_guessed(self, spec: Any) -> None:
+        """b"1,2" is a sequence of the ints 49, 44, 50: it must not name GPUs 49, 44 and 50."""
+        with pytest.raises(SpecError, match=type(spec).__name__) as err:
+            parse_spec(spec)
+        assert "list" in str(err.value)
+        if isinstance(spec, bytes | bytearray | memoryview):
+            assert "decode" in str(err.value)
+
+    def test_plan_refuses_bytes(self) -> None:
+        with pytest.raises(SpecError, match=r"bytes.*decode"):
+            gpuroute.plan(b"1,2", topology("h100-sxm-8"))

@@ -87,7 +87,8 @@ _ANY = re.compile(r"ANY:([0-9]+)")
 
 
 SpecInput = str | int | Sequence[int | str] | ParsedSpec | None
-"""What ``plan()`` accepts as a spec (a ``ParsedSpec`` is taken as it is: parsed once)."""
+"""What ``plan()`` accepts as a spec (a ``ParsedSpec`` is taken as it is: parsed once). Of
+sequences, only lists and tuples: bytes and other sequences are refused."""
 
 
 def normalize_pci_bus_id(text: str) -> str | None:
@@ -167,7 +168,15 @@ def parse_spec(spec: SpecInput) -> ParsedSpec:
                 )
             tokens.append(parse_token(entry, spec))
         return _finish(spec, tokens)
-    if isinstance(spec, Sequence):
+    if isinstance(spec, bytes | bytearray | memoryview):
+        kind = type(spec).__name__
+        raise SpecError(
+            f"a GPU spec cannot be {kind}: its items are byte values, not GPU ids "
+            f"(b'1,2' would name GPUs 49, 44 and 50); decode it to a string first "
+            f"(spec.decode()), or pass a list of ints and strings",
+            spec=f"<{kind} of length {len(spec)}>",
+        )
+    if isinstance(spec, list | tuple):
         shown = repr(list(spec))
         tokens = []
         for item in spec:
@@ -192,8 +201,9 @@ def parse_spec(spec: SpecInput) -> ParsedSpec:
             return ParsedSpec("none", (Token("", Kind.NONE),))
         return _finish(shown, tokens)
     raise SpecError(
-        f"a GPU spec must be a string, an int or a list of them, not {type(spec).__name__}",
-        spec=repr(spec),
+        f"a GPU spec must be a string, an int, or a list or tuple of ints and strings, "
+        f"not {type(spec).__name__}; convert it (list(...)) if it holds GPU ids",
+        spec=f"<{type(spec).__name__}>",
     )
 
 
