@@ -30,6 +30,7 @@ from gpuroute import (
     NoFreeDeviceError,
     UnhealthyDeviceError,
 )
+from gpuroute.cli import main
 from gpuroute.core.selection import HostState
 from gpuroute.leases import LeaseDir, LeaseRecord
 from gpuroute.limits import Limit, Policy, usage_of
@@ -608,6 +609,64 @@ def test_a_record_with_wrong_types_is_set_aside(
     (tmp_path / f"dev-{inventory.gpus[0].uuid}.json").write_text(json.dumps(data))
     lease = take("0", inventory, tmp_path)
     assert any("set aside" in n for n in lease.notes)
+
+
+def _hostile(record: str, key: str, value: str) -> str:
+    """The record with one value replaced by raw JSON text (json.dumps cannot write NaN
+    into a holder's id, nor 10**30 as a pid in a way every reader parses alike)."""
+    data = json.loads(record)
+    target = data["holder"] if key in ("id", "started") else data
+    target[key] = "@@"
+    return json.dumps(data).replace('"@@"', value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("id", '"1000000000000000000000000000000"'),
+        ("id", '"\u00b2"'),
+        ("id", '"-1"'),
+        ("id", '"0"'),
+        ("started", "1000000000000000000000000000000"),
+        ("started", "-5"),
+        ("created", "1e300"),
+        ("created", "-1e300"),
+        ("created", "NaN"),
+        ("created", "Infinity"),
+        ("created", "-Infinity"),
+        ("ttl_s", "NaN"),
+        ("ttl_s", "Infinity"),
+        ("ttl_s", "1e300"),
+        ("ttl_s", "-1"),
+        ("uid", "1000000000000000000000000000000"),
+        ("uid", "-1"),
+    ],
+)
+def test_out_of_range_and_non_finite_records_are_set_aside(
+    tmp_path: Path, key: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A planted record with pid 10**30 or created NaN crashed acquire and `gpuroute leases`
+    (OverflowError, ValueError); it is malformed and set aside like any unreadable record."""
+    inventory = four_gpus()
+    held = tmp_path / f"dev-{inventory.gpus[0].uuid}.json"
+    record = take("0", inventory, tmp_path).record.to_json()
+    held.write_text(_hostile(record, key, value))
+    with pytest.raises(ValueError, match=r"lease record|lease holder"):
+        LeaseRecord.from_json(held.read_text())
+    snapshot = tmp_path / "four.json"
+    inventory.save(snapshot)
+    assert main(["leases", "--lease-dir", str(tmp_path), "--inventory", str(snapshot)]) == 0
+    out = capsys.readouterr().out
+    assert "set aside the unreadable lease file" in out
+    held.write_text(_hostile(record, key, value))
+    lease = take("0", inventory, tmp_path)
+    assert any("set aside" in n for n in lease.notes)
+    assert [d.uuid for d in lease.devices] == [inventory.gpus[0].uuid]
+
+
+def test_a_record_nested_too_deeply_is_malformed() -> None:
+    with pytest.raises(ValueError, match="lease record"):
+        LeaseRecord.from_json("[" * 100_000 + "]" * 100_000)
 
 
 def test_a_failed_write_leaves_no_partial_lease(tmp_path: Path) -> None:
