@@ -122,3 +122,34 @@ class TestMalformed:
     def test_plan_refuses_bytes(self) -> None:
         with pytest.raises(SpecError, match=r"bytes.*decode"):
             gpuroute.plan(b"1,2", topology("h100-sxm-8"))
+
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            "1" * 5000,
+            "any:" + "2" * 5000,
+            "0:" + "1" * 5000,
+            "1" * 5000 + ":0",
+            "MIG-GPU-8932f937-aaaa-bbbb-cccc-0123456789ab/" + "1" * 5000 + "/0",
+            10**5000,
+            [10**5000],
+            ["1" * 5000],
+            "1234567890",
+        ],
+        ids=[
+            "index",
+            "any",
+            "mig-gpu",
+            "mig-index",
+            "legacy",
+            "int",
+            "int-in-list",
+            "str-in-list",
+            "ten-digits",
+        ],
+    )
+    def test_numbers_too_long_for_any_gpu_are_a_spec_error(self, spec: Any) -> None:
+        """int() of more than 4,300 digits raised a bare ValueError; str() of such an int too."""
+        with pytest.raises(SpecError, match=r"digits|is not a GPU id") as err:
+            parse_spec(spec)
+        assert len(str(err.value)) < 400
