@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,43 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     broken.write_text('{"schema": ')
     with pytest.raises(SnapshotError, match=r"broken.json is not JSON \(line 1"):
         Inventory.load(broken)
+
+
+def test_hostile_snapshots_are_a_snapshot_error(tmp_path: Path) -> None:
+    """Deeply nested (RecursionError), not UTF-8 (UnicodeDecodeError), /dev/zero (MemoryError),
+    a FIFO (waited on for ever), a 5,000-digit number (ValueError): each a SnapshotError that
+    names the file."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SnapshotError, match=r"deep\.json is nested too deeply"):
+        Inventory.load(deep)
+    nested = _mutated(["gpus", 0, "name"], None)
+    node: Any = nested["gpus"][0]
+    for _ in range(200):
+        node["name"] = {"name": None}
+        node = node["name"]
+    deep.write_text(json.dumps(nested))
+    with pytest.raises(SnapshotError, match=r"deep\.json is nested too deeply"):
+        Inventory.load(deep)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(json.dumps(_mutated(["gpus", 0, "name"], "caf\u00e9")).encode("latin-1"))
+    latin.write_bytes(latin.read_bytes().replace(b"\\u00e9", "\u00e9".encode("latin-1")))
+    with pytest.raises(SnapshotError, match=r"latin\.json is not UTF-8"):
+        Inventory.load(latin)
+    with pytest.raises(SnapshotError, match=r"/dev/zero is not a regular file"):
+        Inventory.load("/dev/zero")
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(SnapshotError, match=r"fifo\.json is not a regular file"):
+        Inventory.load(fifo)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(ISSUE_EXAMPLE) + " " * (16 << 20))
+    with pytest.raises(SnapshotError, match=r"big\.json is larger than 8 MiB"):
+        Inventory.load(big)
+    digits = tmp_path / "digits.json"
+    digits.write_text(json.dumps(ISSUE_EXAMPLE).replace('"index": 0', '"index": ' + "9" * 5000))
+    with pytest.raises(SnapshotError, match=r"digits\.json is not JSON"):
+        Inventory.load(digits)
 
 
 def test_save_into_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:
