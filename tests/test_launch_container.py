@@ -391,8 +391,11 @@ def test_wait_timeout_and_stop(engine: SimulatedGPUHost, h100: Inventory) -> Non
         client.close()
 
 
-def test_permission_denied_on_the_engine_socket(engine: SimulatedGPUHost) -> None:
-    """A real user without access to the socket (root owns it, mode 0660)."""
+def test_permission_denied_on_the_engine_socket(
+    engine: SimulatedGPUHost, other_user_env: dict[str, str]
+) -> None:
+    """A real user without access to the socket (root owns it, mode 0660). It imports
+    gpuroute from a copy it can read, wherever this checkout lies."""
     assert engine.root is not None
     code = (
         "import sys, gpuroute\n"
@@ -421,6 +424,7 @@ def test_permission_denied_on_the_engine_socket(engine: SimulatedGPUHost) -> Non
             check=False,
             timeout=60,
             cwd="/",
+            env=other_user_env,
         )
     finally:
         engine.root.chmod(0o700)

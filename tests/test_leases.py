@@ -37,6 +37,7 @@ from gpuroute.limits import Limit, Policy, usage_of
 from gpuroute.nvml import read_state
 from gpuroute.records import Holder
 from gpuroute.testing import FakeNVML, topology
+from tests.conftest import shared_tmp_base
 
 NO_LIMITS = Policy()
 
@@ -477,17 +478,21 @@ def test_a_bad_policy_file_is_a_policy_error_naming_it(
     assert not isinstance(err.value, gpuroute.InventoryError), "not an inventory problem"
 
 
-def test_two_real_users_share_a_group_budget(a100: Inventory) -> None:
+def test_two_real_users_share_a_group_budget(
+    a100: Inventory, other_user_env: dict[str, str]
+) -> None:
     """uid 65534 (nobody) and uid 1 (daemon) acquire through real OS identities; a limit on
-    the group of the first binds it, the second is bounded by the default."""
-    tmp_path = Path(tempfile.mkdtemp(prefix="gpuroute-users-"))
+    the group of the first binds it, the second is bounded by the default. Their files lie
+    where they can reach them and they import gpuroute from a copy they can read, wherever
+    this checkout lies."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="gpuroute-users-", dir=shared_tmp_base()))
     try:
-        _two_users(tmp_path, a100)
+        _two_users(tmp_path, a100, other_user_env)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def _two_users(tmp_path: Path, a100: Inventory) -> None:
+def _two_users(tmp_path: Path, a100: Inventory, env: dict[str, str]) -> None:
     snapshot = tmp_path / "a100.json"
     a100.save(snapshot)
     leases = tmp_path / "leases"
@@ -534,6 +539,7 @@ def _two_users(tmp_path: Path, a100: Inventory) -> None:
             text=True,
             check=False,
             cwd="/",
+            env=env,
         )
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
