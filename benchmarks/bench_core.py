@@ -29,11 +29,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gpuroute.core.resolution import resolve
-
 import gpuroute
 import gpuroute.nvml
 from gpuroute import CallerContext, Host, Inventory, plan
+from gpuroute.core.resolution import resolve
 from gpuroute.testing import FakeNVML, topology
 
 PLAN_TARGET_US = 50.0

@@ -21,6 +21,7 @@ from gpuroute.backends.local import LocalLaunch, LocalWork
 from gpuroute.core import GPU, CallerContext, Device, Inventory, MIGDevice, RoutingPlan
 from gpuroute.errors import (
     AmbiguousDeviceError,
+    CommandNotFoundError,
     ComposeConflictError,
     ContextError,
     DeviceLeasedError,
@@ -78,6 +79,7 @@ __all__ = [
     "GpurouteError",
     "Holder",
     "Host",
+    "CommandNotFoundError",
     "ImageNotFoundError",
     "Inventory",
     "InventoryError",

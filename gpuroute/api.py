@@ -235,6 +235,36 @@ def launch(
     return host.launch(work, gpus=gpus, context=context, options=options, lease=lease, terms=terms)
 
 
+def _env(env: object) -> dict[str, str]:
+    """``env`` as a dict of names to values, checked: a list or a string is never guessed at
+    (``dict(["AB"])`` is ``{"A": "B"}``), and names and values are strings the OS can take."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise LaunchError(
+            f"env must be a mapping of names to values, not a {type(env).__name__}: write "
+            "env={'NAME': 'value'} (a list such as ['NAME=value'] is not read)"
+        )
+    variables: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str):
+            raise LaunchError(f"env has a key of type {type(key).__name__}: names must be strings")
+        if not key or "=" in key or "\0" in key:
+            raise LaunchError(
+                f"env key {key!r} is not a variable name: a name is not empty and has no '=' "
+                "and no NUL character"
+            )
+        if not isinstance(value, str):
+            raise LaunchError(
+                f"env[{key!r}] is of type {type(value).__name__}: values must be strings "
+                "(write the value in quotes)"
+            )
+        if "\0" in value:
+            raise LaunchError(f"env[{key!r}] contains a NUL character, which no variable can hold")
+        variables[key] = value
+    return variables
+
+
 def _work(
     command: Sequence[str],
     *,
@@ -263,6 +293,7 @@ def _work(
             "runs a shell (write ['sh', '-c', '...'] if you need one)"
         )
     argv = tuple(command)
+    variables = _env(env)
     if image is not None and compose_service is not None:
         raise LaunchError("give either image= or compose_service=, not both")
     if image is None and compose_service is None:
@@ -274,7 +305,7 @@ def _work(
                 "sees exactly what its CUDA_VISIBLE_DEVICES (plan.local_env) names"
             )
         return LocalWork(
-            command=argv, env=dict(env or {}), name=name, cwd=cwd, stream=stream, torchrun=torchrun
+            command=argv, env=variables, name=name, cwd=cwd, stream=stream, torchrun=torchrun
         )
     if torchrun:
         raise LaunchError(
@@ -283,7 +314,7 @@ def _work(
     if compose_service is not None:
         return ComposeWork(
             command=argv,
-            env=dict(env or {}),
+            env=variables,
             verify=verify,
             name=name,
             service=compose_service,
@@ -295,7 +326,7 @@ def _work(
     assert image is not None
     return DockerWork(
         command=argv,
-        env=dict(env or {}),
+        env=variables,
         verify=verify,
         name=name,
         image=image,

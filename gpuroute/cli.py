@@ -417,6 +417,8 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
         return 0
     if not by_lease:
         print(f"No leases in {directory.path}.")
+        for note in notes:
+            print(f"note: {note}")
         return 0
     headers = ("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")
     rows = []

@@ -31,7 +31,8 @@ The tree::
     │       ├── EnginePermissionError  no permission on the engine's socket
     │       ├── ToolkitMissingError    the engine has no "nvidia" device driver
     │       ├── ToolkitDeviceError     the toolkit does not know a requested device
-    │       └── ImageNotFoundError     the image is neither local nor pullable
+    │       ├── ImageNotFoundError     the image is neither local nor pullable
+    │       └── CommandNotFoundError   the command to run is not in the image
     └── BenchError                     a benchmark or campaign cannot be set up or run
         ├── BenchConfigError (ValueError) bad runner options or campaign file
         ├── BenchTimeout               the benchmark ran past its time limit and was stopped
@@ -56,6 +57,7 @@ __all__ = [
     "EnginePermissionError",
     "EngineUnavailableError",
     "ImageNotFoundError",
+    "CommandNotFoundError",
     "LaunchError",
     "LaunchTimeout",
     "ToolkitDeviceError",
@@ -224,6 +226,11 @@ class ToolkitDeviceError(EngineError):
 
 class ImageNotFoundError(EngineError):
     """The image is not on the engine and could not be pulled."""
+
+
+class CommandNotFoundError(EngineError):
+    """The command to run is not in the image (the engine's "executable file not found", a
+    container's exit status 127); the message names the command and the image."""
 
 
 class BenchError(GpurouteError):

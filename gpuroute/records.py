@@ -29,6 +29,8 @@ Records of the earlier schema ``gpuroute.lease/1`` (``pid``, ``pid_start``, ``co
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,14 +59,54 @@ _V2_FIELDS = frozenset(
     {"lease_id", "devices", "spec", "uid", "user", "boot_id", "created", "ttl_s", "holder"}
 )
 _HOLDER_FIELDS = frozenset({"backend", "id", "where", "pid", "started"})
+_DECIMAL = re.compile(r"[0-9]{1,12}")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+# The ranges a record's numbers can have on a real host; anything outside them (a pid of
+# 10**30, a creation time of 1e300, NaN) is a malformed record, never an OverflowError later.
+_PID_MAX = 1 << 22  # Linux's PID_MAX_LIMIT
+_UID_MAX = (1 << 32) - 2  # (uid_t)-1 is no user
+_TICKS_MAX = (1 << 63) - 1
+_TIME_MAX = 253402300799.0  # the last second of year 9999: what time.localtime can show
+
+
+def _is_int(value: object, low: int = 0, high: int = _TICKS_MAX) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite number of seconds from 0 to the year 9999 (math.isfinite is implied)."""
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= _TIME_MAX
+    )
+
+
+def _is_pid(value: object) -> bool:
+    return _is_int(value, 1, _PID_MAX)
+
+
+def _is_pid_text(text: str) -> bool:
+    return _DECIMAL.fullmatch(text) is not None and _is_pid(int(text))
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a lease record can hold")
+
+
+def _load(text: str) -> object:
+    """JSON with only finite numbers; a document nested past the interpreter's limit is
+    malformed, not a RecursionError."""
+    try:
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("the lease record is nested too deeply") from None
 
 
 def _optional(value: object, check: Any) -> bool:
@@ -115,15 +157,12 @@ class Holder:
             _optional(where, lambda v: isinstance(v, str)),
             _optional(pid, _is_pid),
             _optional(started, _is_int),
+            # A process holder's id is its pid, in decimal digits.
+            backend != "local" or (isinstance(ident, str) and _is_pid_text(ident)),
         )
         if not all(checks):
             raise ValueError("malformed lease holder")
         return cls(backend, ident, where, pid, started)
-
-
-def _is_pid(value: object) -> bool:
-    """A Linux pid: 1 to 2**22 (the kernel's largest ``pid_max``)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 2**22
 
 
 @dataclass(frozen=True)
@@ -174,8 +213,10 @@ class LeaseRecord:
 
     @classmethod
     def from_json(cls, text: str) -> LeaseRecord:
-        """Read a record of either schema; ValueError for anything else."""
-        data = json.loads(text)
+        """Read a record of either schema; ValueError for anything else, including numbers
+        no host has (a pid of 10**30, a time of 1e300 or NaN) and documents nested too
+        deeply."""
+        data = _load(text)
         if not isinstance(data, dict):
             raise ValueError("not a gpuroute lease record")
         schema = data.pop("schema", None)
@@ -194,7 +235,7 @@ class LeaseRecord:
             isinstance(data["lease_id"], str),
             isinstance(devices, list) and all(isinstance(d, str) for d in devices),
             isinstance(data["spec"], str),
-            _is_int(data["uid"]),
+            _is_int(data["uid"], 0, _UID_MAX),
             isinstance(data["user"], str),
             isinstance(data["boot_id"], str),
             _is_number(data["created"]),

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+import gpuroute
 from gpuroute import CallerContext, Inventory
 from gpuroute.testing import TOPOLOGIES, topology
 from gpuroute.testing.compose import (
@@ -48,6 +52,37 @@ def clean_gpu_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(_GPU_VARS):
             monkeypatch.delenv(name)
+
+
+def shared_tmp_base() -> Path:
+    """A directory every user can reach: the temporary directory if each of its ancestors
+    lets others through (``TMPDIR`` may lie in a 0700 home), else ``/tmp``."""
+    base = Path(tempfile.gettempdir()).resolve()
+    for path in (base, *base.parents):
+        if not path.stat().st_mode & stat.S_IXOTH:
+            return Path("/tmp")  # world-traversable by definition (mode 1777)
+    return base
+
+
+@pytest.fixture(scope="session")
+def other_user_env() -> Iterator[dict[str, str]]:
+    """The environment for a subprocess run as another user (``setpriv --reuid``): gpuroute
+    is imported from a world-readable copy of this checkout's package, so that the test does
+    not depend on where the checkout lies (a clone in a 0700 home directory is unreadable to
+    that user, and so is a ``PYTHONPATH`` or an editable install that points into it)."""
+    root = Path(tempfile.mkdtemp(prefix="gpuroute-pkg-", dir=shared_tmp_base()))
+    try:
+        package = Path(gpuroute.__file__).resolve().parent
+        shutil.copytree(package, root / "gpuroute", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in (root, *root.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        inherited = os.environ.get("PYTHONPATH")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *([inherited] if inherited else [])])
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        yield env
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

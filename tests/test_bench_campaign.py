@@ -176,6 +176,107 @@ def test_disjoint_gpu_sets_run_at_the_same_time_and_overlapping_ones_do_not(
     assert not overlap("0,1", "1,3"), "GPU 1 is shared: these two ran one after the other"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"grid": {"runner": "vllm", "model": "m", "gpus": "0", "batch_size": [8, "x"]}},
+            r"batch_size=x.*batch_size: Input should be a valid integer",
+        ),
+        (
+            {"grid": {"runner": "transformers", "model": "m", "gpus": "0", "seed": 1.5}},
+            r"seed: Input should be a valid integer",
+        ),
+        (
+            {"grid": {"runner": "vllm", "model": "m", "gpus": "0", "extra_args": "--x"}},
+            r"extra_args: 'str' instances are not allowed as a Sequence",
+        ),
+        (
+            {"grid": {"runner": "vllm", "model": "m", "gpus": "0", "batch_size": [8, 0]}},
+            r"batch_size=0.*--batch-size must be at least 1, not 0",
+        ),
+        ({"grid": {"runner": "vllm", "model": ["m", 7], "gpus": "0"}}, r"model: Input should"),
+        ({"grid": {"runner": "vllm", "model": "m", "gpus": 1.5}}, r"gpus"),
+        ({"repeats": 100_000_000}, r"repeats: Input should be less than or equal to 1000"),
+        ({"repeats": "2"}, r"repeats: Input should be a valid integer"),
+        ({"timeout_s": float("nan")}, r"timeout_s: Input should be a finite number"),
+        ({"lease_wait_s": float("inf")}, r"lease_wait_s: Input should be a finite number"),
+        (
+            {
+                "grid": {
+                    "runner": "vllm",
+                    "model": "m",
+                    "gpus": "0",
+                    "input_len": list(range(1, 1001)),
+                    "output_len": list(range(1, 1001)),
+                },
+                "fixed": {},
+            },
+            r"1000000 experiments.*at most 100000",
+        ),
+    ],
+)
+def test_bad_values_are_refused_before_any_experiment_runs(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    """A string in a numeric parameter aborted a running campaign with a pydantic traceback;
+    repeats: 100000000 hung expanding 10**8 experiments. Both are refused when the file is
+    read, naming the key, and nothing runs."""
+    file = write_campaign(tmp_path / "c.yaml", **overrides)
+    started = time.monotonic()
+    with pytest.raises(BenchConfigError, match=message):
+        load_campaign(file)
+    with pytest.raises(BenchConfigError, match=message):
+        run_campaign(file, tmp_path / "out", progress=quiet())
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+BILLION_LAUGHS = """\
+name: lol
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+grid: {runner: vllm, model: *i, gpus: "0"}
+"""
+
+
+def test_hostile_campaign_files_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """A billion-laughs file (MemoryError), /dev/zero (MemoryError), a FIFO (hangs), a file
+    nested 100000 deep (RecursionError), a huge or non-UTF-8 file: each a BenchConfigError
+    naming the file."""
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text(BILLION_LAUGHS)
+    with pytest.raises(BenchConfigError, match=r"laughs.yaml.*alias \*a.*line 3"):
+        load_campaign(laughs)
+    with pytest.raises(BenchConfigError, match=r"/dev/zero is not a regular file"):
+        load_campaign("/dev/zero")
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(BenchConfigError, match=r"fifo.yaml is not a regular file"):
+        load_campaign(fifo)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: x\ngrid: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(BenchConfigError, match=r"deep.yaml .*nested"):
+        load_campaign(deep)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: x\n" + "#" * (2 << 20) + "\n")
+    with pytest.raises(BenchConfigError, match=r"huge.yaml is larger than 1 MiB"):
+        load_campaign(huge)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(BenchConfigError, match=r"latin.yaml is not UTF-8"):
+        load_campaign(latin)
+    with pytest.raises(BenchConfigError, match=r"cannot read the campaign file"):
+        load_campaign(tmp_path / "missing.yaml")
+
+
 def test_failures_are_retried_recorded_and_retried_again_on_request(
     tmp_path: Path, stand_ins_on_path: None
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,29 @@ def test_a_failed_benchmark_exits_1_and_still_writes_its_result(
     assert "FileNotFoundError" in (result.error or "")
     assert [g.nvml_index for g in result.energy.per_gpu] == [0, 1]
     assert "failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_the_result_and_its_native_directory_follow_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    """The result was written 0600 whatever the umask, and FILE.native/ was left 0777."""
+    monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "t.json"
+    previous = os.umask(umask)
+    try:
+        main(
+            ["bench", "trtllm", "--simulate", "h100-sxm-8", "--gpus", "0", "--model", "m",
+             "--input-len", "8", "--output-len", "8", "--num-requests", "3",
+             "--execution", "subprocess", "--output", str(out)]
+        )  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert Result.load(out).routing.spec == "0"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    native = tmp_path / "t.json.native"
+    assert stat.S_IMODE(native.stat().st_mode) == 0o777 & ~umask
+    assert not native.stat().st_mode & stat.S_IWOTH
 
 
 def test_campaign_report_of_an_empty_directory_says_what_to_do(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -235,6 +236,33 @@ def test_trtllm_in_its_image_gets_the_routing_and_tp_size(
     assert (result.latency.ttft_ms is not None) == (mode == "latency")
     assert sorted(g.nvml_index for g in result.energy.per_gpu) == [0, 2, 5, 7]
     assert result.native_report["world_info"]["tp_size"] == 4
+
+
+@pytest.mark.engine
+def test_a_kept_work_directory_gets_its_own_mode_back_after_a_container_run(
+    engine: SimulatedGPUHost, h100: Inventory, tmp_path: Path
+) -> None:
+    """The container may write into the work directory while it runs (0777, its user may not
+    be root); the directory kept for the user was left world-writable."""
+    kept = tmp_path / "kept"
+    kept.mkdir(mode=0o700)
+    result = run_trtllm(
+        simulated(
+            h100,
+            gpus="1",
+            execution="container",
+            image=IMAGE_TRTLLM,
+            docker_kwargs=TRT_PRIVATE_ENGINE,
+            workdir=kept,
+        ),
+        model="org/model",
+        input_len=16,
+        output_len=8,
+        num_requests=4,
+    )
+    assert result.status == "ok", result.error
+    assert result.tokens.output_total == 4 * 8  # read from the report the container wrote
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o700
 
 
 @pytest.mark.engine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,54 @@ def test_bad_snapshots_are_rejected_with_the_field(doc: Any, expected: str) -> N
     assert expected in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (["gpus", 0, "uuid"], "GPU-0,all"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-555555555555,all"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-555555555555 "),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-5555555555555"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-55555555555G"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-AAAAAAAAAAAA"),
+        (["gpus", 0, "uuid"], "GPU-11111111-2222-3333-4444-555555555555\n"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-0,all"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-bbbbbbbb-cccc-dddd-eeee-ffffffffffff,0"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-GPU-66666666-7777-8888-9999-aaaaaaaaaaaa/2"),
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-GPU-0,all/2/0"),
+        (["gpus", 0, "pci_bus_id"], "18:00.0"),
+        (["gpus", 0, "pci_bus_id"], "0:18:0.0"),
+        (["gpus", 0, "pci_bus_id"], "00000000:18:00.0,all"),
+        (["gpus", 0, "pci_bus_id"], "00000000:18:00.0\n"),
+    ],
+)
+def test_identifiers_must_have_the_toolkits_exact_form(
+    path: list[Any], value: str, tmp_path: Path
+) -> None:
+    """A UUID such as "GPU-0,all" would reach NVIDIA_VISIBLE_DEVICES and show every GPU."""
+    snapshot = tmp_path / "host.json"
+    snapshot.write_text(json.dumps(_mutated(path, value)))
+    field = ".".join(str(p) for p in path)
+    with pytest.raises(SnapshotError, match=rf"host\.json .*{field}: .*NVML") as err:
+        Inventory.load(snapshot)
+    assert repr(value) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (["gpus", 1, "mig_devices", 0, "uuid"], "MIG-GPU-66666666-7777-8888-9999-aaaaaaaaaaaa/2/0"),
+        (["gpus", 0, "pci_bus_id"], "0000:18:00.0"),
+        (["gpus", 0, "pci_bus_id"], "00000000:18:00.0"),
+        (["gpus", 0, "pci_bus_id"], "0000:18:0a.1"),
+    ],
+)
+def test_every_form_nvml_writes_is_accepted(path: list[Any], value: str) -> None:
+    inv = Inventory.from_dict(_mutated(path, value))
+    assert value.upper() in {d.uuid.upper() for d in inv.devices()} | {
+        g.pci_bus_id[-len(value) :] for g in inv.gpus
+    }
+
+
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
     with pytest.raises(SnapshotError, match=r"cannot read inventory snapshot .*missing\.json"):
@@ -122,6 +171,43 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     broken.write_text('{"schema": ')
     with pytest.raises(SnapshotError, match=r"broken.json is not JSON \(line 1"):
         Inventory.load(broken)
+
+
+def test_hostile_snapshots_are_a_snapshot_error(tmp_path: Path) -> None:
+    """Deeply nested (RecursionError), not UTF-8 (UnicodeDecodeError), /dev/zero (MemoryError),
+    a FIFO (waited on for ever), a 5,000-digit number (ValueError): each a SnapshotError that
+    names the file."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SnapshotError, match=r"deep\.json is nested too deeply"):
+        Inventory.load(deep)
+    nested = _mutated(["gpus", 0, "name"], None)
+    node: Any = nested["gpus"][0]
+    for _ in range(200):
+        node["name"] = {"name": None}
+        node = node["name"]
+    deep.write_text(json.dumps(nested))
+    with pytest.raises(SnapshotError, match=r"deep\.json is nested too deeply"):
+        Inventory.load(deep)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(json.dumps(_mutated(["gpus", 0, "name"], "caf\u00e9")).encode("latin-1"))
+    latin.write_bytes(latin.read_bytes().replace(b"\\u00e9", "\u00e9".encode("latin-1")))
+    with pytest.raises(SnapshotError, match=r"latin\.json is not UTF-8"):
+        Inventory.load(latin)
+    with pytest.raises(SnapshotError, match=r"/dev/zero is not a regular file"):
+        Inventory.load("/dev/zero")
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(SnapshotError, match=r"fifo\.json is not a regular file"):
+        Inventory.load(fifo)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(ISSUE_EXAMPLE) + " " * (16 << 20))
+    with pytest.raises(SnapshotError, match=r"big\.json is larger than 8 MiB"):
+        Inventory.load(big)
+    digits = tmp_path / "digits.json"
+    digits.write_text(json.dumps(ISSUE_EXAMPLE).replace('"index": 0', '"index": ' + "9" * 5000))
+    with pytest.raises(SnapshotError, match=r"digits\.json is not JSON"):
+        Inventory.load(digits)
 
 
 def test_save_into_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import gpuroute
 from gpuroute import (
     CallerContext,
+    CommandNotFoundError,
     EngineUnavailableError,
     ImageNotFoundError,
     Inventory,
@@ -261,6 +262,52 @@ class TestEngineErrors:
                 docker_kwargs=NO_NET,
             )
 
+    @pytest.mark.parametrize(
+        ("command", "name"),
+        [(["no-such-program", "-x"], "no-such-program"), (["/no/such/path"], "/no/such/path")],
+    )
+    def test_a_command_missing_from_the_image_is_named(
+        self, engine: SimulatedGPUHost, h100: Inventory, command: list[str], name: str
+    ) -> None:
+        """docker says exit 127 / "executable file not found"; that read as "the Docker engine
+        … failed"."""
+        with pytest.raises(CommandNotFoundError) as err:
+            gpuroute.launch(command, gpus="0", image=IMAGE, inventory=h100, docker_kwargs=NO_NET)
+        message = str(err.value)
+        assert message.startswith(f"the command {name!r} is not found in image {IMAGE!r}")
+        assert "Docker engine" not in message
+        assert isinstance(err.value, LaunchError)
+
+    def test_a_toolkit_hook_crash_is_summed_up_not_dumped(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        """A crashing hook's Python traceback filled the EngineError's message."""
+        assert engine.root is not None
+        (engine.root / "toolkit.json").write_text("{not json")  # the hook fails to read it
+        with pytest.raises(gpuroute.EngineError) as err:
+            gpuroute.launch(["true"], gpus="0", image=IMAGE, inventory=h100, docker_kwargs=NO_NET)
+        message = str(err.value)
+        assert "Traceback" not in message
+        assert 'File "' not in message
+        assert message.startswith("the NVIDIA Container Toolkit's hook failed")
+        assert "JSONDecodeError: Expecting property name enclosed in double quotes" in message
+        assert "Traceback" in str(err.value.__cause__), "the whole output stays, as the cause"
+
+    def test_verification_of_an_auto_removed_container_uses_a_twin_that_stays(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        """With auto_remove=True the twin was removed before its output was read: "No such
+        container"."""
+        with gpuroute.launch(
+            ["true"],
+            gpus="3,1",
+            image=IMAGE,
+            inventory=h100,
+            verify=True,
+            docker_kwargs={**NO_NET, "auto_remove": True},
+        ) as handle:
+            assert handle.id  # verified: through a twin, the container having ended
+
     def test_engine_unreachable_after_bounded_jittered_retries(self, h100: Inventory) -> None:
         waits: list[float] = []
         policy = RetryPolicy(
@@ -391,8 +438,11 @@ def test_wait_timeout_and_stop(engine: SimulatedGPUHost, h100: Inventory) -> Non
         client.close()
 
 
-def test_permission_denied_on_the_engine_socket(engine: SimulatedGPUHost) -> None:
-    """A real user without access to the socket (root owns it, mode 0660)."""
+def test_permission_denied_on_the_engine_socket(
+    engine: SimulatedGPUHost, other_user_env: dict[str, str]
+) -> None:
+    """A real user without access to the socket (root owns it, mode 0660). It imports
+    gpuroute from a copy it can read, wherever this checkout lies."""
     assert engine.root is not None
     code = (
         "import sys, gpuroute\n"
@@ -421,6 +471,7 @@ def test_permission_denied_on_the_engine_socket(engine: SimulatedGPUHost) -> Non
             check=False,
             timeout=60,
             cwd="/",
+            env=other_user_env,
         )
     finally:
         engine.root.chmod(0o700)

@@ -115,6 +115,38 @@ def test_local_misuse(h100: Inventory, kwargs: dict[str, object], fragment: str)
         gpuroute.launch(**args)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        (["A=B"], r"env must be a mapping of names to values, not a list"),
+        (["AB"], r"not a list"),  # dict() read it as {"A": "B"}
+        ([("A", "B")], r"not a list"),
+        ("A=B", r"not a str"),
+        ({"A": 10**5000}, r"env\['A'\] is of type int"),
+        ({"A": 1}, r"env\['A'\] is of type int: values must be strings"),
+        ({1: "x"}, r"env has a key of type int: names must be strings"),
+        ({"A=B": "x"}, r"env key 'A=B' .*'='"),
+        ({"": "x"}, r"env key '' "),
+        ({"A": "x\0y"}, r"env\['A'\] contains a NUL"),
+    ],
+)
+@pytest.mark.parametrize("where", [{}, {"image": "img"}, {"compose_service": "app"}])
+def test_env_must_map_strings_to_strings(
+    h100: Inventory, env: object, fragment: str, where: dict[str, str]
+) -> None:
+    """launch(env=[...]) raised dict()'s ValueError, or read ["AB"] as {"A": "B"}."""
+    with pytest.raises(LaunchError, match=fragment):
+        gpuroute.launch(
+            ["true"],
+            gpus="0",
+            inventory=h100,
+            context=CallerContext(),
+            env=env,  # type: ignore[arg-type]
+            docker_host="unix:///nonexistent/docker.sock",
+            **where,  # type: ignore[arg-type]
+        )
+
+
 def test_close_stops_what_the_process_left_behind(h100: Inventory, tmp_path: Path) -> None:
     """The leader exits at once; its background child must still be stopped."""
     pidfile = tmp_path / "bg.pid"

@@ -34,12 +34,14 @@ from gpuroute import (
     NoFreeDeviceError,
     UnhealthyDeviceError,
 )
+from gpuroute.cli import main
 from gpuroute.core.selection import HostState
 from gpuroute.leases import LeaseDir, LeaseRecord
 from gpuroute.limits import Limit, Policy, usage_of
 from gpuroute.nvml import read_state
 from gpuroute.records import Holder
 from gpuroute.testing import FakeNVML, topology
+from tests.conftest import shared_tmp_base
 
 NO_LIMITS = Policy()
 
@@ -489,17 +491,21 @@ def test_a_bad_policy_file_is_a_policy_error_naming_it(
     assert not isinstance(err.value, gpuroute.InventoryError), "not an inventory problem"
 
 
-def test_two_real_users_share_a_group_budget(a100: Inventory) -> None:
+def test_two_real_users_share_a_group_budget(
+    a100: Inventory, other_user_env: dict[str, str]
+) -> None:
     """uid 65534 (nobody) and uid 1 (daemon) acquire through real OS identities; a limit on
-    the group of the first binds it, the second is bounded by the default."""
-    tmp_path = Path(tempfile.mkdtemp(prefix="gpuroute-users-"))
+    the group of the first binds it, the second is bounded by the default. Their files lie
+    where they can reach them and they import gpuroute from a copy they can read, wherever
+    this checkout lies."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="gpuroute-users-", dir=shared_tmp_base()))
     try:
-        _two_users(tmp_path, a100)
+        _two_users(tmp_path, a100, other_user_env)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def _two_users(tmp_path: Path, a100: Inventory) -> None:
+def _two_users(tmp_path: Path, a100: Inventory, env: dict[str, str]) -> None:
     snapshot = tmp_path / "a100.json"
     a100.save(snapshot)
     leases = tmp_path / "leases"
@@ -546,6 +552,7 @@ def _two_users(tmp_path: Path, a100: Inventory) -> None:
             text=True,
             check=False,
             cwd="/",
+            env=env,
         )
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
@@ -622,6 +629,65 @@ def test_a_record_with_wrong_types_is_set_aside(
     (tmp_path / name).write_text(json.dumps(data))
     lease = take("0", inventory, tmp_path)
     assert any("set aside" in n for n in lease.notes)
+
+
+def _hostile(record: str, key: str, value: str) -> str:
+    """The record with one value replaced by raw JSON text (json.dumps cannot write NaN
+    into a holder's id, nor 10**30 as a pid in a way every reader parses alike)."""
+    data = json.loads(record)
+    target = data["holder"] if key in ("id", "started") else data
+    target[key] = "@@"
+    return json.dumps(data).replace('"@@"', value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("id", '"1000000000000000000000000000000"'),
+        ("id", '"\u00b2"'),
+        ("id", '"-1"'),
+        ("id", '"0"'),
+        ("started", "1000000000000000000000000000000"),
+        ("started", "-5"),
+        ("created", "1e300"),
+        ("created", "-1e300"),
+        ("created", "NaN"),
+        ("created", "Infinity"),
+        ("created", "-Infinity"),
+        ("ttl_s", "NaN"),
+        ("ttl_s", "Infinity"),
+        ("ttl_s", "1e300"),
+        ("ttl_s", "-1"),
+        ("uid", "1000000000000000000000000000000"),
+        ("uid", "-1"),
+    ],
+)
+def test_out_of_range_and_non_finite_records_are_set_aside(
+    tmp_path: Path, key: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A planted record with pid 10**30 or created NaN crashed acquire and `gpuroute leases`
+    (OverflowError, ValueError); it is malformed and set aside like any unreadable record."""
+    inventory = four_gpus()
+    taken = take("0", inventory, tmp_path)
+    held = tmp_path / LeaseDir.file_name(inventory.gpus[0].uuid, taken.id)
+    record = taken.record.to_json()
+    held.write_text(_hostile(record, key, value))
+    with pytest.raises(ValueError, match=r"lease record|lease holder"):
+        LeaseRecord.from_json(held.read_text())
+    snapshot = tmp_path / "four.json"
+    inventory.save(snapshot)
+    assert main(["leases", "--lease-dir", str(tmp_path), "--inventory", str(snapshot)]) == 0
+    out = capsys.readouterr().out  # a listing moves nothing: it says what it ignored
+    assert f"ignored the lease file {held.name}" in out
+    held.write_text(_hostile(record, key, value))
+    lease = take("0", inventory, tmp_path)
+    assert any("set aside" in n for n in lease.notes)
+    assert [d.uuid for d in lease.devices] == [inventory.gpus[0].uuid]
+
+
+def test_a_record_nested_too_deeply_is_malformed() -> None:
+    with pytest.raises(ValueError, match="lease record"):
+        LeaseRecord.from_json("[" * 100_000 + "]" * 100_000)
 
 
 def test_a_failed_write_leaves_no_partial_lease(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+import gpuroute
 from gpuroute import SpecError
 from gpuroute.core.spec import Kind, normalize_pci_bus_id, parse_spec
+from gpuroute.testing import topology
 
 
 class TestForms:
@@ -104,3 +106,50 @@ class TestMalformed:
     def test_bad_values(self, spec: Any) -> None:
         with pytest.raises(SpecError):
             parse_spec(spec)
+
+    @pytest.mark.parametrize(
+        "spec",
+        [b"1,2", bytearray(b"1,2"), memoryview(b"1,2"), b"", range(2), b"01"],
+    )
+    def test_bytes_and_other_sequences_are_refused_never_guessed(self, spec: Any) -> None:
+        """b"1,2" is a sequence of the ints 49, 44, 50: it must not name GPUs 49, 44 and 50."""
+        with pytest.raises(SpecError, match=type(spec).__name__) as err:
+            parse_spec(spec)
+        assert "list" in str(err.value)
+        if isinstance(spec, bytes | bytearray | memoryview):
+            assert "decode" in str(err.value)
+
+    def test_plan_refuses_bytes(self) -> None:
+        with pytest.raises(SpecError, match=r"bytes.*decode"):
+            gpuroute.plan(b"1,2", topology("h100-sxm-8"))
+
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            "1" * 5000,
+            "any:" + "2" * 5000,
+            "0:" + "1" * 5000,
+            "1" * 5000 + ":0",
+            "MIG-GPU-8932f937-aaaa-bbbb-cccc-0123456789ab/" + "1" * 5000 + "/0",
+            10**5000,
+            [10**5000],
+            ["1" * 5000],
+            "1234567890",
+        ],
+        ids=[
+            "index",
+            "any",
+            "mig-gpu",
+            "mig-index",
+            "legacy",
+            "int",
+            "int-in-list",
+            "str-in-list",
+            "ten-digits",
+        ],
+    )
+    def test_numbers_too_long_for_any_gpu_are_a_spec_error(self, spec: Any) -> None:
+        """int() of more than 4,300 digits raised a bare ValueError; str() of such an int too."""
+        with pytest.raises(SpecError, match=r"digits|is not a GPU id") as err:
+            parse_spec(spec)
+        assert len(str(err.value)) < 400

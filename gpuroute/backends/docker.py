@@ -21,6 +21,7 @@ from gpuroute.backends.base import Backend, Bind, Connection, Launch, Work
 from gpuroute.backends.env import is_gpu_device_node, merge_env
 from gpuroute.core.plan import DRIVER_CAPABILITIES, RoutingPlan
 from gpuroute.errors import (
+    CommandNotFoundError,
     EngineError,
     EnginePermissionError,
     EngineUnavailableError,
@@ -159,6 +160,21 @@ def translate(exc: BaseException, *, where: str, image: str | None = None) -> En
             f"the NVIDIA toolkit refused the driver capabilities {m[1]!r}; use some of "
             f"{', '.join(sorted(DRIVER_CAPABILITIES - {'all'}))}"
         )
+    if m := _COMMAND_NOT_FOUND.search(text):
+        command, why = m[1], m[2].strip()
+        in_image = f"in image {image!r}" if image is not None else "in the image"
+        what = "is not executable" if why == "permission denied" else "is not found"
+        return CommandNotFoundError(
+            f"the command {command!r} {what} {in_image} (the engine said: {why}): install it "
+            "in the image, give its full path, or check the image's PATH and entrypoint."
+        )
+    if m := _HOOK_FAILED.search(_short(exc)):
+        return EngineError(
+            f"the NVIDIA Container Toolkit's hook failed on the engine at {where} ({m[1]}): "
+            f"{_last_line(m[2])}. Check the toolkit's installation and configuration on the "
+            "engine's host (nvidia-ctk, /etc/nvidia-container-runtime/config.toml); the "
+            "hook's whole output is in this error's cause."
+        )
     if isinstance(exc, docker.errors.ImageNotFound) or (
         image is not None and re.search(r"No such image|pull access denied|manifest unknown", text)
     ):
@@ -172,6 +188,29 @@ def translate(exc: BaseException, *, where: str, image: str | None = None) -> En
             "DOCKER_HOST selects another engine."
         )
     return EngineError(f"the Docker engine at {where} failed: {_short(exc)}")
+
+
+# runc's words when the container's command cannot be started ("exec: \"x\": executable file
+# not found in $PATH"; for a path: "stat /x: no such file or directory"); the docker CLI
+# exits 127 on it.
+_COMMAND_NOT_FOUND = re.compile(
+    r'exec: "([^"]*)": (executable file not found in \$PATH|stat [^:]*: no such file or '
+    r"directory|no such file or directory|permission denied)"
+)
+# An OCI hook (the toolkit's prestart hook) that exited with an error, and what it printed.
+_HOOK_FAILED = re.compile(
+    r"error running (?:\w+ )?hook(?: #\d+)?: (?:error running hook: )?(exit status \d+|[^,]+),"
+    r" stdout: .*?, stderr: (.*)",
+    re.S,
+)
+
+
+def _last_line(output: str) -> str:
+    """A failure's last word: the last line of what it printed (a Python traceback's is the
+    exception), without runc's closing ": unknown"."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "(it printed nothing)"
+    return last.removesuffix(": unknown").rstrip(".")
 
 
 def _short(exc: BaseException) -> str:
@@ -579,7 +618,9 @@ class ContainerLaunch(Launch):
 
     def _twin_output(self) -> str:
         """``nvidia-smi -L`` in a container created exactly like this one."""
-        kwargs = {k: v for k, v in self.create_kwargs.items() if k not in ("name", "command")}
+        # Never auto-removed: its output is read after it ends.
+        skip = ("name", "command", "auto_remove")
+        kwargs = {k: v for k, v in self.create_kwargs.items() if k not in skip}
         engine = self.engine
         twin = engine.call(
             lambda: engine.client.containers.create(

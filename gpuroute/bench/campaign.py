@@ -34,7 +34,9 @@ import fcntl
 import hashlib
 import itertools
 import json
+import math
 import os
+import stat
 import threading
 import time
 import uuid
@@ -76,12 +78,23 @@ CAMPAIGN_LABEL = "gpuroute.campaign.dir"
 containers a killed one left behind."""
 
 
+MAX_FILE_BYTES = 1 << 20
+"""A campaign file is read only up to this size (1 MiB); a larger one is refused."""
+MAX_DEPTH = 32
+"""How deeply a campaign file may nest mappings and lists."""
+MAX_REPEATS = 1000
+MAX_EXPERIMENTS = 100_000
+"""The most experiments (grid points times repeats) one campaign file may name."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a string is never taken for a number ("16" is refused, not read as 16), and
+    # only finite numbers are accepted.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Retry(_Strict):
-    attempts: int = Field(default=1, ge=1)
+    attempts: int = Field(default=1, ge=1, le=MAX_REPEATS)
     backoff_s: float = Field(default=5.0, ge=0)
 
 
@@ -105,7 +118,7 @@ class Campaign(_Strict):
     images: dict[str, str] = Field(default_factory=dict)
     network: str | None = None
     """The containers' network mode (``docker run --network``)."""
-    repeats: int = Field(default=1, ge=1)
+    repeats: int = Field(default=1, ge=1, le=MAX_REPEATS)
     max_parallel: int = Field(default=1, ge=1)
     retry: Retry = Field(default_factory=Retry)
     timeout_s: float | None = Field(default=None, gt=0)
@@ -141,17 +154,82 @@ def _as_list(key: str, value: Any) -> list[Any]:
     return values
 
 
-def load_campaign(path: str | os.PathLike[str]) -> Campaign:
-    """Read and check a campaign file; every problem names the key and says what works."""
-    import yaml
-
-    source = Path(path)
+def _read_text(source: Path) -> str:
+    """The file's text, read without blocking (a FIFO is refused, not waited on) and only up
+    to ``MAX_FILE_BYTES``."""
     try:
-        data = yaml.safe_load(source.read_text())
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise BenchConfigError(f"cannot read the campaign file {source}: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BenchConfigError(
+                f"the campaign file {source} is not a regular file; name a YAML file"
+            )
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise BenchConfigError(
+                    f"the campaign file {source} is larger than {MAX_FILE_BYTES >> 20} MiB; "
+                    "a campaign file names a grid, not data"
+                )
+    except OSError as exc:
+        raise BenchConfigError(f"cannot read the campaign file {source}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchConfigError(
+            f"the campaign file {source} is not UTF-8 (byte {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def _parse_yaml(text: str, source: Path) -> object:
+    """YAML without aliases (a billion-laughs file expands ``*a`` into gigabytes) and
+    nested at most ``MAX_DEPTH`` deep."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+            line = f"line {event.start_mark.line + 1}" if event.start_mark else "a line"
+            if isinstance(event, yaml.AliasEvent):
+                raise BenchConfigError(
+                    f"the campaign file {source} uses the YAML alias *{event.anchor} ({line}); "
+                    "campaign files allow no aliases: write the values out"
+                )
+            if self._depth >= MAX_DEPTH:
+                raise BenchConfigError(
+                    f"the campaign file {source} is nested more than {MAX_DEPTH} levels deep "
+                    f"({line})"
+                )
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    loader = Loader(text)
+    try:
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise BenchConfigError(f"the campaign file {source} is not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+
+
+def load_campaign(path: str | os.PathLike[str]) -> Campaign:
+    """Read and check a campaign file; every problem names the key and says what works.
+    Everything is checked here, before any experiment runs: the values' types (strictly:
+    ``"16"`` is no number), each grid point against its runner, and the sizes (the file,
+    its nesting, repeats and the number of experiments)."""
+    source = Path(path)
+    data = _parse_yaml(_read_text(source), source)
     if not isinstance(data, dict):
         raise BenchConfigError(f"the campaign file {source} must be a mapping (name:, grid:, …)")
     try:
@@ -166,12 +244,15 @@ def load_campaign(path: str | os.PathLike[str]) -> Campaign:
             f"the campaign file {source}: execution 'inprocess' runs one experiment at a time "
             "(the process has one set of GPUs); set max_parallel: 1, or use 'subprocess'"
         )
-    expand(campaign)  # checks the grid
+    try:
+        _check_points(campaign)
+    except BenchConfigError as exc:
+        raise BenchConfigError(f"the campaign file {source}: {exc.message}") from exc.__cause__
     return campaign
 
 
-def expand(campaign: Campaign) -> list[Experiment]:
-    """The experiments of a campaign, in grid order, repeats last."""
+def _axes(campaign: Campaign) -> dict[str, list[Any]]:
+    """The grid's axes, each a list of values, after the checks every expansion needs."""
     grid = dict(campaign.grid)
     for key in ("runner", "model", "gpus"):
         if key not in grid and key not in campaign.fixed:
@@ -182,12 +263,28 @@ def expand(campaign: Campaign) -> list[Experiment]:
         raise BenchConfigError(
             f"{', '.join(sorted(fixed_overlap))} is both in grid and in fixed; keep it in one"
         )
-    experiments = []
+    points = math.prod(len(values) for values in axes.values())
+    if points * campaign.repeats > MAX_EXPERIMENTS:
+        raise BenchConfigError(
+            f"the grid ({points} points) times repeats ({campaign.repeats}) makes "
+            f"{points * campaign.repeats} experiments; a campaign may have at most "
+            f"{MAX_EXPERIMENTS}: split it, or narrow the grid"
+        )
+    return axes
+
+
+def _points(campaign: Campaign) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Each point of the grid: its runner, its GPU spec and its parameters."""
+    axes = _axes(campaign)
     keys = list(axes)
     for values in itertools.product(*(axes[k] for k in keys)):
         point = {**campaign.fixed, **dict(zip(keys, values, strict=True))}
         runner = str(point.pop("runner"))
-        gpus = str(point.pop("gpus"))
+        gpus = point.pop("gpus")
+        if isinstance(gpus, bool) or not isinstance(gpus, int | str):
+            raise BenchConfigError(
+                f"gpus: {gpus!r} is not a GPU spec; write a string ('0,1', 'any:2') or an index"
+            )
         known = load_runner(runner).parameters
         unknown = sorted(set(point) - known)
         if unknown:
@@ -195,6 +292,39 @@ def expand(campaign: Campaign) -> list[Experiment]:
                 f"{', '.join(unknown)} is not a parameter of the {runner} runner; it takes: "
                 f"{', '.join(sorted(known))}"
             )
+        yield runner, str(gpus), point
+
+
+def _check_points(campaign: Campaign) -> None:
+    """Each grid point's GPU spec parses and its parameters have the types its runner's job
+    takes and pass the job's own checks, so that no experiment fails for its configuration
+    halfway through a campaign."""
+    from pydantic import validate_call
+
+    from gpuroute.core.spec import parse_spec
+
+    strict = ConfigDict(strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+    checked: dict[str, Callable[..., Any]] = {}
+    for runner, gpus, params in _points(campaign):
+        name = f"{runner} gpus={gpus} " + " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+        if runner not in checked:
+            checked[runner] = validate_call(config=strict)(load_runner(runner).job)
+        try:
+            parse_spec(gpus)
+            checked[runner](execution=campaign.execution, **params)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise BenchConfigError(f"the configuration `{name.strip()}`: {problems}") from None
+        except GpurouteError as exc:
+            raise BenchConfigError(f"the configuration `{name.strip()}`: {exc.message}") from exc
+
+
+def expand(campaign: Campaign) -> list[Experiment]:
+    """The experiments of a campaign, in grid order, repeats last."""
+    experiments = []
+    for runner, gpus, point in _points(campaign):
         for repeat in range(campaign.repeats):
             identity = json.dumps(
                 {"runner": runner, "gpus": gpus, "params": point, "repeat": repeat},

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -305,10 +304,12 @@ class Result(_Model):
         return data
 
     def write(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically (a temporary file renamed over ``path``)."""
+        """Write atomically (a temporary file renamed over ``path``), with the mode the
+        umask gives a new file (0644 under the usual 022), as any other tool would."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        tmp = str(target.parent / f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(self.to_json())

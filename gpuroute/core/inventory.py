@@ -9,6 +9,8 @@ bus ids are unique, MIG devices appear only on GPUs in MIG mode.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,11 @@ from gpuroute.core.spec import normalize_pci_bus_id
 from gpuroute.errors import InventoryError, SnapshotError
 
 __all__ = ["GPU", "Device", "Inventory", "MIGDevice"]
+
+MAX_SNAPSHOT_BYTES = 8 << 20
+"""A snapshot file is read up to this size (8 MiB: a host of 64 GPUs needs under 100 KiB)."""
+MAX_SNAPSHOT_DEPTH = 16
+"""How deeply a snapshot may nest objects and lists (a valid one nests 5 levels)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,19 +214,80 @@ class Inventory:
 
     @classmethod
     def load(cls, path: str | Path) -> Inventory:
-        """Read a snapshot written by ``save`` (or by hand, following docs/snapshots.md)."""
+        """Read a snapshot written by ``save`` (or by hand, following docs/snapshots.md).
+
+        Only a regular file is read (a FIFO or a device is refused, never waited on), up to
+        ``MAX_SNAPSHOT_BYTES``; it must be UTF-8 JSON nested at most ``MAX_SNAPSHOT_DEPTH``
+        levels deep."""
         source = Path(path)
+        raw = _read_regular_file(source)
         try:
-            text = source.read_text(encoding="utf-8")
-        except OSError as exc:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise SnapshotError(
-                f"cannot read inventory snapshot {source}: {exc.strerror}; "
-                "write one with `gpuroute inventory save FILE` on the GPU host"
-            ) from exc
+                f"{source} is not UTF-8 (byte {exc.start}); snapshots are UTF-8 JSON"
+            ) from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SnapshotError(
                 f"{source} is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
             ) from exc
+        except RecursionError:
+            data = None
+            deep = True
+        except ValueError as exc:  # a number of more digits than Python converts
+            raise SnapshotError(f"{source} is not JSON: {exc}") from None
+        else:
+            deep = _deeper_than(data, MAX_SNAPSHOT_DEPTH)
+        if deep:
+            raise SnapshotError(
+                f"{source} is nested too deeply to be a snapshot (a snapshot nests "
+                f"{MAX_SNAPSHOT_DEPTH} levels at most)"
+            )
         return cls.from_dict(data, source=str(source))
+
+
+def _read_regular_file(source: Path) -> bytes:
+    """The bytes of a regular file, opened without blocking, at most ``MAX_SNAPSHOT_BYTES``."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SnapshotError(
+            f"cannot read inventory snapshot {source}: {exc.strerror}; "
+            "write one with `gpuroute inventory save FILE` on the GPU host"
+        ) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SnapshotError(
+                f"{source} is not a regular file; name a snapshot written by "
+                "`gpuroute inventory save FILE`"
+            )
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_SNAPSHOT_BYTES:
+                raise SnapshotError(
+                    f"{source} is larger than {MAX_SNAPSHOT_BYTES >> 20} MiB: not a snapshot"
+                )
+        return b"".join(chunks)
+    except OSError as exc:
+        raise SnapshotError(f"cannot read inventory snapshot {source}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def _deeper_than(data: object, limit: int) -> bool:
+    """Whether lists and dicts nest more than ``limit`` levels (without recursion)."""
+    level: list[object] = [data]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return False
+    return any(isinstance(node, dict | list) for node in level)

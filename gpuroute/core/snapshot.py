@@ -5,9 +5,10 @@ so that ``import gpuroute`` does not pay for pydantic's model machinery.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gpuroute.core.inventory import GPU, Inventory, MIGDevice
 from gpuroute.errors import InventoryError, SnapshotError
@@ -17,29 +18,63 @@ __all__ = ["SCHEMA", "decode", "encode"]
 SCHEMA = "gpuroute.inventory/1"
 
 
+# The forms NVML writes and the NVIDIA Container Toolkit reads, exactly: a snapshot's
+# identifiers reach NVIDIA_VISIBLE_DEVICES, where a comma ("GPU-0,all") would name more GPUs.
+_UUID_BODY = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_GPU_UUID = re.compile(rf"GPU-{_UUID_BODY}")
+_MIG_UUID = re.compile(rf"MIG-{_UUID_BODY}|MIG-GPU-{_UUID_BODY}/[0-9]+/[0-9]+")
+_PCI_BUS_ID = re.compile(r"(?:[0-9A-Fa-f]{4}|[0-9A-Fa-f]{8}):[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
+
+
+def _exact(value: str, form: re.Pattern[str], what: str, example: str) -> str:
+    if form.fullmatch(value) is None:
+        raise ValueError(f"{value!r} is not {what} in the form NVML writes ({example})")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class _MIGDoc(_Strict):
     index: int = Field(ge=0)
-    uuid: str = Field(pattern=r"^MIG-")
+    uuid: str
     gpu_instance_id: int = Field(ge=0)
     compute_instance_id: int = Field(ge=0)
     profile: str = Field(min_length=1)
     memory_total_mib: int = Field(ge=0)
     compute_slices: int = Field(ge=1)
 
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return _exact(
+            value,
+            _MIG_UUID,
+            "a MIG UUID",
+            "MIG-<8-4-4-4-12 lower-case hex digits>, or MIG-GPU-<GPU UUID>/<gi>/<ci>",
+        )
+
 
 class _GPUDoc(_Strict):
     index: int = Field(ge=0)
-    uuid: str = Field(pattern=r"^GPU-")
+    uuid: str
     pci_bus_id: str
     name: str
     memory_total_mib: int = Field(ge=0)
     mig_mode: bool
     mig_compute_slices_total: int | None = Field(ge=1)
     mig_devices: list[_MIGDoc]
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return _exact(value, _GPU_UUID, "a GPU UUID", "GPU-<8-4-4-4-12 lower-case hex digits>")
+
+    @field_validator("pci_bus_id")
+    @classmethod
+    def _pci_bus_id(cls, value: str) -> str:
+        return _exact(value, _PCI_BUS_ID, "a PCI bus id", "00000000:18:00.0 or 0000:18:00.0")
 
 
 class _InventoryDoc(_Strict):

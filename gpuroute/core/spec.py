@@ -87,7 +87,8 @@ _ANY = re.compile(r"ANY:([0-9]+)")
 
 
 SpecInput = str | int | Sequence[int | str] | ParsedSpec | None
-"""What ``plan()`` accepts as a spec (a ``ParsedSpec`` is taken as it is: parsed once)."""
+"""What ``plan()`` accepts as a spec (a ``ParsedSpec`` is taken as it is: parsed once). Of
+sequences, only lists and tuples: bytes and other sequences are refused."""
 
 
 def normalize_pci_bus_id(text: str) -> str | None:
@@ -100,6 +101,28 @@ def normalize_pci_bus_id(text: str) -> str | None:
     return f"{int(domain or '0', 16):08X}:{int(bus, 16):02X}:{int(device, 16):02X}.{function}"
 
 
+MAX_DIGITS = 9
+"""The most digits a number in a spec may have: no index, count or MIG id comes near, and
+``int()`` of more than 4,300 digits is refused by Python itself."""
+
+
+def _brief(text: str) -> str:
+    """``text`` quoted, or its start and length where it is too long to show."""
+    return repr(text) if len(text) <= 60 else f"{text[:40]!r}… ({len(text)} characters)"
+
+
+def _number(digits: str, text: str, spec: str) -> int:
+    if len(digits) > MAX_DIGITS:
+        raise SpecError(
+            f"{_brief(text)} in spec {_brief(spec)} is not a GPU id: a number of "
+            f"{len(digits)} digits is more than any GPU index, count or MIG id has "
+            f"(at most {MAX_DIGITS} digits)",
+            spec=spec,
+            token=text,
+        )
+    return int(digits)
+
+
 def parse_token(text: str, spec: str) -> Token:
     """Parse one stripped entry. Raises SpecError naming it if it is no known form."""
     upper = text.upper()
@@ -108,19 +131,20 @@ def parse_token(text: str, spec: str) -> Token:
     if upper == "NONE":
         return Token(text, Kind.NONE)
     if m := _ANY.fullmatch(upper):
-        if int(m[1]) < 1:
+        count = _number(m[1], text, spec)
+        if count < 1:
             raise SpecError(
                 f"{text!r} in spec {spec!r} asks for no GPU: write 'none'", spec=spec, token=text
             )
-        return Token(text, Kind.ANY, index=int(m[1]))
+        return Token(text, Kind.ANY, index=count)
     if _DIGITS.fullmatch(text):
-        return Token(text, Kind.INDEX, index=int(text))
+        return Token(text, Kind.INDEX, index=_number(text, text, spec))
     if m := _MIG_INDEX.fullmatch(text):
-        return Token(text, Kind.MIG_INDEX, index=int(m[1]), mig_index=int(m[2]))
+        index, mig_index = (_number(d, text, spec) for d in (m[1], m[2]))
+        return Token(text, Kind.MIG_INDEX, index=index, mig_index=mig_index)
     if m := _MIG_LEGACY.fullmatch(upper):
-        return Token(
-            text, Kind.MIG_LEGACY, uuid=m[1], gpu_instance=int(m[2]), compute_instance=int(m[3])
-        )
+        gi, ci = (_number(d, text, spec) for d in (m[2], m[3]))
+        return Token(text, Kind.MIG_LEGACY, uuid=m[1], gpu_instance=gi, compute_instance=ci)
     if _MIG_UUID.fullmatch(upper):
         return Token(text, Kind.MIG_UUID, uuid=upper)
     if _GPU_UUID.fullmatch(upper):
@@ -151,7 +175,8 @@ def parse_spec(spec: SpecInput) -> ParsedSpec:
     if isinstance(spec, bool):
         raise SpecError(f"a GPU spec cannot be {spec!r}: pass an index, a string or a list")
     if isinstance(spec, int):
-        return _finish(str(spec), [_int_token(spec, str(spec))])
+        text = _int_text(spec)
+        return _finish(text, [_int_token(spec, text)])
     if isinstance(spec, str):
         text = spec.strip()
         if not text:
@@ -167,8 +192,16 @@ def parse_spec(spec: SpecInput) -> ParsedSpec:
                 )
             tokens.append(parse_token(entry, spec))
         return _finish(spec, tokens)
-    if isinstance(spec, Sequence):
-        shown = repr(list(spec))
+    if isinstance(spec, bytes | bytearray | memoryview):
+        kind = type(spec).__name__
+        raise SpecError(
+            f"a GPU spec cannot be {kind}: its items are byte values, not GPU ids "
+            f"(b'1,2' would name GPUs 49, 44 and 50); decode it to a string first "
+            f"(spec.decode()), or pass a list of ints and strings",
+            spec=f"<{kind} of length {len(spec)}>",
+        )
+    if isinstance(spec, list | tuple):
+        shown = "[" + ", ".join(_int_text(i) if _is_int(i) else repr(i) for i in spec) + "]"
         tokens = []
         for item in spec:
             if isinstance(item, bool) or not isinstance(item, int | str):
@@ -192,12 +225,32 @@ def parse_spec(spec: SpecInput) -> ParsedSpec:
             return ParsedSpec("none", (Token("", Kind.NONE),))
         return _finish(shown, tokens)
     raise SpecError(
-        f"a GPU spec must be a string, an int or a list of them, not {type(spec).__name__}",
-        spec=repr(spec),
+        f"a GPU spec must be a string, an int, or a list or tuple of ints and strings, "
+        f"not {type(spec).__name__}; convert it (list(...)) if it holds GPU ids",
+        spec=f"<{type(spec).__name__}>",
     )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_text(value: int) -> str:
+    """The int as text, or a short description where it has too many digits to be a GPU id
+    (Python will not even write one of more than 4,300 digits)."""
+    if value.bit_length() > 64:
+        return f"<an int of {value.bit_length()} bits>"
+    return str(value)
+
+
 def _int_token(value: int, spec: str) -> Token:
+    if abs(value) >= 10**MAX_DIGITS:
+        raise SpecError(
+            f"{_int_text(value)} in spec {_brief(spec)} is not a GPU id: it has more digits than "
+            f"any GPU index (at most {MAX_DIGITS})",
+            spec=spec,
+            token=_int_text(value),
+        )
     if value < 0:
         raise SpecError(
             f"{value} in spec {spec!r} is not a GPU id: indices start at 0",

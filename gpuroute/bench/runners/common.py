@@ -18,11 +18,13 @@ every runner:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -349,7 +351,11 @@ def _run(
     own_workdir = options.workdir is None
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="gpuroute-bench-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(workdir, 0o777)  # the container's user may not be root  # noqa: S103
+    mode = stat.S_IMODE(workdir.stat().st_mode)  # as the umask made it, or as it was
+    if options.execution == "container":
+        # The container's user may not be root: it may write here while the run lasts. The
+        # directory gets its own mode back when the run ends; it is never left world-writable.
+        os.chmod(workdir, 0o777)  # noqa: S103
     owned: set[int] = {os.getpid()}
 
     def own_pids() -> Iterable[int]:
@@ -395,6 +401,9 @@ def _run(
         reading = monitor.stop()
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+        elif options.execution == "container":
+            with contextlib.suppress(OSError):
+                os.chmod(workdir, mode)
     return _result(
         job,
         options,
