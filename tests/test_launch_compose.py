@@ -33,7 +33,14 @@ from gpuroute.backends.compose import COMPOSE_V1
 from gpuroute.testing import TOPOLOGIES
 from gpuroute.testing.compose import V1, V2_PLUGIN, VARIANTS, ComposeVariant
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
-from tests.test_launch_container import PROBE, expect, observe, plans
+from tests.test_launch_container import (
+    PROBE,
+    SHORT_JOBS,
+    expect,
+    mis_pinned_short_jobs,
+    observe,
+    plans,
+)
 
 pytestmark = pytest.mark.engine
 every_compose = pytest.mark.compose_variants(*VARIANTS)
@@ -391,6 +398,27 @@ class TestComposeBasics:
             verify=True,
         ) as handle:
             assert handle.wait(timeout=60) == 0
+
+    def test_short_jobs_are_never_called_mis_pinned(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
+        errors = mis_pinned_short_jobs(
+            lambda: gpuroute.launch(
+                ["sleep", "0.05"],
+                gpus="2",
+                compose_service="app",
+                cwd=tmp_path,
+                inventory=h100,
+                compose=compose_variant.command,
+                verify=True,
+            )
+        )
+        assert errors == [], f"{len(errors)} of {SHORT_JOBS}: {errors[0]}"
 
     def test_verify_catches_a_mis_pin(
         self,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker
@@ -239,6 +241,44 @@ class TestVerify:
         assert h100.gpus[1].uuid in str(err.value)
         assert "NVIDIA-SMI has failed" in str(err.value)
         # the engine fixture asserts that no container was left behind
+
+
+SHORT_JOBS = 50
+"""Short jobs verified per path: each must pass (the check used to race the job's end)."""
+
+
+def mis_pinned_short_jobs(
+    launch: Callable[[], gpuroute.Launch], runs: int = SHORT_JOBS
+) -> list[str]:
+    """Launch ``runs`` correctly pinned 50 ms jobs with ``verify=True``, eight at a time (a
+    busy engine makes the race likelier, and the test shorter); the VerificationErrors, and
+    the output of any job that did not exit 0."""
+
+    def one(_: int) -> str | None:
+        try:
+            with launch() as handle:
+                code = handle.wait(timeout=120)
+                return None if code == 0 else f"exit status {code}: {handle.logs()}"
+        except VerificationError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return [e for e in pool.map(one, range(runs)) if e is not None]
+
+
+class TestShortJobsAreNeverCalledMisPinned:
+    def test_a_container(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
+        errors = mis_pinned_short_jobs(
+            lambda: gpuroute.launch(
+                ["sleep", "0.05"],
+                gpus="2",
+                image=IMAGE,
+                inventory=h100,
+                verify=True,
+                docker_kwargs=NO_NET,
+            )
+        )
+        assert errors == [], f"{len(errors)} of {SHORT_JOBS}: {errors[0]}"
 
 
 class TestEngineErrors:

@@ -32,7 +32,7 @@ from gpuroute.backends.docker import (
     RetryPolicy,
     check_seen,
     container_state,
-    nvidia_smi_inside,
+    nvidia_smi_evidence,
 )
 from gpuroute.backends.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
 from gpuroute.backends.local import ProcessLaunch, process_holder
@@ -86,8 +86,19 @@ class ComposeRun:
     notes: list[str] = field(default_factory=list)
 
     def twin_argv(self, entrypoint: str, *args: str) -> list[str]:
-        """``compose run`` of the same service and configuration with another command."""
-        return [*self.base, "run", "--rm", "-T", "--entrypoint", entrypoint, self.service, *args]
+        """``compose run`` of the same service and configuration with another command, without
+        starting the services it depends on."""
+        return [
+            *self.base,
+            "run",
+            "--rm",
+            "-T",
+            "--no-deps",
+            "--entrypoint",
+            entrypoint,
+            self.service,
+            *args,
+        ]
 
     def cleanup(self) -> None:
         shutil.rmtree(self.file.parent, ignore_errors=True)
@@ -463,11 +474,11 @@ class ComposeLaunch(ProcessLaunch):
         checked instead."""
         deadline = time.monotonic() + 60
         while container := self.wait_for_container(deadline - time.monotonic(), running=True):
-            inside = nvidia_smi_inside(self.engine, container)
-            if inside is not None:
-                check_seen(self.plan, inside[1], f"compose container {self.run.container_name}")
+            seen = nvidia_smi_evidence(self.engine, container)
+            if seen is not None:
+                check_seen(self.plan, seen, f"compose container {self.run.container_name}")
                 return
-            time.sleep(0.05)  # it ended meanwhile: try again
+            time.sleep(0.05)  # it ended meanwhile: wait for compose to end, or try again
         twin = self.run.twin_argv("nvidia-smi", "-L")
         result = subprocess.run(
             twin, env=self.run.env, cwd=self.cwd, capture_output=True, text=True, check=False

@@ -52,7 +52,9 @@ __all__ = [
     "device_requests",
     "engine_address",
     "is_not_running",
+    "is_running",
     "lists_devices",
+    "nvidia_smi_evidence",
     "nvidia_smi_inside",
     "seen_by_nvidia_smi",
     "translate",
@@ -433,7 +435,50 @@ def nvidia_smi_inside(engine: Engine, container: Any) -> tuple[int, str] | None:
         if is_not_running(exc):
             return None
         raise
-    return int(code), bytes(output).decode(errors="replace")
+    return int(code) if code is not None else -1, bytes(output).decode(errors="replace")
+
+
+def is_running(engine: Engine, container: Any) -> bool:
+    """Whether a container runs now (False once it ended or was removed)."""
+    import docker.errors
+
+    try:
+        engine.call(container.reload)
+    except EngineError as exc:
+        if isinstance(exc.__cause__, docker.errors.NotFound):
+            return False
+        raise
+    return bool(container.status == "running")
+
+
+PROBE_ATTEMPTS = 3
+PROBE_PAUSE_S = 0.2
+
+
+def nvidia_smi_evidence(engine: Engine, container: Any) -> str | None:
+    """What ``nvidia-smi -L`` inside a running container says, when that is evidence of what
+    the container sees; None when the container ended before it could answer (the caller
+    then checks a twin).
+
+    A clean exit (status 0) is evidence. A failure is evidence only if the container kept
+    running through it, ``PROBE_ATTEMPTS`` times over: an exec into a container that is
+    ending fails too (killed, "cannot exec in a stopped state", no output), and the engine
+    may still call the container running for a moment after its process ended. So a short
+    job is never taken for a mis-pinned one, and a container that really sees other GPUs
+    (nvidia-smi failing, or listing others) still is."""
+    output = ""
+    for attempt in range(PROBE_ATTEMPTS):
+        if attempt:
+            time.sleep(PROBE_PAUSE_S)
+        result = nvidia_smi_inside(engine, container)
+        if result is None:
+            return None
+        code, output = result
+        if code == 0:
+            return output
+        if not is_running(engine, container):
+            return None
+    return output
 
 
 # -- the handle ---------------------------------------------------------------------------
@@ -537,17 +582,10 @@ class ContainerLaunch(Launch):
         """``nvidia-smi -L`` inside the container (or, if it has already ended, inside a twin
         created exactly like it) must list exactly the planned devices."""
         where = f"container {self.container.short_id}"
-        result = nvidia_smi_inside(self.engine, self.container)
-        text = result[1] if result is not None else ""
-        if result is None or not (result[0] == 0 or lists_devices(text)):
-            try:
-                self.engine.call(self.container.reload)
-                running = self.container.status == "running"
-            except EngineError:
-                running = False  # gone already (auto-removed)
-            if not running:  # it ended before it could be entered
-                text = self._twin_output()
-                where = f"a twin of container {self.container.short_id} (which had already exited)"
+        text = nvidia_smi_evidence(self.engine, self.container)
+        if text is None:  # it ended before it could be entered
+            text = self._twin_output()
+            where = f"a twin of container {self.container.short_id} (which had already exited)"
         check_seen(self.plan, text, where)
 
     def _twin_output(self) -> str:
