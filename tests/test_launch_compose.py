@@ -37,6 +37,7 @@ from tests.test_launch_container import (
     PROBE,
     SHORT_JOBS,
     expect,
+    gpu_node,
     mis_pinned_short_jobs,
     observe,
     plans,
@@ -266,6 +267,81 @@ class TestConflictingReservations:
             service(extra='devices: ["/dev/nvidia0:/dev/nvidia0"]\n'),
         )
         with pytest.raises(ComposeConflictError, match="/dev/nvidia0"):
+            run_service(tmp_path, "1", h100, compose_variant)
+
+
+class TestGpuDeviceNodesByWhatTheyAre:
+    """In compose files too, a GPU device node is what it is, whatever its path, and through
+    whatever setting it comes: ``devices`` (also inherited through ``extends``), bind mounts
+    (short and long syntax, a named volume that binds), device cgroup rules."""
+
+    @pytest.mark.parametrize(
+        ("extra", "fragment"),
+        [
+            ('devices: ["{node}:/dev/x"]\n', "maps GPU devices"),
+            ('devices: ["/dev/./nvidia0:/dev/nvidia0"]\n', "/dev/nvidia0"),
+            ('volumes: ["{node}:/dev/x"]\n', "bind-mounts"),
+            ('volumes: ["{dir}:/data:ro"]\n', "which holds the GPU device node"),
+            (
+                "volumes:\n  - type: bind\n    source: {node}\n    target: /dev/x\n",
+                "bind-mounts",
+            ),
+            ('device_cgroup_rules: ["c 195:* rwm"]\n', "device_cgroup_rules"),
+            ('device_cgroup_rules: ["a *:* rwm"]\n', "device_cgroup_rules"),
+        ],
+        ids=["devices", "dot-spelling", "volume", "directory", "long-syntax", "cgroup", "all"],
+    )
+    def test_refused(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+        extra: str,
+        fragment: str,
+    ) -> None:
+        node = gpu_node(tmp_path / "nodes")
+        extra = extra.format(node=node, dir=tmp_path / "nodes")
+        write(tmp_path, "docker-compose.yml", service(extra=extra))
+        with pytest.raises(ComposeConflictError, match=fragment) as err:
+            run_service(tmp_path, "1", h100, compose_variant)
+        assert "service 'app'" in str(err.value)
+        assert str(tmp_path / "docker-compose.yml") in str(err.value)
+
+    @pytest.mark.compose_variants(V1, V2_PLUGIN)
+    def test_through_extends_and_a_named_volume(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        node = gpu_node(tmp_path / "nodes")
+        write(
+            tmp_path,
+            "base.yml",
+            f"""\
+            version: "3.8"
+            services:
+              gpu-base:
+                image: {IMAGE}
+                devices: ["{node}:/dev/x"]
+            """,
+        )
+        write(
+            tmp_path,
+            "docker-compose.yml",
+            service(extra="extends:\n  file: base.yml\n  service: gpu-base\n"),
+        )
+        with pytest.raises(ComposeConflictError, match=str(node)):
+            run_service(tmp_path, "1", h100, compose_variant)
+        write(
+            tmp_path,
+            "docker-compose.yml",
+            service(extra='volumes: ["gpus:/mnt"]\n')
+            + f"volumes:\n  gpus:\n    driver_opts: {{type: none, o: bind, device: {node}}}\n",
+        )
+        with pytest.raises(ComposeConflictError, match="bind-mounts"):
             run_service(tmp_path, "1", h100, compose_variant)
 
 

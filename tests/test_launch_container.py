@@ -3,11 +3,14 @@ planned numbering, and every failure is actionable and leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -28,7 +31,8 @@ from gpuroute import (
     ToolkitMissingError,
     VerificationError,
 )
-from gpuroute.backends.docker import container_kwargs, seen_by_nvidia_smi
+from gpuroute.backends import env as backend_env
+from gpuroute.backends.docker import check_docker_kwargs, container_kwargs, seen_by_nvidia_smi
 from gpuroute.backends.docker_cli import docker_run_argv
 from gpuroute.testing import TOPOLOGIES, topology
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
@@ -414,6 +418,89 @@ class TestEnvironment:
                 image=IMAGE,
                 inventory=h100,
             )
+
+
+def gpu_node(directory: Path, name: str = "gpu", major: int = 195, minor: int = 3) -> Path:
+    """A character device with NVIDIA's major number at a path nobody would call a GPU's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+    return path
+
+
+class TestGpuDeviceNodesByWhatTheyAre:
+    """Device nodes are judged by what they are (a character device with an NVIDIA major),
+    however they are named or reached: ``devices``, bind mounts, device cgroup rules."""
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"devices": ["{node}:/dev/x:rwm"]},
+            {"devices": ["{link}:/dev/x"]},
+            {"devices": ["/dev/./nvidia0:/dev/nvidia0"]},
+            {"devices": ["//dev//nvidia1"]},
+            {"volumes": {"{node}": {"bind": "/dev/x", "mode": "rw"}}},
+            {"volumes": ["{node}:/dev/x"]},
+            {"volumes": {"{dir}": {"bind": "/data", "mode": "ro"}}},
+            {"binds": ["{dir}/deeper/..:/data"]},
+            {"mounts": [{"Type": "bind", "Source": "{node}", "Target": "/dev/x"}]},
+            {"device_cgroup_rules": ["c 195:* rwm"]},
+            {"device_cgroup_rules": ["a *:* rwm"]},
+            {"device_cgroup_rules": ["c *:* rw"]},
+        ],
+        ids=lambda kw: f"{next(iter(kw))}:{kw[next(iter(kw))]}",
+    )
+    def test_refused(self, h100: Inventory, tmp_path: Path, kwargs: dict[str, Any]) -> None:
+        node = gpu_node(tmp_path / "nodes" / "deeper")
+        (tmp_path / "link").symlink_to(node)
+        fill = {"node": str(node), "link": str(tmp_path / "link"), "dir": str(tmp_path / "nodes")}
+
+        def filled(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.format(**fill)
+            if isinstance(value, dict):
+                return {filled(k): filled(v) for k, v in value.items()}
+            return [filled(v) for v in value]
+
+        ((key, value),) = kwargs.items()
+        with pytest.raises(LaunchError, match=key) as err:
+            gpuroute.launch(
+                ["true"], gpus="0", image=IMAGE, inventory=h100, docker_kwargs={key: filled(value)}
+            )
+        assert "gpus=" in str(err.value)
+
+    def test_dynamic_majors_are_read_from_proc_devices(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        devices = tmp_path / "devices"
+        devices.write_text(
+            "Character devices:\n  1 mem\n195 nvidia\n505 nvidia-caps\n511 nvidia-uvm\n"
+            "\nBlock devices:\n510 nvidia-not-a-char-device\n"
+        )
+        monkeypatch.setattr(backend_env, "PROC_DEVICES", devices)
+        assert backend_env.gpu_majors() == {195, 505, 511}
+        uvm = gpu_node(tmp_path, "uvm", major=511, minor=0)
+        with pytest.raises(LaunchError, match="devices"):
+            check_docker_kwargs({"devices": [f"{uvm}:/dev/nvidia-uvm"]})
+        with pytest.raises(LaunchError, match="device_cgroup_rules"):
+            check_docker_kwargs({"device_cgroup_rules": ["c 505:1 r"]})
+        block = gpu_node(tmp_path, "block-like", major=510, minor=0)
+        check_docker_kwargs({"devices": [f"{block}:/dev/b"]})
+
+    def test_other_devices_mounts_and_rules_pass(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        (data / "sub").mkdir(parents=True)
+        (data / "sub" / "file").write_text("x")
+        os.mkfifo(data / "fifo")
+        (data / "sub" / "to-nvidia").symlink_to("/dev/nvidia0")  # the container's own path
+        check_docker_kwargs(
+            {
+                "devices": ["/dev/null:/dev/null", "/dev/fuse"],
+                "volumes": {str(data): {"bind": "/data", "mode": "ro"}, "named": {"bind": "/n"}},
+                "mounts": [{"Type": "volume", "Source": "cache", "Target": "/cache"}],
+                "device_cgroup_rules": ["c 10:200 rwm", "b *:* rwm", "c 195:* m"],
+            }
+        )
 
 
 def test_wait_timeout_and_stop(engine: SimulatedGPUHost, h100: Inventory) -> None:

@@ -34,7 +34,15 @@ from gpuroute.backends.docker import (
     container_state,
     nvidia_smi_evidence,
 )
-from gpuroute.backends.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
+from gpuroute.backends.env import (
+    OWNED,
+    gpu_majors,
+    gpu_node_at,
+    is_gpu_device_node,
+    merge_env,
+    opens_gpu_devices,
+    strip_gpu_vars,
+)
 from gpuroute.backends.local import ProcessLaunch, process_holder
 from gpuroute.core.plan import RoutingPlan
 from gpuroute.errors import ComposeConflictError, EngineError, LaunchError
@@ -239,12 +247,36 @@ def _shown_gpus(value: Any) -> Any:
     return "all" if shown == [{"count": "all"}] else shown
 
 
-def _rewrite_service(
-    svc: dict[str, Any], plan: RoutingPlan, files: Sequence[Path], service: str
-) -> list[str]:
-    """Replace the service's GPU settings with the plan's; return notes on what changed."""
-    notes: list[str] = []
-    origin = _origins(files, service)
+def _bind_sources(svc: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The host paths a service bind-mounts: ``volumes`` of type bind (``SRC:DST[:MODE]``
+    as Compose v1 prints them, mappings as v2 does), and named volumes that the local
+    driver binds (``driver_opts: {o: bind, device: PATH}``)."""
+    named = config.get("volumes") or {}
+    sources: list[str] = []
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, Mapping):
+            kind, source = str(volume.get("type", "")), str(volume.get("source") or "")
+        else:
+            source = str(volume).split(":", 1)[0]
+            kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+        if kind == "bind":
+            sources.append(source)
+        elif kind == "volume" and isinstance(named.get(source), Mapping):
+            opts = named[source].get("driver_opts") or {}
+            if "bind" in str(opts.get("o", "")).split(",") and opts.get("device"):
+                sources.append(str(opts["device"]))
+    return sources
+
+
+def _refuse_device_access(
+    svc: Mapping[str, Any],
+    service: str,
+    config: Mapping[str, Any],
+    origin: Callable[[Sequence[str]], str],
+) -> None:
+    """Refuse what reaches GPUs past any device request: ``privileged``, GPU device nodes in
+    ``devices`` or bind-mounted through ``volumes`` (judged by what they are, see
+    ``gpuroute.backends.env``), and ``device_cgroup_rules`` that open NVIDIA's majors."""
     if svc.get("privileged"):
         raise ComposeConflictError(
             f"service {service!r} sets `privileged: true` in "
@@ -252,13 +284,45 @@ def _rewrite_service(
             "GPU on the host whatever is requested, so gpuroute cannot pin it. Remove "
             "`privileged`, or grant the capabilities the service needs with `cap_add`."
         )
-    gpu_nodes = [d for d in svc.get("devices") or [] if is_gpu_device_node(d)]
+    majors = gpu_majors()
+    gpu_nodes = [d for d in svc.get("devices") or [] if is_gpu_device_node(d, majors)]
     if gpu_nodes:
         raise ComposeConflictError(
             f"service {service!r} maps GPU devices directly ({gpu_nodes}) in "
             f"{origin(['devices'])}: those reach the container whatever the "
             "plan says. Remove them and let gpuroute request the GPUs."
         )
+    for source in _bind_sources(svc, config):
+        node = gpu_node_at(source, majors)
+        if node is not None:
+            shown = "" if node == source else f", which holds the GPU device node {node}"
+            raise ComposeConflictError(
+                f"service {service!r} bind-mounts {source!r}{shown} (`volumes` in "
+                f"{origin(['volumes'])}): a GPU device node bound into a container can "
+                "reach a GPU past the plan. Bind a directory that holds no device nodes, and "
+                "let gpuroute request the GPUs."
+            )
+    for rule in svc.get("device_cgroup_rules") or []:
+        if opens_gpu_devices(str(rule), majors):
+            raise ComposeConflictError(
+                f"service {service!r} sets the device cgroup rule {rule!r} "
+                f"(`device_cgroup_rules` in {origin(['device_cgroup_rules'])}), which opens "
+                "NVIDIA's device nodes to the container past the plan. Remove it (or narrow "
+                "it to other majors) and let gpuroute request the GPUs."
+            )
+
+
+def _rewrite_service(
+    svc: dict[str, Any],
+    plan: RoutingPlan,
+    files: Sequence[Path],
+    service: str,
+    config: Mapping[str, Any],
+) -> list[str]:
+    """Replace the service's GPU settings with the plan's; return notes on what changed."""
+    notes: list[str] = []
+    origin = _origins(files, service)
+    _refuse_device_access(svc, service, config, origin)
     if "gpus" in svc:
         notes.append(
             f"replaced `gpus: {_shown_gpus(svc['gpus'])}` from {origin(['gpus'])} with the "
@@ -332,7 +396,7 @@ def prepare(
             f"no service {service!r} in {', '.join(map(str, paths))}; services: "
             f"{', '.join(sorted(services)) or 'none'}"
         )
-    notes = _rewrite_service(services[service], plan, paths, service)
+    notes = _rewrite_service(services[service], plan, paths, service, config)
     project = _project_name(config, paths, clean)
     name = container_name or f"gpuroute-{project}-{service}-{os.urandom(5).hex()}"
     workdir = Path(tempfile.mkdtemp(prefix="gpuroute-compose-"))

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 from gpuroute.backends.base import Backend, Bind, Connection, Launch, Work
-from gpuroute.backends.env import is_gpu_device_node, merge_env
+from gpuroute.backends.env import (
+    gpu_majors,
+    gpu_node_at,
+    is_gpu_device_node,
+    merge_env,
+    opens_gpu_devices,
+)
 from gpuroute.core.plan import DRIVER_CAPABILITIES, RoutingPlan
 from gpuroute.errors import (
     EngineError,
@@ -357,6 +363,20 @@ def container_kwargs(plan: RoutingPlan, *, cdi: bool = False) -> dict[str, Any]:
 _FORBIDDEN_DOCKER_KWARGS = ("device_requests", "environment", "command", "image", "detach")
 
 
+def _bind_sources(docker_kwargs: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(setting, host path) of every bind mount in ``containers.create`` arguments:
+    ``volumes`` and ``binds`` (a mapping of host path to ``{"bind": ...}``, or
+    ``"SRC:DST[:MODE]"`` strings) and ``mounts`` of type bind."""
+    for key in ("volumes", "binds"):
+        value = docker_kwargs.get(key) or []
+        sources = value.keys() if isinstance(value, Mapping) else value
+        for source in sources:
+            yield key, str(source).split(":", 1)[0]
+    for mount in docker_kwargs.get("mounts") or []:
+        if isinstance(mount, Mapping) and str(mount.get("Type", "volume")) == "bind":
+            yield "mounts", str(mount.get("Source") or "")
+
+
 def check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
     """Refuse the ``containers.create`` settings that would undo the routing."""
     for key in _FORBIDDEN_DOCKER_KWARGS:
@@ -370,10 +390,29 @@ def check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
             "docker_kwargs sets privileged=True: a privileged container sees "
             "every GPU whatever is requested, so gpuroute cannot pin it"
         )
+    majors = gpu_majors()
     for device in docker_kwargs.get("devices") or []:
-        if is_gpu_device_node(device):
+        if is_gpu_device_node(device, majors):
             raise LaunchError(
-                f"docker_kwargs maps the GPU device {device!r} directly; let gpuroute request GPUs"
+                f"docker_kwargs maps the GPU device {device!r} directly (`devices`): it reaches "
+                "the container whatever the plan says. Remove it and let gpuroute request GPUs "
+                "with gpus=."
+            )
+    for key, source in _bind_sources(docker_kwargs):
+        node = gpu_node_at(source, majors)
+        if node is not None:
+            shown = "" if node == source else f", which holds the GPU device node {node}"
+            raise LaunchError(
+                f"docker_kwargs bind-mounts {source!r} (`{key}`){shown}: a GPU device node "
+                "bound into a container can reach a GPU past the plan. Bind a directory that "
+                "holds no device nodes, and let gpuroute request GPUs with gpus=."
+            )
+    for rule in docker_kwargs.get("device_cgroup_rules") or []:
+        if opens_gpu_devices(rule, majors):
+            raise LaunchError(
+                f"docker_kwargs sets the device cgroup rule {rule!r} (`device_cgroup_rules`), "
+                "which opens NVIDIA's device nodes to the container, past the plan. Remove it "
+                "(or narrow it to other majors) and let gpuroute request GPUs with gpus=."
             )
 
 
