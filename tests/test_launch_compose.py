@@ -345,6 +345,178 @@ class TestGpuDeviceNodesByWhatTheyAre:
             run_service(tmp_path, "1", h100, compose_variant)
 
 
+GPU_HELPER = """\
+    runtime: nvidia
+    environment:
+      NVIDIA_VISIBLE_DEVICES: all
+"""
+
+
+def with_dependency(how: str, helper: str = "", image: str = IMAGE) -> str:
+    """Service ``app`` that pulls in service ``helper`` by ``how``; ``helper`` has the
+    settings ``helper``. (The tests name the project ``deps`` with COMPOSE_PROJECT_NAME,
+    which Compose v1 reads too.)"""
+    pulls = {
+        "depends_on": "depends_on: [helper]",
+        "network_mode": "network_mode: service:helper",
+        "volumes_from": "volumes_from: [helper]",
+        "links": "links: [helper]",
+        "transitive": "depends_on: [middle]",
+    }[how]
+    text = textwrap.dedent(
+        f"""\
+        services:
+          app:
+            image: {IMAGE}
+            {pulls}
+        """
+    )
+    if how not in ("network_mode", "links"):
+        text += "    network_mode: none\n"
+    if how == "transitive":
+        text += f"  middle:\n    image: {IMAGE}\n    network_mode: none\n"
+        text += '    command: ["sleep", "60"]\n    depends_on: [helper]\n'
+    text += f'  helper:\n    image: {image}\n    command: ["sleep", "60"]\n'
+    if how != "links":
+        text += "    network_mode: none\n"
+    text += textwrap.indent(textwrap.dedent(helper), "    ")
+    return text
+
+
+def project_containers(engine: SimulatedGPUHost) -> dict[str, tuple[str, str]]:
+    """The containers of project ``deps``: name -> (id, status)."""
+    client = engine.client()
+    try:
+        found = client.containers.list(
+            all=True, filters={"label": "com.docker.compose.project=deps"}
+        )
+        return {c.name: (c.id, c.status) for c in found}
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def deps_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "deps")
+
+
+@pytest.mark.usefixtures("deps_project")
+class TestDependencies:
+    """Every service ``compose run`` starts with the one gpuroute runs gets no GPU (or the
+    launch is refused), and is stopped and removed when the launch ends; a service that was
+    already running is left as it is."""
+
+    @pytest.mark.parametrize(
+        ("how", "helper"),
+        [
+            ("depends_on", GPU_HELPER),
+            ("network_mode", COUNT_ALL),
+            ("volumes_from", "gpus: all\n"),
+            ("links", GPU_HELPER),
+            ("transitive", COUNT_ALL),
+            ("depends_on", "privileged: true\n"),
+            ("depends_on", 'devices: ["/dev/nvidia0"]\n'),
+        ],
+        ids=[
+            "depends_on",
+            "network_mode",
+            "volumes_from",
+            "links",
+            "transitive",
+            "privileged",
+            "devices",
+        ],
+    )
+    def test_a_dependency_that_asks_for_gpus_is_refused(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+        how: str,
+        helper: str,
+    ) -> None:
+        write(tmp_path, "compose.yaml", with_dependency(how, helper))
+        with pytest.raises(ComposeConflictError) as err:
+            run_service(tmp_path, "1", h100, compose_variant)
+        message = str(err.value)
+        assert "service 'helper', which `compose run app` starts with it" in message
+        assert str(tmp_path / "compose.yaml") in message
+        assert project_containers(engine) == {}
+
+    @every_compose
+    def test_dependencies_get_no_gpu_and_end_with_the_launch(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        # helper: an image that bakes NVIDIA_VISIBLE_DEVICES=all, pulled in three ways
+        body = with_dependency("network_mode", image=IMAGE_CUDA_ALL).replace(
+            "network_mode: service:helper",
+            "network_mode: service:helper\n    depends_on: [helper]\n    volumes_from: [helper]",
+        )
+        write(tmp_path, "compose.yaml", body)
+        with gpuroute.launch(
+            PROBE,
+            gpus="1",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            context=CallerContext(),
+            compose=compose_variant.command,
+        ) as handle:
+            assert handle.wait(timeout=120) == 0, handle.logs()
+            assert observe(handle.logs()) == ([h100.gpus[1].uuid], [h100.gpus[1].uuid])
+            (helper,) = [name for name in project_containers(engine) if "helper" in name]
+            client = engine.client()
+            try:
+                env = client.containers.get(helper).attrs["Config"]["Env"]
+            finally:
+                client.close()
+            assert "NVIDIA_VISIBLE_DEVICES=void" in env
+            assert any("'helper'" in n and "no GPU" in n for n in handle.notes)
+        assert project_containers(engine) == {}
+
+    def test_a_dependency_already_running_is_left_as_it_is(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        import subprocess
+
+        write(tmp_path, "compose.yaml", with_dependency("depends_on"))
+        up = subprocess.run(
+            [*compose_variant.command, "up", "-d", "helper"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert up.returncode == 0, up.stderr
+        (ours,) = project_containers(engine).values()
+        with gpuroute.launch(
+            ["true"],
+            gpus="1",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            compose=compose_variant.command,
+        ) as handle:
+            assert handle.wait(timeout=120) == 0, handle.logs()
+            assert any("already running: left as it is" in n for n in handle.notes)
+        assert list(project_containers(engine).values()) == [(ours[0], "running")]
+        subprocess.run(
+            [*compose_variant.command, "down", "-t", "0"],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+
+
 class TestProjectName:
     """Compose v2 takes the project's name from a top-level ``name:`` (and prints it in
     ``compose config``); Compose v1 rejects the key."""
