@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gpuroute.backends import Backend, Connection, Launch, Work, backend_class, unbound
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
-from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
+from gpuroute.core.plan import LocalIds, RoutingPlan
 from gpuroute.core.resolution import Target, resolve
 from gpuroute.core.selection import HostState, Need
 from gpuroute.core.spec import ParsedSpec, SpecInput, parse_spec
@@ -46,6 +46,7 @@ __all__ = [
     "LeaseTerms",
     "PlanOptions",
     "Routed",
+    "caps_option",
     "default_host",
     "default_inventory",
     "host_for",
@@ -101,13 +102,23 @@ def detect_context(environ: Mapping[str, str] | None = None, *, root: str = "/")
 # -- what a request says ------------------------------------------------------------------
 
 
+def caps_option(driver_capabilities: Iterable[str] | None) -> tuple[str, ...] | None:
+    """The caller's driver capabilities as a tuple, or None for "not chosen"."""
+    if driver_capabilities is None:
+        return None
+    if isinstance(driver_capabilities, str):
+        return tuple(driver_capabilities.split(","))
+    return tuple(driver_capabilities)
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     """How a spec is resolved, beyond the spec itself (see ``gpuroute.plan``)."""
 
     target: Target | None = None
     allow_multiple_mig: bool = False
-    driver_capabilities: tuple[str, ...] = DEFAULT_DRIVER_CAPABILITIES
+    driver_capabilities: tuple[str, ...] | None = None
+    """None: the default, and what the work declares is kept (``RoutingPlan``)."""
     local_ids: LocalIds = "uuid"
 
 
@@ -430,11 +441,13 @@ class Host:
         context: CallerContext | None = None,
         target: Target | None = None,
         allow_multiple_mig: bool = False,
-        driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+        driver_capabilities: Iterable[str] | None = None,
         local_ids: LocalIds = "uuid",
     ) -> RoutingPlan:
         """Resolve a spec into a RoutingPlan, as ``gpuroute.plan`` does, on this host."""
-        options = PlanOptions(target, allow_multiple_mig, tuple(driver_capabilities), local_ids)
+        options = PlanOptions(
+            target, allow_multiple_mig, caps_option(driver_capabilities), local_ids
+        )
         return self.route(spec, options=options, context=context).plan
 
     def acquire(
@@ -449,14 +462,16 @@ class Host:
         model: str | None = None,
         mig_profile: str | None = None,
         allow_multiple_mig: bool = False,
-        driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+        driver_capabilities: Iterable[str] | None = None,
         local_ids: LocalIds = "uuid",
         pid: int | None = None,
     ) -> Lease:
         """Lease devices on this host, as ``gpuroute.acquire`` does."""
         from gpuroute.backends.local import process_holder
 
-        options = PlanOptions(target, allow_multiple_mig, tuple(driver_capabilities), local_ids)
+        options = PlanOptions(
+            target, allow_multiple_mig, caps_option(driver_capabilities), local_ids
+        )
         terms = LeaseTerms(
             ttl_s=ttl_s,
             wait_s=wait_s,

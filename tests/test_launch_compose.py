@@ -34,10 +34,13 @@ from gpuroute.testing import TOPOLOGIES
 from gpuroute.testing.compose import V1, V2_PLUGIN, VARIANTS, ComposeVariant
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
 from tests.test_launch_container import (
+    ALL_CAPS,
+    CAPS,
     PROBE,
     SHORT_JOBS,
     expect,
     gpu_node,
+    image_with_all_capabilities,
     mis_pinned_short_jobs,
     observe,
     plans,
@@ -515,6 +518,77 @@ class TestDependencies:
             check=True,
             capture_output=True,
         )
+
+
+class TestDriverCapabilities:
+    """The service's (or its image's) driver capabilities are kept unless the caller
+    chooses; a note says what was kept, or old -> new."""
+
+    VIDEO = "environment:\n  NVIDIA_DRIVER_CAPABILITIES: compute,video,utility\n"
+
+    def launch(
+        self, tmp_path: Path, h100: Inventory, compose: ComposeVariant, **kwargs: object
+    ) -> tuple[str, list[str]]:
+        with gpuroute.launch(
+            CAPS,
+            gpus="2",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            compose=compose.command,
+            **kwargs,  # type: ignore[arg-type]
+        ) as handle:
+            assert handle.wait(timeout=120) == 0, handle.logs()
+            return handle.logs().strip().splitlines()[-1], handle.notes  # after compose's own
+
+    @pytest.mark.compose_variants(V1, V2_PLUGIN)
+    def test_the_services_capabilities_are_kept(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        file = write(
+            tmp_path, "docker-compose.yml", service(extra=textwrap.dedent(COUNT_ALL) + self.VIDEO)
+        )
+        caps, notes = self.launch(tmp_path, h100, compose_variant)
+        assert caps == "compute,video,utility"
+        assert f"kept NVIDIA_DRIVER_CAPABILITIES=compute,video,utility from {file}" in notes
+
+    def test_the_caller_narrows_them(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        file = write(
+            tmp_path, "docker-compose.yml", service(extra=textwrap.dedent(COUNT_ALL) + self.VIDEO)
+        )
+        caps, notes = self.launch(
+            tmp_path, h100, compose_variant, driver_capabilities=["compute", "utility"]
+        )
+        assert caps == "compute,utility"
+        assert (
+            f"NVIDIA_DRIVER_CAPABILITIES: compute,video,utility (from {file}) -> "
+            "compute,utility (driver_capabilities=)"
+        ) in notes
+
+    def test_an_image_that_bakes_all_keeps_all(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        image = image_with_all_capabilities(engine)
+        write(tmp_path, "docker-compose.yml", service(image, extra=COUNT_ALL))
+        assert self.launch(tmp_path, h100, compose_variant)[0] == ALL_CAPS
+        caps, _ = self.launch(
+            tmp_path, h100, compose_variant, driver_capabilities="compute,utility"
+        )
+        assert caps == "compute,utility"
 
 
 class TestProjectName:

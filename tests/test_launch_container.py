@@ -206,6 +206,70 @@ class TestImagesThatBakeAll:
         assert observe(output) == ([h100.gpus[2].uuid], [h100.gpus[2].uuid])
 
 
+CAPS = ["cat", "/etc/gpuroute-sim/capabilities"]
+"""Prints the driver capabilities the stand-in toolkit mounted for the container."""
+ALL_CAPS = "compute,compat32,graphics,utility,video,display,ngx"
+
+
+def image_with_all_capabilities(engine: SimulatedGPUHost) -> str:
+    """An image that bakes ``NVIDIA_DRIVER_CAPABILITIES=all``, as graphics and video images do."""
+    import io
+
+    tag = "gpuroute-test-caps-all:latest"
+    client = engine.client()
+    try:
+        dockerfile = f"FROM {IMAGE}\nENV NVIDIA_DRIVER_CAPABILITIES=all\n".encode()
+        client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    finally:
+        client.close()
+    return tag
+
+
+class TestDriverCapabilities:
+    """What the image declares is kept unless the caller chooses (docker-py looks at the
+    image before creating the container)."""
+
+    def test_an_image_that_bakes_all_keeps_all(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        image = image_with_all_capabilities(engine)
+        with gpuroute.launch(
+            CAPS, gpus="2", image=image, inventory=h100, docker_kwargs=NO_NET
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            assert handle.logs().strip() == ALL_CAPS
+            assert "kept the image's NVIDIA_DRIVER_CAPABILITIES=all" in handle.notes
+
+    def test_the_caller_narrows_and_the_note_says_old_and_new(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        image = image_with_all_capabilities(engine)
+        with gpuroute.launch(
+            CAPS,
+            gpus="2",
+            image=image,
+            inventory=h100,
+            docker_kwargs=NO_NET,
+            driver_capabilities=["compute", "utility"],
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            assert handle.logs().strip() == "compute,utility"
+            assert handle.notes == [
+                "NVIDIA_DRIVER_CAPABILITIES: all (the image's) -> compute,utility "
+                "(driver_capabilities=)"
+            ]
+
+    def test_an_image_that_declares_none_gets_the_default(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        with gpuroute.launch(
+            CAPS, gpus="2", image=IMAGE, inventory=h100, docker_kwargs=NO_NET
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            assert handle.logs().strip() == "compute,utility"
+            assert handle.notes == []
+
+
 class TestVerify:
     def test_a_correct_launch_passes(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
         with gpuroute.launch(

@@ -34,6 +34,7 @@ from gpuroute.backends.docker import (
     check_seen,
     container_state,
     nvidia_smi_evidence,
+    request_capabilities,
 )
 from gpuroute.backends.env import (
     OWNED,
@@ -424,6 +425,16 @@ def _isolate_dependency(
     )
 
 
+def container_run_env(plan: RoutingPlan) -> dict[str, str]:
+    """The plan's variables for a compose container: ``NVIDIA_DRIVER_CAPABILITIES`` only
+    when the caller chose it; otherwise the service's or its image's own stands (the
+    toolkit's default, ``compute,utility``, where neither declares any)."""
+    env = dict(plan.container_run_env)
+    if not plan.capabilities_given:
+        del env["NVIDIA_DRIVER_CAPABILITIES"]
+    return env
+
+
 def _rewrite_service(
     svc: dict[str, Any],
     plan: RoutingPlan,
@@ -451,25 +462,38 @@ def _rewrite_service(
             notes.append(f"replaced the GPU reservation {_shown(device)} from {where}")
         else:
             kept.append(device)
+    environment = _environment(svc)
+    declared = environment.get("NVIDIA_DRIVER_CAPABILITIES")
+    caps = plan.driver_capabilities if plan.capabilities_given else ()
     if plan.devices:
         kept.append(
             {
                 "driver": "nvidia",
                 "device_ids": list(plan.uuids),
-                "capabilities": ["gpu", *plan.driver_capabilities],
+                # Driver capabilities here would reach the container after its own
+                # NVIDIA_DRIVER_CAPABILITIES, and win: only the caller's choice goes here.
+                "capabilities": request_capabilities(caps),
             }
         )
     if kept:
         reservations["devices"] = kept
     else:
         reservations.pop("devices", None)
-    environment = _environment(svc)
-    for key in sorted(OWNED & environment.keys()):
-        notes.append(
-            f"replaced `{key}` in the service's environment (from {origin(['environment'])})"
-        )
+    where = origin(["environment"])
+    for key in sorted((OWNED - {"NVIDIA_DRIVER_CAPABILITIES"}) & environment.keys()):
+        notes.append(f"replaced `{key}` in the service's environment (from {where})")
     environment = {k: v for k, v in environment.items() if k not in OWNED}
-    environment.update(plan.container_run_env)
+    environment.update(container_run_env(plan))
+    if plan.capabilities_given:
+        chosen = ",".join(plan.driver_capabilities)
+        if declared not in (None, chosen):
+            notes.append(
+                f"NVIDIA_DRIVER_CAPABILITIES: {declared} (from {where}) -> {chosen} "
+                "(driver_capabilities=)"
+            )
+    elif declared is not None:
+        environment["NVIDIA_DRIVER_CAPABILITIES"] = declared
+        notes.append(f"kept NVIDIA_DRIVER_CAPABILITIES={declared} from {where}")
     svc["environment"] = environment
     if svc.get("runtime") == "nvidia":
         notes.append("the service uses `runtime: nvidia`; its NVIDIA_VISIBLE_DEVICES is the plan's")
@@ -526,7 +550,7 @@ def prepare(
     workdir = Path(tempfile.mkdtemp(prefix="gpuroute-compose-"))
     generated = workdir / "compose.gpuroute.yml"
     generated.write_text(yaml.safe_dump(config, sort_keys=False))
-    container_env = merge_env(env, plan.container_run_env)
+    container_env = merge_env(env, container_run_env(plan))
     base = [
         *compose,
         "-p",

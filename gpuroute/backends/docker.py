@@ -9,6 +9,7 @@ container that holds a lease still exists. docker-py is imported only inside fun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -49,6 +50,7 @@ __all__ = [
     "Pull",
     "RetryPolicy",
     "call",
+    "capabilities_for",
     "cdi_device_names",
     "check_docker_kwargs",
     "check_seen",
@@ -56,9 +58,12 @@ __all__ = [
     "container_kwargs",
     "container_state",
     "device_requests",
+    "ENGINE_CAPABILITIES",
     "engine_address",
+    "image_capabilities",
     "is_not_running",
     "is_running",
+    "request_capabilities",
     "lists_devices",
     "nvidia_smi_evidence",
     "nvidia_smi_inside",
@@ -324,12 +329,27 @@ def cdi_device_names(plan: RoutingPlan) -> list[str]:
     return [f"nvidia.com/gpu={uuid}" for uuid in plan.uuids]
 
 
+ENGINE_CAPABILITIES = frozenset({"compute", "compat32", "graphics", "utility", "video", "display"})
+"""The driver capabilities the engine's ``nvidia`` device driver accepts in a device
+request; it refuses others (``all``, ``ngx``) with "could not select device driver"."""
+
+
+def request_capabilities(capabilities: Sequence[str]) -> list[str]:
+    """A device request's capabilities for these driver capabilities: ``gpu`` and them, or
+    ``gpu`` alone when the engine would not take one of them (then the container's
+    ``NVIDIA_DRIVER_CAPABILITIES`` alone carries them: the engine adds none of its own)."""
+    if set(capabilities) <= ENGINE_CAPABILITIES:
+        return ["gpu", *capabilities]
+    return ["gpu"]
+
+
 def device_requests(plan: RoutingPlan, *, cdi: bool = False) -> list[Any]:
     """The engine's device requests for a plan: none for no GPU.
 
     ``nvidia`` driver (default): the planned UUIDs, with capability ``gpu`` plus the plan's
-    driver capabilities, which the engine passes on as ``NVIDIA_DRIVER_CAPABILITIES``.
-    ``cdi=True``: CDI device names, for engines with CDI enabled (Docker 25+).
+    driver capabilities, which the engine passes on as ``NVIDIA_DRIVER_CAPABILITIES``
+    (``gpu`` alone for ``all`` or ``ngx``, which it does not take: the environment carries
+    them). ``cdi=True``: CDI device names, for engines with CDI enabled (Docker 25+).
     """
     if not plan.devices:
         return []
@@ -341,7 +361,7 @@ def device_requests(plan: RoutingPlan, *, cdi: bool = False) -> list[Any]:
         DeviceRequest(
             driver="nvidia",
             device_ids=list(plan.uuids),
-            capabilities=[["gpu", *plan.driver_capabilities]],
+            capabilities=[request_capabilities(plan.driver_capabilities)],
         )
     ]
 
@@ -536,8 +556,9 @@ class ContainerLaunch(Launch):
         create_kwargs: Mapping[str, Any],
         *,
         own_engine: bool = False,
+        notes: Sequence[str] = (),
     ) -> None:
-        super().__init__(plan)
+        super().__init__(plan, notes)
         self.engine = engine
         self.container = container
         self.create_kwargs = dict(create_kwargs)
@@ -658,6 +679,54 @@ class ContainerLaunch(Launch):
 Pull = Literal["missing", "never"]
 
 
+def image_capabilities(engine: Engine, image: str, pull: Pull = "missing") -> str | None:
+    """The ``NVIDIA_DRIVER_CAPABILITIES`` an image declares (``all`` in many graphics and
+    video images), None when it declares none. A missing image is pulled first, unless
+    ``pull="never"`` (then None: creating the container reports the missing image)."""
+    client = engine.client
+    try:
+        found = engine.call(lambda: client.images.get(image), image=image)
+    except ImageNotFoundError:
+        if pull == "never":
+            return None
+        engine.call(lambda: client.images.pull(image), image=image)
+        found = engine.call(lambda: client.images.get(image), image=image)
+    declared = None
+    for entry in (found.attrs.get("Config") or {}).get("Env") or []:
+        key, _, value = str(entry).partition("=")
+        if key == "NVIDIA_DRIVER_CAPABILITIES":
+            declared = value
+    return declared
+
+
+def capabilities_for(
+    plan: RoutingPlan, declared: str | None, whose: str, notes: list[str] | None = None
+) -> RoutingPlan:
+    """The plan to render for work that declares ``declared`` driver capabilities: the
+    work's own unless the caller chose some (``plan.capabilities_given``). Appends to
+    ``notes`` what was kept, or replaced (old -> new)."""
+    notes = notes if notes is not None else []
+    chosen = ",".join(plan.driver_capabilities)
+    if declared is None or not declared.strip():
+        return plan
+    if plan.capabilities_given:
+        if declared != chosen:
+            notes.append(
+                f"NVIDIA_DRIVER_CAPABILITIES: {declared} ({whose}) -> {chosen} "
+                "(driver_capabilities=)"
+            )
+        return plan
+    caps = tuple(dict.fromkeys(c.strip().lower() for c in declared.split(",") if c.strip()))
+    if not caps or not set(caps) <= DRIVER_CAPABILITIES:
+        notes.append(
+            f"{whose} NVIDIA_DRIVER_CAPABILITIES={declared!r} is not a list of driver "
+            f"capabilities; used {chosen}"
+        )
+        return plan
+    notes.append(f"kept {whose} NVIDIA_DRIVER_CAPABILITIES={declared}")
+    return dataclasses.replace(plan, driver_capabilities=caps)
+
+
 @dataclass(frozen=True)
 class DockerWork(Work):
     """A container of ``image`` through docker-py. ``command`` may be empty (the image's own).
@@ -693,10 +762,17 @@ class DockerBackend(Backend):
             )
         return self._engine
 
-    def create_kwargs(self, plan: RoutingPlan, work: DockerWork) -> dict[str, Any]:
-        """Everything ``containers.create`` gets for ``work`` on ``plan``."""
+    def create_kwargs(
+        self, plan: RoutingPlan, work: DockerWork, notes: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Everything ``containers.create`` gets for ``work`` on ``plan``. The image's own
+        driver capabilities are kept unless the caller chose some (``capabilities_given``);
+        ``notes`` receives what was kept or replaced."""
         check_docker_kwargs(work.docker_kwargs)
-        kwargs = container_kwargs(plan, cdi=work.cdi)
+        merge_env(work.env, {})  # refuses what only the plan may set, before the engine
+        declared = image_capabilities(self.engine, work.image, work.pull)
+        rendered = capabilities_for(plan, declared, "the image's", notes)
+        kwargs = container_kwargs(rendered, cdi=work.cdi)
         kwargs["environment"] = merge_env(work.env, kwargs["environment"])
         labels = {
             **dict(work.docker_kwargs.get("labels") or {}),
@@ -716,10 +792,11 @@ class DockerBackend(Backend):
 
     def start(self, plan: RoutingPlan, work: Any, bind: Bind) -> Launch:
         assert isinstance(work, DockerWork)
-        create_kwargs = self.create_kwargs(plan, work)
+        notes: list[str] = []
+        create_kwargs = self.create_kwargs(plan, work, notes)
         engine = self.engine
         container = self._create(engine, create_kwargs, work)
-        handle = ContainerLaunch(plan, engine, container, create_kwargs)
+        handle = ContainerLaunch(plan, engine, container, create_kwargs, notes=notes)
         try:
             # The lease names the container before it can run: no moment in which the work
             # runs while the lease names only this (mortal) launcher.
