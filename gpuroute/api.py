@@ -13,12 +13,12 @@ from gpuroute.backends import Launch, Work
 from gpuroute.backends.docker import Pull, RetryPolicy
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
-from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
+from gpuroute.core.plan import LocalIds, RoutingPlan
 from gpuroute.core.resolution import Target
 from gpuroute.core.selection import HostState, Need
 from gpuroute.core.spec import SpecInput
 from gpuroute.errors import LaunchError
-from gpuroute.host import LeaseTerms, PlanOptions, host_for
+from gpuroute.host import LeaseTerms, PlanOptions, caps_option, host_for
 from gpuroute.leases import Lease
 from gpuroute.limits import Policy
 
@@ -32,7 +32,7 @@ def plan(
     context: CallerContext | None = None,
     target: Target | None = None,
     allow_multiple_mig: bool = False,
-    driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+    driver_capabilities: Iterable[str] | None = None,
     local_ids: LocalIds = "uuid",
     allow_unhealthy: bool = False,
 ) -> RoutingPlan:
@@ -47,7 +47,9 @@ def plan(
         target: ``"local"`` makes a request outside the parent ``CUDA_VISIBLE_DEVICES``
             mask fail now; otherwise that is recorded and raised by ``plan.local_env``.
         allow_multiple_mig: permit several MIG devices for one process (driver R570+).
-        driver_capabilities: ``NVIDIA_DRIVER_CAPABILITIES`` for the container runtime.
+        driver_capabilities: ``NVIDIA_DRIVER_CAPABILITIES`` for the container runtime;
+            by default ``compute,utility`` where the work (a compose service, an image)
+            declares none, and what it declares where it does.
         local_ids: ``"uuid"`` (default) or ``"index"`` for ``plan.local_env``.
         allow_unhealthy: plan a device known to be unhealthy (an Xid, ECC errors, lost)
             rather than raise ``UnhealthyDeviceError``. Health is known for this host's own
@@ -58,7 +60,7 @@ def plan(
         UnhealthyDeviceError: all subclasses of GpurouteError, each naming the offending input.
     """
     options = PlanOptions(
-        target, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+        target, allow_multiple_mig, caps_option(driver_capabilities), local_ids, allow_unhealthy
     )
     return host_for(inventory).route(spec, options=options, context=context).plan
 
@@ -78,7 +80,7 @@ def acquire(
     model: str | None = None,
     mig_profile: str | None = None,
     allow_multiple_mig: bool = False,
-    driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+    driver_capabilities: Iterable[str] | None = None,
     local_ids: LocalIds = "uuid",
     pid: int | None = None,
     wait_s: float = 0.0,
@@ -141,7 +143,7 @@ def launch(
     cdi: bool = False,
     torchrun: bool = False,
     allow_multiple_mig: bool = False,
-    driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+    driver_capabilities: Iterable[str] | None = None,
     local_ids: LocalIds = "uuid",
     docker_host: str | None = None,
     docker_client: Any = None,
@@ -229,7 +231,7 @@ def launch(
         retry=retry,
     )
     options = PlanOptions(
-        None, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+        None, allow_multiple_mig, caps_option(driver_capabilities), local_ids, allow_unhealthy
     )
     terms = LeaseTerms(ttl_s=ttl_s, wait_s=lease_wait_s, need=Need(0))
     return host.launch(work, gpus=gpus, context=context, options=options, lease=lease, terms=terms)

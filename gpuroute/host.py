@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gpuroute.backends import Backend, Connection, Launch, Work, backend_class, unbound
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
-from gpuroute.core.plan import DEFAULT_DRIVER_CAPABILITIES, LocalIds, RoutingPlan
+from gpuroute.core.plan import LocalIds, RoutingPlan
 from gpuroute.core.resolution import Target, resolve
 from gpuroute.core.selection import HostState, Need
 from gpuroute.core.spec import Kind, ParsedSpec, SpecInput, parse_spec
@@ -47,6 +47,7 @@ __all__ = [
     "LeaseTerms",
     "PlanOptions",
     "Routed",
+    "caps_option",
     "default_host",
     "default_inventory",
     "host_for",
@@ -102,13 +103,23 @@ def detect_context(environ: Mapping[str, str] | None = None, *, root: str = "/")
 # -- what a request says ------------------------------------------------------------------
 
 
+def caps_option(driver_capabilities: Iterable[str] | None) -> tuple[str, ...] | None:
+    """The caller's driver capabilities as a tuple, or None for "not chosen"."""
+    if driver_capabilities is None:
+        return None
+    if isinstance(driver_capabilities, str):
+        return tuple(driver_capabilities.split(","))
+    return tuple(driver_capabilities)
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     """How a spec is resolved, beyond the spec itself (see ``gpuroute.plan``)."""
 
     target: Target | None = None
     allow_multiple_mig: bool = False
-    driver_capabilities: tuple[str, ...] = DEFAULT_DRIVER_CAPABILITIES
+    driver_capabilities: tuple[str, ...] | None = None
+    """None: the default, and what the work declares is kept (``RoutingPlan``)."""
     local_ids: LocalIds = "uuid"
     allow_unhealthy: bool = False
     """Route to named devices that are known to be unhealthy (``any:N`` never picks one)."""
@@ -503,13 +514,13 @@ class Host:
         context: CallerContext | None = None,
         target: Target | None = None,
         allow_multiple_mig: bool = False,
-        driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+        driver_capabilities: Iterable[str] | None = None,
         local_ids: LocalIds = "uuid",
         allow_unhealthy: bool = False,
     ) -> RoutingPlan:
         """Resolve a spec into a RoutingPlan, as ``gpuroute.plan`` does, on this host."""
         options = PlanOptions(
-            target, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+            target, allow_multiple_mig, caps_option(driver_capabilities), local_ids, allow_unhealthy
         )
         return self.route(spec, options=options, context=context).plan
 
@@ -525,7 +536,7 @@ class Host:
         model: str | None = None,
         mig_profile: str | None = None,
         allow_multiple_mig: bool = False,
-        driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+        driver_capabilities: Iterable[str] | None = None,
         local_ids: LocalIds = "uuid",
         pid: int | None = None,
         allow_unhealthy: bool = False,
@@ -534,7 +545,7 @@ class Host:
         from gpuroute.backends.local import process_holder
 
         options = PlanOptions(
-            target, allow_multiple_mig, tuple(driver_capabilities), local_ids, allow_unhealthy
+            target, allow_multiple_mig, caps_option(driver_capabilities), local_ids, allow_unhealthy
         )
         terms = LeaseTerms(
             ttl_s=ttl_s,

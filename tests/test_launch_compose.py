@@ -33,7 +33,18 @@ from gpuroute.backends.compose import COMPOSE_V1
 from gpuroute.testing import TOPOLOGIES
 from gpuroute.testing.compose import V1, V2_PLUGIN, VARIANTS, ComposeVariant
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
-from tests.test_launch_container import PROBE, expect, observe, plans
+from tests.test_launch_container import (
+    ALL_CAPS,
+    CAPS,
+    PROBE,
+    SHORT_JOBS,
+    expect,
+    gpu_node,
+    image_with_all_capabilities,
+    mis_pinned_short_jobs,
+    observe,
+    plans,
+)
 
 pytestmark = pytest.mark.engine
 every_compose = pytest.mark.compose_variants(*VARIANTS)
@@ -262,6 +273,324 @@ class TestConflictingReservations:
             run_service(tmp_path, "1", h100, compose_variant)
 
 
+class TestGpuDeviceNodesByWhatTheyAre:
+    """In compose files too, a GPU device node is what it is, whatever its path, and through
+    whatever setting it comes: ``devices`` (also inherited through ``extends``), bind mounts
+    (short and long syntax, a named volume that binds), device cgroup rules."""
+
+    @pytest.mark.parametrize(
+        ("extra", "fragment"),
+        [
+            ('devices: ["{node}:/dev/x"]\n', "maps GPU devices"),
+            ('devices: ["/dev/./nvidia0:/dev/nvidia0"]\n', "/dev/nvidia0"),
+            ('volumes: ["{node}:/dev/x"]\n', "bind-mounts"),
+            ('volumes: ["{dir}:/data:ro"]\n', "which holds the GPU device node"),
+            (
+                "volumes:\n  - type: bind\n    source: {node}\n    target: /dev/x\n",
+                "bind-mounts",
+            ),
+            ('device_cgroup_rules: ["c 195:* rwm"]\n', "device_cgroup_rules"),
+            ('device_cgroup_rules: ["a *:* rwm"]\n', "device_cgroup_rules"),
+        ],
+        ids=["devices", "dot-spelling", "volume", "directory", "long-syntax", "cgroup", "all"],
+    )
+    def test_refused(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+        extra: str,
+        fragment: str,
+    ) -> None:
+        node = gpu_node(tmp_path / "nodes")
+        extra = extra.format(node=node, dir=tmp_path / "nodes")
+        write(tmp_path, "docker-compose.yml", service(extra=extra))
+        with pytest.raises(ComposeConflictError, match=fragment) as err:
+            run_service(tmp_path, "1", h100, compose_variant)
+        assert "service 'app'" in str(err.value)
+        assert str(tmp_path / "docker-compose.yml") in str(err.value)
+
+    @pytest.mark.compose_variants(V1, V2_PLUGIN)
+    def test_through_extends_and_a_named_volume(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        node = gpu_node(tmp_path / "nodes")
+        write(
+            tmp_path,
+            "base.yml",
+            f"""\
+            version: "3.8"
+            services:
+              gpu-base:
+                image: {IMAGE}
+                devices: ["{node}:/dev/x"]
+            """,
+        )
+        write(
+            tmp_path,
+            "docker-compose.yml",
+            service(extra="extends:\n  file: base.yml\n  service: gpu-base\n"),
+        )
+        with pytest.raises(ComposeConflictError, match=str(node)):
+            run_service(tmp_path, "1", h100, compose_variant)
+        write(
+            tmp_path,
+            "docker-compose.yml",
+            service(extra='volumes: ["gpus:/mnt"]\n')
+            + f"volumes:\n  gpus:\n    driver_opts: {{type: none, o: bind, device: {node}}}\n",
+        )
+        with pytest.raises(ComposeConflictError, match="bind-mounts"):
+            run_service(tmp_path, "1", h100, compose_variant)
+
+
+GPU_HELPER = """\
+    runtime: nvidia
+    environment:
+      NVIDIA_VISIBLE_DEVICES: all
+"""
+
+
+def with_dependency(how: str, helper: str = "", image: str = IMAGE) -> str:
+    """Service ``app`` that pulls in service ``helper`` by ``how``; ``helper`` has the
+    settings ``helper``. (The tests name the project ``deps`` with COMPOSE_PROJECT_NAME,
+    which Compose v1 reads too.)"""
+    pulls = {
+        "depends_on": "depends_on: [helper]",
+        "network_mode": "network_mode: service:helper",
+        "volumes_from": "volumes_from: [helper]",
+        "links": "links: [helper]",
+        "transitive": "depends_on: [middle]",
+    }[how]
+    text = textwrap.dedent(
+        f"""\
+        services:
+          app:
+            image: {IMAGE}
+            {pulls}
+        """
+    )
+    if how not in ("network_mode", "links"):
+        text += "    network_mode: none\n"
+    if how == "transitive":
+        text += f"  middle:\n    image: {IMAGE}\n    network_mode: none\n"
+        text += '    command: ["sleep", "60"]\n    depends_on: [helper]\n'
+    text += f'  helper:\n    image: {image}\n    command: ["sleep", "60"]\n'
+    if how != "links":
+        text += "    network_mode: none\n"
+    text += textwrap.indent(textwrap.dedent(helper), "    ")
+    return text
+
+
+def project_containers(engine: SimulatedGPUHost) -> dict[str, tuple[str, str]]:
+    """The containers of project ``deps``: name -> (id, status)."""
+    client = engine.client()
+    try:
+        found = client.containers.list(
+            all=True, filters={"label": "com.docker.compose.project=deps"}
+        )
+        return {c.name: (c.id, c.status) for c in found}
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def deps_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "deps")
+
+
+@pytest.mark.usefixtures("deps_project")
+class TestDependencies:
+    """Every service ``compose run`` starts with the one gpuroute runs gets no GPU (or the
+    launch is refused), and is stopped and removed when the launch ends; a service that was
+    already running is left as it is."""
+
+    @pytest.mark.parametrize(
+        ("how", "helper"),
+        [
+            ("depends_on", GPU_HELPER),
+            ("network_mode", COUNT_ALL),
+            ("volumes_from", "gpus: all\n"),
+            ("links", GPU_HELPER),
+            ("transitive", COUNT_ALL),
+            ("depends_on", "privileged: true\n"),
+            ("depends_on", 'devices: ["/dev/nvidia0"]\n'),
+        ],
+        ids=[
+            "depends_on",
+            "network_mode",
+            "volumes_from",
+            "links",
+            "transitive",
+            "privileged",
+            "devices",
+        ],
+    )
+    def test_a_dependency_that_asks_for_gpus_is_refused(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+        how: str,
+        helper: str,
+    ) -> None:
+        write(tmp_path, "compose.yaml", with_dependency(how, helper))
+        with pytest.raises(ComposeConflictError) as err:
+            run_service(tmp_path, "1", h100, compose_variant)
+        message = str(err.value)
+        assert "service 'helper', which `compose run app` starts with it" in message
+        assert str(tmp_path / "compose.yaml") in message
+        assert project_containers(engine) == {}
+
+    @every_compose
+    def test_dependencies_get_no_gpu_and_end_with_the_launch(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        # helper: an image that bakes NVIDIA_VISIBLE_DEVICES=all, pulled in three ways
+        body = with_dependency("network_mode", image=IMAGE_CUDA_ALL).replace(
+            "network_mode: service:helper",
+            "network_mode: service:helper\n    depends_on: [helper]\n    volumes_from: [helper]",
+        )
+        write(tmp_path, "compose.yaml", body)
+        with gpuroute.launch(
+            PROBE,
+            gpus="1",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            context=CallerContext(),
+            compose=compose_variant.command,
+        ) as handle:
+            assert handle.wait(timeout=120) == 0, handle.logs()
+            assert observe(handle.logs()) == ([h100.gpus[1].uuid], [h100.gpus[1].uuid])
+            (helper,) = [name for name in project_containers(engine) if "helper" in name]
+            client = engine.client()
+            try:
+                env = client.containers.get(helper).attrs["Config"]["Env"]
+            finally:
+                client.close()
+            assert "NVIDIA_VISIBLE_DEVICES=void" in env
+            assert any("'helper'" in n and "no GPU" in n for n in handle.notes)
+        assert project_containers(engine) == {}
+
+    def test_a_dependency_already_running_is_left_as_it_is(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        import subprocess
+
+        write(tmp_path, "compose.yaml", with_dependency("depends_on"))
+        up = subprocess.run(
+            [*compose_variant.command, "up", "-d", "helper"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert up.returncode == 0, up.stderr
+        (ours,) = project_containers(engine).values()
+        with gpuroute.launch(
+            ["true"],
+            gpus="1",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            compose=compose_variant.command,
+        ) as handle:
+            assert handle.wait(timeout=120) == 0, handle.logs()
+            assert any("already running: left as it is" in n for n in handle.notes)
+        assert list(project_containers(engine).values()) == [(ours[0], "running")]
+        subprocess.run(
+            [*compose_variant.command, "down", "-t", "0"],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+
+
+class TestDriverCapabilities:
+    """The service's (or its image's) driver capabilities are kept unless the caller
+    chooses; a note says what was kept, or old -> new."""
+
+    VIDEO = "environment:\n  NVIDIA_DRIVER_CAPABILITIES: compute,video,utility\n"
+
+    def launch(
+        self, tmp_path: Path, h100: Inventory, compose: ComposeVariant, **kwargs: object
+    ) -> tuple[str, list[str]]:
+        with gpuroute.launch(
+            CAPS,
+            gpus="2",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            compose=compose.command,
+            **kwargs,  # type: ignore[arg-type]
+        ) as handle:
+            assert handle.wait(timeout=120) == 0, handle.logs()
+            return handle.logs().strip().splitlines()[-1], handle.notes  # after compose's own
+
+    @pytest.mark.compose_variants(V1, V2_PLUGIN)
+    def test_the_services_capabilities_are_kept(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        file = write(
+            tmp_path, "docker-compose.yml", service(extra=textwrap.dedent(COUNT_ALL) + self.VIDEO)
+        )
+        caps, notes = self.launch(tmp_path, h100, compose_variant)
+        assert caps == "compute,video,utility"
+        assert f"kept NVIDIA_DRIVER_CAPABILITIES=compute,video,utility from {file}" in notes
+
+    def test_the_caller_narrows_them(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        file = write(
+            tmp_path, "docker-compose.yml", service(extra=textwrap.dedent(COUNT_ALL) + self.VIDEO)
+        )
+        caps, notes = self.launch(
+            tmp_path, h100, compose_variant, driver_capabilities=["compute", "utility"]
+        )
+        assert caps == "compute,utility"
+        assert (
+            f"NVIDIA_DRIVER_CAPABILITIES: compute,video,utility (from {file}) -> "
+            "compute,utility (driver_capabilities=)"
+        ) in notes
+
+    def test_an_image_that_bakes_all_keeps_all(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        image = image_with_all_capabilities(engine)
+        write(tmp_path, "docker-compose.yml", service(image, extra=COUNT_ALL))
+        assert self.launch(tmp_path, h100, compose_variant)[0] == ALL_CAPS
+        caps, _ = self.launch(
+            tmp_path, h100, compose_variant, driver_capabilities="compute,utility"
+        )
+        assert caps == "compute,utility"
+
+
 class TestProjectName:
     """Compose v2 takes the project's name from a top-level ``name:`` (and prints it in
     ``compose config``); Compose v1 rejects the key."""
@@ -391,6 +720,27 @@ class TestComposeBasics:
             verify=True,
         ) as handle:
             assert handle.wait(timeout=60) == 0
+
+    def test_short_jobs_are_never_called_mis_pinned(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
+        errors = mis_pinned_short_jobs(
+            lambda: gpuroute.launch(
+                ["sleep", "0.05"],
+                gpus="2",
+                compose_service="app",
+                cwd=tmp_path,
+                inventory=h100,
+                compose=compose_variant.command,
+                verify=True,
+            )
+        )
+        assert errors == [], f"{len(errors)} of {SHORT_JOBS}: {errors[0]}"
 
     def test_verify_catches_a_mis_pin(
         self,

@@ -3,9 +3,14 @@ planned numbering, and every failure is actionable and leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -27,7 +32,8 @@ from gpuroute import (
     ToolkitMissingError,
     VerificationError,
 )
-from gpuroute.backends.docker import container_kwargs, seen_by_nvidia_smi
+from gpuroute.backends import env as backend_env
+from gpuroute.backends.docker import check_docker_kwargs, container_kwargs, seen_by_nvidia_smi
 from gpuroute.backends.docker_cli import docker_run_argv
 from gpuroute.testing import TOPOLOGIES, topology
 from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
@@ -201,6 +207,70 @@ class TestImagesThatBakeAll:
         assert observe(output) == ([h100.gpus[2].uuid], [h100.gpus[2].uuid])
 
 
+CAPS = ["cat", "/etc/gpuroute-sim/capabilities"]
+"""Prints the driver capabilities the stand-in toolkit mounted for the container."""
+ALL_CAPS = "compute,compat32,graphics,utility,video,display,ngx"
+
+
+def image_with_all_capabilities(engine: SimulatedGPUHost) -> str:
+    """An image that bakes ``NVIDIA_DRIVER_CAPABILITIES=all``, as graphics and video images do."""
+    import io
+
+    tag = "gpuroute-test-caps-all:latest"
+    client = engine.client()
+    try:
+        dockerfile = f"FROM {IMAGE}\nENV NVIDIA_DRIVER_CAPABILITIES=all\n".encode()
+        client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    finally:
+        client.close()
+    return tag
+
+
+class TestDriverCapabilities:
+    """What the image declares is kept unless the caller chooses (docker-py looks at the
+    image before creating the container)."""
+
+    def test_an_image_that_bakes_all_keeps_all(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        image = image_with_all_capabilities(engine)
+        with gpuroute.launch(
+            CAPS, gpus="2", image=image, inventory=h100, docker_kwargs=NO_NET
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            assert handle.logs().strip() == ALL_CAPS
+            assert "kept the image's NVIDIA_DRIVER_CAPABILITIES=all" in handle.notes
+
+    def test_the_caller_narrows_and_the_note_says_old_and_new(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        image = image_with_all_capabilities(engine)
+        with gpuroute.launch(
+            CAPS,
+            gpus="2",
+            image=image,
+            inventory=h100,
+            docker_kwargs=NO_NET,
+            driver_capabilities=["compute", "utility"],
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            assert handle.logs().strip() == "compute,utility"
+            assert handle.notes == [
+                "NVIDIA_DRIVER_CAPABILITIES: all (the image's) -> compute,utility "
+                "(driver_capabilities=)"
+            ]
+
+    def test_an_image_that_declares_none_gets_the_default(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        with gpuroute.launch(
+            CAPS, gpus="2", image=IMAGE, inventory=h100, docker_kwargs=NO_NET
+        ) as handle:
+            assert handle.wait(timeout=60) == 0
+            assert handle.logs().strip() == "compute,utility"
+            assert handle.notes == []
+
+
 class TestVerify:
     def test_a_correct_launch_passes(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
         with gpuroute.launch(
@@ -240,6 +310,44 @@ class TestVerify:
         assert h100.gpus[1].uuid in str(err.value)
         assert "NVIDIA-SMI has failed" in str(err.value)
         # the engine fixture asserts that no container was left behind
+
+
+SHORT_JOBS = 50
+"""Short jobs verified per path: each must pass (the check used to race the job's end)."""
+
+
+def mis_pinned_short_jobs(
+    launch: Callable[[], gpuroute.Launch], runs: int = SHORT_JOBS
+) -> list[str]:
+    """Launch ``runs`` correctly pinned 50 ms jobs with ``verify=True``, eight at a time (a
+    busy engine makes the race likelier, and the test shorter); the VerificationErrors, and
+    the output of any job that did not exit 0."""
+
+    def one(_: int) -> str | None:
+        try:
+            with launch() as handle:
+                code = handle.wait(timeout=120)
+                return None if code == 0 else f"exit status {code}: {handle.logs()}"
+        except VerificationError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return [e for e in pool.map(one, range(runs)) if e is not None]
+
+
+class TestShortJobsAreNeverCalledMisPinned:
+    def test_a_container(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
+        errors = mis_pinned_short_jobs(
+            lambda: gpuroute.launch(
+                ["sleep", "0.05"],
+                gpus="2",
+                image=IMAGE,
+                inventory=h100,
+                verify=True,
+                docker_kwargs=NO_NET,
+            )
+        )
+        assert errors == [], f"{len(errors)} of {SHORT_JOBS}: {errors[0]}"
 
 
 class TestEngineErrors:
@@ -421,6 +529,89 @@ class TestEnvironment:
                 image=IMAGE,
                 inventory=h100,
             )
+
+
+def gpu_node(directory: Path, name: str = "gpu", major: int = 195, minor: int = 3) -> Path:
+    """A character device with NVIDIA's major number at a path nobody would call a GPU's."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+    return path
+
+
+class TestGpuDeviceNodesByWhatTheyAre:
+    """Device nodes are judged by what they are (a character device with an NVIDIA major),
+    however they are named or reached: ``devices``, bind mounts, device cgroup rules."""
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"devices": ["{node}:/dev/x:rwm"]},
+            {"devices": ["{link}:/dev/x"]},
+            {"devices": ["/dev/./nvidia0:/dev/nvidia0"]},
+            {"devices": ["//dev//nvidia1"]},
+            {"volumes": {"{node}": {"bind": "/dev/x", "mode": "rw"}}},
+            {"volumes": ["{node}:/dev/x"]},
+            {"volumes": {"{dir}": {"bind": "/data", "mode": "ro"}}},
+            {"binds": ["{dir}/deeper/..:/data"]},
+            {"mounts": [{"Type": "bind", "Source": "{node}", "Target": "/dev/x"}]},
+            {"device_cgroup_rules": ["c 195:* rwm"]},
+            {"device_cgroup_rules": ["a *:* rwm"]},
+            {"device_cgroup_rules": ["c *:* rw"]},
+        ],
+        ids=lambda kw: f"{next(iter(kw))}:{kw[next(iter(kw))]}",
+    )
+    def test_refused(self, h100: Inventory, tmp_path: Path, kwargs: dict[str, Any]) -> None:
+        node = gpu_node(tmp_path / "nodes" / "deeper")
+        (tmp_path / "link").symlink_to(node)
+        fill = {"node": str(node), "link": str(tmp_path / "link"), "dir": str(tmp_path / "nodes")}
+
+        def filled(value: Any) -> Any:
+            if isinstance(value, str):
+                return value.format(**fill)
+            if isinstance(value, dict):
+                return {filled(k): filled(v) for k, v in value.items()}
+            return [filled(v) for v in value]
+
+        ((key, value),) = kwargs.items()
+        with pytest.raises(LaunchError, match=key) as err:
+            gpuroute.launch(
+                ["true"], gpus="0", image=IMAGE, inventory=h100, docker_kwargs={key: filled(value)}
+            )
+        assert "gpus=" in str(err.value)
+
+    def test_dynamic_majors_are_read_from_proc_devices(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        devices = tmp_path / "devices"
+        devices.write_text(
+            "Character devices:\n  1 mem\n195 nvidia\n505 nvidia-caps\n511 nvidia-uvm\n"
+            "\nBlock devices:\n510 nvidia-not-a-char-device\n"
+        )
+        monkeypatch.setattr(backend_env, "PROC_DEVICES", devices)
+        assert backend_env.gpu_majors() == {195, 505, 511}
+        uvm = gpu_node(tmp_path, "uvm", major=511, minor=0)
+        with pytest.raises(LaunchError, match="devices"):
+            check_docker_kwargs({"devices": [f"{uvm}:/dev/nvidia-uvm"]})
+        with pytest.raises(LaunchError, match="device_cgroup_rules"):
+            check_docker_kwargs({"device_cgroup_rules": ["c 505:1 r"]})
+        block = gpu_node(tmp_path, "block-like", major=510, minor=0)
+        check_docker_kwargs({"devices": [f"{block}:/dev/b"]})
+
+    def test_other_devices_mounts_and_rules_pass(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        (data / "sub").mkdir(parents=True)
+        (data / "sub" / "file").write_text("x")
+        os.mkfifo(data / "fifo")
+        (data / "sub" / "to-nvidia").symlink_to("/dev/nvidia0")  # the container's own path
+        check_docker_kwargs(
+            {
+                "devices": ["/dev/null:/dev/null", "/dev/fuse"],
+                "volumes": {str(data): {"bind": "/data", "mode": "ro"}, "named": {"bind": "/n"}},
+                "mounts": [{"Type": "volume", "Source": "cache", "Target": "/cache"}],
+                "device_cgroup_rules": ["c 10:200 rwm", "b *:* rwm", "c 195:* m"],
+            }
+        )
 
 
 def test_wait_timeout_and_stop(engine: SimulatedGPUHost, h100: Inventory) -> None:

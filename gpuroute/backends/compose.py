@@ -20,8 +20,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,12 +32,21 @@ from gpuroute.backends.docker import (
     EngineBackend,
     check_seen,
     init_process,
-    nvidia_smi_inside,
+    nvidia_smi_evidence,
+    request_capabilities,
 )
-from gpuroute.backends.env import OWNED, is_gpu_device_node, merge_env, strip_gpu_vars
+from gpuroute.backends.env import (
+    OWNED,
+    gpu_majors,
+    gpu_node_at,
+    is_gpu_device_node,
+    merge_env,
+    opens_gpu_devices,
+    strip_gpu_vars,
+)
 from gpuroute.backends.local import ProcessLaunch, process_alive, process_start_time
 from gpuroute.core.plan import RoutingPlan
-from gpuroute.errors import ComposeConflictError, LaunchError
+from gpuroute.errors import ComposeConflictError, EngineError, LaunchError
 from gpuroute.records import Holder
 
 __all__ = [
@@ -46,6 +56,7 @@ __all__ = [
     "ComposeLaunch",
     "ComposeRun",
     "ComposeWork",
+    "dependencies",
     "find_compose",
     "prepare",
     "resolve_files",
@@ -83,10 +94,25 @@ class ComposeRun:
     file: Path
     container_name: str
     notes: list[str] = field(default_factory=list)
+    project: str = ""
+    dependencies: tuple[str, ...] = ()
+    """The services this run starts with its own (none was running before): no GPU each,
+    stopped and removed when the launch ends."""
 
     def twin_argv(self, entrypoint: str, *args: str) -> list[str]:
-        """``compose run`` of the same service and configuration with another command."""
-        return [*self.base, "run", "--rm", "-T", "--entrypoint", entrypoint, self.service, *args]
+        """``compose run`` of the same service and configuration with another command, without
+        starting the services it depends on."""
+        return [
+            *self.base,
+            "run",
+            "--rm",
+            "-T",
+            "--no-deps",
+            "--entrypoint",
+            entrypoint,
+            self.service,
+            *args,
+        ]
 
     def cleanup(self) -> None:
         shutil.rmtree(self.file.parent, ignore_errors=True)
@@ -227,26 +253,198 @@ def _shown_gpus(value: Any) -> Any:
     return "all" if shown == [{"count": "all"}] else shown
 
 
-def _rewrite_service(
-    svc: dict[str, Any], plan: RoutingPlan, files: Sequence[Path], service: str
-) -> list[str]:
-    """Replace the service's GPU settings with the plan's; return notes on what changed."""
-    notes: list[str] = []
-    origin = _origins(files, service)
+def _bind_sources(svc: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The host paths a service bind-mounts: ``volumes`` of type bind (``SRC:DST[:MODE]``
+    as Compose v1 prints them, mappings as v2 does), and named volumes that the local
+    driver binds (``driver_opts: {o: bind, device: PATH}``)."""
+    named = config.get("volumes") or {}
+    sources: list[str] = []
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, Mapping):
+            kind, source = str(volume.get("type", "")), str(volume.get("source") or "")
+        else:
+            source = str(volume).split(":", 1)[0]
+            kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+        if kind == "bind":
+            sources.append(source)
+        elif kind == "volume" and isinstance(named.get(source), Mapping):
+            opts = named[source].get("driver_opts") or {}
+            if "bind" in str(opts.get("o", "")).split(",") and opts.get("device"):
+                sources.append(str(opts["device"]))
+    return sources
+
+
+def _refuse_device_access(
+    svc: Mapping[str, Any],
+    service: str,
+    config: Mapping[str, Any],
+    origin: Callable[[Sequence[str]], str],
+    who: str | None = None,
+) -> None:
+    """Refuse what reaches GPUs past any device request: ``privileged``, GPU device nodes in
+    ``devices`` or bind-mounted through ``volumes`` (judged by what they are, see
+    ``gpuroute.backends.env``), and ``device_cgroup_rules`` that open NVIDIA's majors.
+    ``who`` names the service in messages (default: ``service 'NAME'``)."""
+    who = who or f"service {service!r}"
     if svc.get("privileged"):
         raise ComposeConflictError(
-            f"service {service!r} sets `privileged: true` in "
+            f"{who} sets `privileged: true` in "
             f"{origin(['privileged'])}: a privileged container sees every "
             "GPU on the host whatever is requested, so gpuroute cannot pin it. Remove "
             "`privileged`, or grant the capabilities the service needs with `cap_add`."
         )
-    gpu_nodes = [d for d in svc.get("devices") or [] if is_gpu_device_node(d)]
+    majors = gpu_majors()
+    gpu_nodes = [d for d in svc.get("devices") or [] if is_gpu_device_node(d, majors)]
     if gpu_nodes:
         raise ComposeConflictError(
-            f"service {service!r} maps GPU devices directly ({gpu_nodes}) in "
+            f"{who} maps GPU devices directly ({gpu_nodes}) in "
             f"{origin(['devices'])}: those reach the container whatever the "
             "plan says. Remove them and let gpuroute request the GPUs."
         )
+    for source in _bind_sources(svc, config):
+        node = gpu_node_at(source, majors)
+        if node is not None:
+            shown = "" if node == source else f", which holds the GPU device node {node}"
+            raise ComposeConflictError(
+                f"{who} bind-mounts {source!r}{shown} (`volumes` in "
+                f"{origin(['volumes'])}): a GPU device node bound into a container can "
+                "reach a GPU past the plan. Bind a directory that holds no device nodes, and "
+                "let gpuroute request the GPUs."
+            )
+    for rule in svc.get("device_cgroup_rules") or []:
+        if opens_gpu_devices(str(rule), majors):
+            raise ComposeConflictError(
+                f"{who} sets the device cgroup rule {rule!r} "
+                f"(`device_cgroup_rules` in {origin(['device_cgroup_rules'])}), which opens "
+                "NVIDIA's device nodes to the container past the plan. Remove it (or narrow "
+                "it to other majors) and let gpuroute request the GPUs."
+            )
+
+
+def _environment(svc: Mapping[str, Any]) -> dict[str, Any]:
+    """A service's ``environment`` as a mapping (Compose v1 may print a list)."""
+    environment = svc.get("environment") or {}
+    if isinstance(environment, list):
+        return {
+            str(e).partition("=")[0]: (str(e).partition("=")[2] if "=" in str(e) else None)
+            for e in environment
+        }
+    return dict(environment)
+
+
+def _direct_dependencies(svc: Mapping[str, Any]) -> dict[str, str]:
+    """The services ``compose run`` starts because this one needs them, each with the
+    setting that pulls it in: ``depends_on``, ``links``, ``volumes_from`` and the
+    ``service:NAME`` forms of ``network_mode``, ``ipc`` and ``pid``."""
+    found: dict[str, str] = {}
+    depends = svc.get("depends_on") or []
+    for name in depends.keys() if isinstance(depends, Mapping) else depends:
+        found.setdefault(str(name), "depends_on")
+    for link in svc.get("links") or []:
+        found.setdefault(str(link).split(":", 1)[0], "links")
+    for source in svc.get("volumes_from") or []:
+        text = str(source.get("source", "")) if isinstance(source, Mapping) else str(source)
+        if text.startswith("container:"):
+            continue
+        found.setdefault(text.removeprefix("service:").split(":", 1)[0], "volumes_from")
+    for key in ("network_mode", "ipc", "pid"):
+        value = str(svc.get(key) or "")
+        if value.startswith("service:"):
+            found.setdefault(value.removeprefix("service:"), f"{key}: {value}")
+    return found
+
+
+def dependencies(services: Mapping[str, Any], service: str) -> dict[str, str]:
+    """Every service that ``compose run SERVICE`` starts with it, directly or through
+    another, each with how it is pulled in (``depends_on``, ``network_mode: service:db``,
+    ``volumes_from`` of ``'cache'``, ...)."""
+    found: dict[str, str] = {}
+    pending = [service]
+    while pending:
+        current = pending.pop(0)
+        for name, how in _direct_dependencies(services.get(current) or {}).items():
+            if name == service or name in found or name not in services:
+                continue
+            found[name] = how if current == service else f"{how} of {current!r}"
+            pending.append(name)
+    return found
+
+
+_NO_GPU_VALUES = (None, "", "void", "none")
+
+
+def _gpu_asks(svc: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """How a service asks for GPUs: (the setting as shown, its key path)."""
+    asks: list[tuple[str, list[str]]] = []
+    if "gpus" in svc:
+        asks.append((f"`gpus: {_shown_gpus(svc['gpus'])}`", ["gpus"]))
+    path = ["deploy", "resources", "reservations", "devices"]
+    reservations = ((svc.get("deploy") or {}).get("resources") or {}).get("reservations") or {}
+    for device in reservations.get("devices") or []:
+        if _is_gpu_request(device):
+            asks.append((f"the GPU reservation {_shown(device)}", path))
+    if svc.get("runtime") == "nvidia":
+        asks.append(("`runtime: nvidia`", ["runtime"]))
+    visible = _environment(svc).get("NVIDIA_VISIBLE_DEVICES")
+    if visible not in _NO_GPU_VALUES:
+        asks.append((f"`NVIDIA_VISIBLE_DEVICES={visible}`", ["environment"]))
+    return asks
+
+
+def _isolate_dependency(
+    svc: dict[str, Any],
+    name: str,
+    how: str,
+    service: str,
+    config: Mapping[str, Any],
+    files: Sequence[Path],
+) -> str:
+    """A service started with the one gpuroute runs gets no GPU: refuse it if it asks for
+    any (or reaches device nodes), else set ``NVIDIA_VISIBLE_DEVICES=void`` for it (an image
+    that bakes ``all`` under a default ``nvidia`` runtime would get every GPU). The note."""
+    origin = _origins(files, name)
+    who = f"service {name!r}, which `compose run {service}` starts with it ({how}),"
+    _refuse_device_access(svc, name, config, origin, who)
+    asks = _gpu_asks(svc)
+    if asks:
+        shown, path = asks[0]
+        raise ComposeConflictError(
+            f"{who} asks for GPUs with {shown} in {origin(path)}: gpuroute gives GPUs only "
+            f"to the service it runs ({service!r}), so that one would get GPUs past the "
+            f"plan. Remove the GPU request from {name!r}, or remove the dependency, or start "
+            f"{name!r} yourself before the launch (gpuroute leaves a service that is already "
+            "running as it is)."
+        )
+    environment = _environment(svc)
+    environment["NVIDIA_VISIBLE_DEVICES"] = "void"
+    svc["environment"] = environment
+    return (
+        f"service {name!r} starts with {service!r} ({how}) and gets no GPU "
+        "(NVIDIA_VISIBLE_DEVICES=void); it is stopped and removed when the launch ends"
+    )
+
+
+def container_run_env(plan: RoutingPlan) -> dict[str, str]:
+    """The plan's variables for a compose container: ``NVIDIA_DRIVER_CAPABILITIES`` only
+    when the caller chose it; otherwise the service's or its image's own stands (the
+    toolkit's default, ``compute,utility``, where neither declares any)."""
+    env = dict(plan.container_run_env)
+    if not plan.capabilities_given:
+        del env["NVIDIA_DRIVER_CAPABILITIES"]
+    return env
+
+
+def _rewrite_service(
+    svc: dict[str, Any],
+    plan: RoutingPlan,
+    files: Sequence[Path],
+    service: str,
+    config: Mapping[str, Any],
+) -> list[str]:
+    """Replace the service's GPU settings with the plan's; return notes on what changed."""
+    notes: list[str] = []
+    origin = _origins(files, service)
+    _refuse_device_access(svc, service, config, origin)
     if "gpus" in svc:
         notes.append(
             f"replaced `gpus: {_shown_gpus(svc['gpus'])}` from {origin(['gpus'])} with the "
@@ -263,29 +461,38 @@ def _rewrite_service(
             notes.append(f"replaced the GPU reservation {_shown(device)} from {where}")
         else:
             kept.append(device)
+    environment = _environment(svc)
+    declared = environment.get("NVIDIA_DRIVER_CAPABILITIES")
+    caps = plan.driver_capabilities if plan.capabilities_given else ()
     if plan.devices:
         kept.append(
             {
                 "driver": "nvidia",
                 "device_ids": list(plan.uuids),
-                "capabilities": ["gpu", *plan.driver_capabilities],
+                # Driver capabilities here would reach the container after its own
+                # NVIDIA_DRIVER_CAPABILITIES, and win: only the caller's choice goes here.
+                "capabilities": request_capabilities(caps),
             }
         )
     if kept:
         reservations["devices"] = kept
     else:
         reservations.pop("devices", None)
-    environment = svc.get("environment") or {}
-    if isinstance(environment, list):
-        environment = {
-            e.partition("=")[0]: (e.partition("=")[2] if "=" in e else None) for e in environment
-        }
-    for key in sorted(OWNED & environment.keys()):
-        notes.append(
-            f"replaced `{key}` in the service's environment (from {origin(['environment'])})"
-        )
+    where = origin(["environment"])
+    for key in sorted((OWNED - {"NVIDIA_DRIVER_CAPABILITIES"}) & environment.keys()):
+        notes.append(f"replaced `{key}` in the service's environment (from {where})")
     environment = {k: v for k, v in environment.items() if k not in OWNED}
-    environment.update(plan.container_run_env)
+    environment.update(container_run_env(plan))
+    if plan.capabilities_given:
+        chosen = ",".join(plan.driver_capabilities)
+        if declared not in (None, chosen):
+            notes.append(
+                f"NVIDIA_DRIVER_CAPABILITIES: {declared} (from {where}) -> {chosen} "
+                "(driver_capabilities=)"
+            )
+    elif declared is not None:
+        environment["NVIDIA_DRIVER_CAPABILITIES"] = declared
+        notes.append(f"kept NVIDIA_DRIVER_CAPABILITIES={declared} from {where}")
     svc["environment"] = environment
     if svc.get("runtime") == "nvidia":
         notes.append("the service uses `runtime: nvidia`; its NVIDIA_VISIBLE_DEVICES is the plan's")
@@ -303,10 +510,16 @@ def prepare(
     environ: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     container_name: str | None = None,
+    running: Callable[[str], Iterable[str]] | None = None,
 ) -> ComposeRun:
     """Generate the compose file and argv that run ``command`` in ``service`` on exactly the
     planned GPUs. ``env`` adds variables inside the container; ``environ`` is the environment
-    Compose itself runs with (default ``os.environ``), less its CUDA_*/NVIDIA_* variables."""
+    Compose itself runs with (default ``os.environ``), less its CUDA_*/NVIDIA_* variables.
+
+    The services that ``compose run`` starts with ``service`` (``depends_on``, ``links``,
+    ``volumes_from``, ``network_mode``/``ipc``/``pid: service:NAME``) get no GPU, or the
+    launch is refused if one asks for GPUs. ``running(project)`` names the project's
+    services already running: those are left as they are (not rewritten, not stopped)."""
     import yaml
 
     here = Path(cwd) if cwd is not None else Path.cwd()
@@ -320,13 +533,23 @@ def prepare(
             f"no service {service!r} in {', '.join(map(str, paths))}; services: "
             f"{', '.join(sorted(services)) or 'none'}"
         )
-    notes = _rewrite_service(services[service], plan, paths, service)
+    notes = _rewrite_service(services[service], plan, paths, service, config)
     project = _project_name(config, paths, clean)
+    needed = dependencies(services, service)
+    up = set(running(project)) if needed and running is not None else set()
+    started = tuple(name for name in needed if name not in up)
+    for name in needed:
+        if name in up:
+            notes.append(f"service {name!r} ({needed[name]}) was already running: left as it is")
+        else:
+            notes.append(
+                _isolate_dependency(services[name], name, needed[name], service, config, paths)
+            )
     name = container_name or f"gpuroute-{project}-{service}-{os.urandom(5).hex()}"
     workdir = Path(tempfile.mkdtemp(prefix="gpuroute-compose-"))
     generated = workdir / "compose.gpuroute.yml"
     generated.write_text(yaml.safe_dump(config, sort_keys=False))
-    container_env = merge_env(env, plan.container_run_env)
+    container_env = merge_env(env, container_run_env(plan))
     base = [
         *compose,
         "-p",
@@ -337,7 +560,7 @@ def prepare(
         str(generated),
     ]
     try:
-        _check_generated(base, clean, here, service, plan)
+        _check_generated(base, clean, here, service, plan, started)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -347,17 +570,45 @@ def prepare(
         # (a token, a password) shows on the command line, which every local user can read.
         argv += ["-e", key]
     argv += [service, *command]
-    return ComposeRun(argv, base, service, {**clean, **container_env}, generated, name, notes)
+    return ComposeRun(
+        argv,
+        base,
+        service,
+        {**clean, **container_env},
+        generated,
+        name,
+        notes,
+        project=project,
+        dependencies=started,
+    )
 
 
 def _check_generated(
-    base: list[str], env: Mapping[str, str], cwd: Path, service: str, plan: RoutingPlan
+    base: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    service: str,
+    plan: RoutingPlan,
+    started: Sequence[str] = (),
 ) -> None:
     """Read the generated file back through Compose: the service must request exactly the
-    planned devices, and nothing else that reaches GPUs."""
+    planned devices, and nothing else that reaches GPUs; each service started with it must
+    ask for none and have ``NVIDIA_VISIBLE_DEVICES=void``."""
     import yaml
 
-    svc = (yaml.safe_load(_run_compose([*base, "config"], env, cwd)) or {})["services"][service]
+    services = (yaml.safe_load(_run_compose([*base, "config"], env, cwd)) or {})["services"]
+    for name in started:
+        dep = services.get(name) or {}
+        if (
+            _gpu_asks(dep)
+            or dep.get("privileged")
+            or _environment(dep).get("NVIDIA_VISIBLE_DEVICES") != "void"
+        ):
+            raise ComposeConflictError(
+                f"Compose did not take `NVIDIA_VISIBLE_DEVICES=void` and no GPU request for "
+                f"service {name!r}, which starts with {service!r}"
+            )
+    svc = services[service]
     requests = [
         d
         for d in (svc.get("deploy") or {})
@@ -400,10 +651,13 @@ class ComposeLaunch(ProcessLaunch):
         cwd: Path,
         stream: bool,
         gated: bool = False,
+        before: Mapping[str, bool] | None = None,
     ) -> None:
         self.run = run
         self.engine = engine
         self.cwd = cwd
+        self.before = dict(before or {})
+        """The project's containers before the launch: id -> whether it was running."""
         try:
             super().__init__(
                 plan, run.argv, run.env, cwd=cwd, stream=stream, notes=run.notes, gated=gated
@@ -452,18 +706,58 @@ class ComposeLaunch(ProcessLaunch):
         )(look)
         return None if found is _NOT_YET else found
 
+    def dependency_containers(self) -> list[Any]:
+        """The containers of the services this run started with its own (see
+        ``ComposeRun.dependencies``), less any that ran before the launch."""
+        if not self.run.dependencies:
+            return []
+        services = set(self.run.dependencies)
+        found = self.engine.call(
+            lambda: self.engine.client.containers.list(
+                all=True, filters={"label": f"com.docker.compose.project={self.run.project}"}
+            )
+        )
+        return [
+            c
+            for c in found
+            if c.labels.get("com.docker.compose.service") in services
+            and c.labels.get("com.docker.compose.oneoff") != "True"
+            and not self.before.get(c.id, False)
+        ]
+
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            try:
-                # Stop the container; compose run then ends and removes it (--rm).
-                self._container(lambda c: c.stop(timeout=int(timeout)))
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(timeout + 10)
-            finally:
-                self.kill_group(timeout)
+        try:
+            if self.process.poll() is None:
+                try:
+                    # Stop the container; compose run then ends and removes it (--rm).
+                    self._container(lambda c: c.stop(timeout=int(timeout)))
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.process.wait(timeout + 10)
+                finally:
+                    self.kill_group(timeout)
+        finally:
+            # The services started with it: compose run --rm leaves them running.
+            import docker.errors
+
+            for container in self.dependency_containers():
+                try:
+                    self.engine.call(partial(container.stop, timeout=int(timeout)))
+                except EngineError as exc:
+                    if not isinstance(exc.__cause__, docker.errors.NotFound):
+                        raise
 
     def remove(self) -> None:
-        self._container(lambda c: c.remove(force=True))
+        import docker.errors
+
+        try:
+            self._container(lambda c: c.remove(force=True))
+        finally:
+            # Only the containers this launch created: one that existed, stopped, before the
+            # launch is left stopped.
+            for container in self.dependency_containers():
+                if container.id not in self.before:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        container.remove(force=True)
 
     def cleanup(self) -> None:
         self.run.cleanup()
@@ -475,11 +769,11 @@ class ComposeLaunch(ProcessLaunch):
         checked instead."""
         deadline = time.monotonic() + 60
         while container := self.wait_for_container(deadline - time.monotonic(), running=True):
-            inside = nvidia_smi_inside(self.engine, container)
-            if inside is not None:
-                check_seen(self.plan, inside[1], f"compose container {self.run.container_name}")
+            seen = nvidia_smi_evidence(self.engine, container)
+            if seen is not None:
+                check_seen(self.plan, seen, f"compose container {self.run.container_name}")
                 return
-            time.sleep(0.05)  # it ended meanwhile: try again
+            time.sleep(0.05)  # it ended meanwhile: wait for compose to end, or try again
         twin = self.run.twin_argv("nvidia-smi", "-L")
         result = subprocess.run(
             twin, env=self.run.env, cwd=self.cwd, capture_output=True, text=True, check=False
@@ -517,6 +811,22 @@ class ComposeBackend(EngineBackend):
         environ = dict(self.connection.env())
         if self.connection.docker_host:
             environ["DOCKER_HOST"] = self.connection.docker_host
+        before: dict[str, bool] = {}
+
+        def running(project: str) -> set[str]:
+            """The project's services that run now; notes every container's state."""
+            found = self.engine.call(
+                lambda: self.engine.client.containers.list(
+                    all=True, filters={"label": f"com.docker.compose.project={project}"}
+                )
+            )
+            before.update({c.id: c.status == "running" for c in found})
+            return {
+                str(c.labels.get("com.docker.compose.service"))
+                for c in found
+                if c.status == "running" and c.labels.get("com.docker.compose.oneoff") != "True"
+            }
+
         run = prepare(
             plan,
             work.service,
@@ -527,9 +837,12 @@ class ComposeBackend(EngineBackend):
             environ=environ,
             cwd=cwd,
             container_name=work.name,
+            running=running,
         )
         gated = bind is not unbound
-        handle = ComposeLaunch(plan, run, self.engine, cwd=cwd, stream=work.stream, gated=gated)
+        handle = ComposeLaunch(
+            plan, run, self.engine, cwd=cwd, stream=work.stream, gated=gated, before=before
+        )
         if not gated:
             return handle
         try:

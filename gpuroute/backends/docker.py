@@ -9,6 +9,7 @@ container that holds a lease still exists. docker-py is imported only inside fun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -18,7 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 from gpuroute.backends.base import Backend, Bind, Connection, Launch, Work
-from gpuroute.backends.env import is_gpu_device_node, merge_env
+from gpuroute.backends.env import (
+    gpu_majors,
+    gpu_node_at,
+    is_gpu_device_node,
+    merge_env,
+    opens_gpu_devices,
+)
 from gpuroute.core.plan import DRIVER_CAPABILITIES, RoutingPlan
 from gpuroute.errors import (
     CommandNotFoundError,
@@ -45,6 +52,7 @@ __all__ = [
     "Pull",
     "RetryPolicy",
     "call",
+    "capabilities_for",
     "cdi_device_names",
     "check_docker_kwargs",
     "check_seen",
@@ -53,9 +61,14 @@ __all__ = [
     "container_state",
     "init_process",
     "device_requests",
+    "ENGINE_CAPABILITIES",
     "engine_address",
+    "image_capabilities",
     "is_not_running",
+    "is_running",
+    "request_capabilities",
     "lists_devices",
+    "nvidia_smi_evidence",
     "nvidia_smi_inside",
     "seen_by_nvidia_smi",
     "translate",
@@ -382,12 +395,27 @@ def cdi_device_names(plan: RoutingPlan) -> list[str]:
     return [f"nvidia.com/gpu={uuid}" for uuid in plan.uuids]
 
 
+ENGINE_CAPABILITIES = frozenset({"compute", "compat32", "graphics", "utility", "video", "display"})
+"""The driver capabilities the engine's ``nvidia`` device driver accepts in a device
+request; it refuses others (``all``, ``ngx``) with "could not select device driver"."""
+
+
+def request_capabilities(capabilities: Sequence[str]) -> list[str]:
+    """A device request's capabilities for these driver capabilities: ``gpu`` and them, or
+    ``gpu`` alone when the engine would not take one of them (then the container's
+    ``NVIDIA_DRIVER_CAPABILITIES`` alone carries them: the engine adds none of its own)."""
+    if set(capabilities) <= ENGINE_CAPABILITIES:
+        return ["gpu", *capabilities]
+    return ["gpu"]
+
+
 def device_requests(plan: RoutingPlan, *, cdi: bool = False) -> list[Any]:
     """The engine's device requests for a plan: none for no GPU.
 
     ``nvidia`` driver (default): the planned UUIDs, with capability ``gpu`` plus the plan's
-    driver capabilities, which the engine passes on as ``NVIDIA_DRIVER_CAPABILITIES``.
-    ``cdi=True``: CDI device names, for engines with CDI enabled (Docker 25+).
+    driver capabilities, which the engine passes on as ``NVIDIA_DRIVER_CAPABILITIES``
+    (``gpu`` alone for ``all`` or ``ngx``, which it does not take: the environment carries
+    them). ``cdi=True``: CDI device names, for engines with CDI enabled (Docker 25+).
     """
     if not plan.devices:
         return []
@@ -399,7 +427,7 @@ def device_requests(plan: RoutingPlan, *, cdi: bool = False) -> list[Any]:
         DeviceRequest(
             driver="nvidia",
             device_ids=list(plan.uuids),
-            capabilities=[["gpu", *plan.driver_capabilities]],
+            capabilities=[request_capabilities(plan.driver_capabilities)],
         )
     ]
 
@@ -421,6 +449,20 @@ def container_kwargs(plan: RoutingPlan, *, cdi: bool = False) -> dict[str, Any]:
 _FORBIDDEN_DOCKER_KWARGS = ("device_requests", "environment", "command", "image", "detach")
 
 
+def _bind_sources(docker_kwargs: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(setting, host path) of every bind mount in ``containers.create`` arguments:
+    ``volumes`` and ``binds`` (a mapping of host path to ``{"bind": ...}``, or
+    ``"SRC:DST[:MODE]"`` strings) and ``mounts`` of type bind."""
+    for key in ("volumes", "binds"):
+        value = docker_kwargs.get(key) or []
+        sources = value.keys() if isinstance(value, Mapping) else value
+        for source in sources:
+            yield key, str(source).split(":", 1)[0]
+    for mount in docker_kwargs.get("mounts") or []:
+        if isinstance(mount, Mapping) and str(mount.get("Type", "volume")) == "bind":
+            yield "mounts", str(mount.get("Source") or "")
+
+
 def check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
     """Refuse the ``containers.create`` settings that would undo the routing."""
     for key in _FORBIDDEN_DOCKER_KWARGS:
@@ -434,10 +476,29 @@ def check_docker_kwargs(docker_kwargs: Mapping[str, Any]) -> None:
             "docker_kwargs sets privileged=True: a privileged container sees "
             "every GPU whatever is requested, so gpuroute cannot pin it"
         )
+    majors = gpu_majors()
     for device in docker_kwargs.get("devices") or []:
-        if is_gpu_device_node(device):
+        if is_gpu_device_node(device, majors):
             raise LaunchError(
-                f"docker_kwargs maps the GPU device {device!r} directly; let gpuroute request GPUs"
+                f"docker_kwargs maps the GPU device {device!r} directly (`devices`): it reaches "
+                "the container whatever the plan says. Remove it and let gpuroute request GPUs "
+                "with gpus=."
+            )
+    for key, source in _bind_sources(docker_kwargs):
+        node = gpu_node_at(source, majors)
+        if node is not None:
+            shown = "" if node == source else f", which holds the GPU device node {node}"
+            raise LaunchError(
+                f"docker_kwargs bind-mounts {source!r} (`{key}`){shown}: a GPU device node "
+                "bound into a container can reach a GPU past the plan. Bind a directory that "
+                "holds no device nodes, and let gpuroute request GPUs with gpus=."
+            )
+    for rule in docker_kwargs.get("device_cgroup_rules") or []:
+        if opens_gpu_devices(rule, majors):
+            raise LaunchError(
+                f"docker_kwargs sets the device cgroup rule {rule!r} (`device_cgroup_rules`), "
+                "which opens NVIDIA's device nodes to the container, past the plan. Remove it "
+                "(or narrow it to other majors) and let gpuroute request GPUs with gpus=."
             )
 
 
@@ -499,7 +560,50 @@ def nvidia_smi_inside(engine: Engine, container: Any) -> tuple[int, str] | None:
         if is_not_running(exc):
             return None
         raise
-    return int(code), bytes(output).decode(errors="replace")
+    return int(code) if code is not None else -1, bytes(output).decode(errors="replace")
+
+
+def is_running(engine: Engine, container: Any) -> bool:
+    """Whether a container runs now (False once it ended or was removed)."""
+    import docker.errors
+
+    try:
+        engine.call(container.reload)
+    except EngineError as exc:
+        if isinstance(exc.__cause__, docker.errors.NotFound):
+            return False
+        raise
+    return bool(container.status == "running")
+
+
+PROBE_ATTEMPTS = 3
+PROBE_PAUSE_S = 0.2
+
+
+def nvidia_smi_evidence(engine: Engine, container: Any) -> str | None:
+    """What ``nvidia-smi -L`` inside a running container says, when that is evidence of what
+    the container sees; None when the container ended before it could answer (the caller
+    then checks a twin).
+
+    A clean exit (status 0) is evidence. A failure is evidence only if the container kept
+    running through it, ``PROBE_ATTEMPTS`` times over: an exec into a container that is
+    ending fails too (killed, "cannot exec in a stopped state", no output), and the engine
+    may still call the container running for a moment after its process ended. So a short
+    job is never taken for a mis-pinned one, and a container that really sees other GPUs
+    (nvidia-smi failing, or listing others) still is."""
+    output = ""
+    for attempt in range(PROBE_ATTEMPTS):
+        if attempt:
+            time.sleep(PROBE_PAUSE_S)
+        result = nvidia_smi_inside(engine, container)
+        if result is None:
+            return None
+        code, output = result
+        if code == 0:
+            return output
+        if not is_running(engine, container):
+            return None
+    return output
 
 
 # -- the handle ---------------------------------------------------------------------------
@@ -518,8 +622,9 @@ class ContainerLaunch(Launch):
         create_kwargs: Mapping[str, Any],
         *,
         own_engine: bool = False,
+        notes: Sequence[str] = (),
     ) -> None:
-        super().__init__(plan)
+        super().__init__(plan, notes)
         self.engine = engine
         self.container = container
         self.create_kwargs = dict(create_kwargs)
@@ -603,17 +708,10 @@ class ContainerLaunch(Launch):
         """``nvidia-smi -L`` inside the container (or, if it has already ended, inside a twin
         created exactly like it) must list exactly the planned devices."""
         where = f"container {self.container.short_id}"
-        result = nvidia_smi_inside(self.engine, self.container)
-        text = result[1] if result is not None else ""
-        if result is None or not (result[0] == 0 or lists_devices(text)):
-            try:
-                self.engine.call(self.container.reload)
-                running = self.container.status == "running"
-            except EngineError:
-                running = False  # gone already (auto-removed)
-            if not running:  # it ended before it could be entered
-                text = self._twin_output()
-                where = f"a twin of container {self.container.short_id} (which had already exited)"
+        text = nvidia_smi_evidence(self.engine, self.container)
+        if text is None:  # it ended before it could be entered
+            text = self._twin_output()
+            where = f"a twin of container {self.container.short_id} (which had already exited)"
         check_seen(self.plan, text, where)
 
     def _twin_output(self) -> str:
@@ -647,6 +745,54 @@ class ContainerLaunch(Launch):
 # -- the backend --------------------------------------------------------------------------
 
 Pull = Literal["missing", "never"]
+
+
+def image_capabilities(engine: Engine, image: str, pull: Pull = "missing") -> str | None:
+    """The ``NVIDIA_DRIVER_CAPABILITIES`` an image declares (``all`` in many graphics and
+    video images), None when it declares none. A missing image is pulled first, unless
+    ``pull="never"`` (then None: creating the container reports the missing image)."""
+    client = engine.client
+    try:
+        found = engine.call(lambda: client.images.get(image), image=image)
+    except ImageNotFoundError:
+        if pull == "never":
+            return None
+        engine.call(lambda: client.images.pull(image), image=image)
+        found = engine.call(lambda: client.images.get(image), image=image)
+    declared = None
+    for entry in (found.attrs.get("Config") or {}).get("Env") or []:
+        key, _, value = str(entry).partition("=")
+        if key == "NVIDIA_DRIVER_CAPABILITIES":
+            declared = value
+    return declared
+
+
+def capabilities_for(
+    plan: RoutingPlan, declared: str | None, whose: str, notes: list[str] | None = None
+) -> RoutingPlan:
+    """The plan to render for work that declares ``declared`` driver capabilities: the
+    work's own unless the caller chose some (``plan.capabilities_given``). Appends to
+    ``notes`` what was kept, or replaced (old -> new)."""
+    notes = notes if notes is not None else []
+    chosen = ",".join(plan.driver_capabilities)
+    if declared is None or not declared.strip():
+        return plan
+    if plan.capabilities_given:
+        if declared != chosen:
+            notes.append(
+                f"NVIDIA_DRIVER_CAPABILITIES: {declared} ({whose}) -> {chosen} "
+                "(driver_capabilities=)"
+            )
+        return plan
+    caps = tuple(dict.fromkeys(c.strip().lower() for c in declared.split(",") if c.strip()))
+    if not caps or not set(caps) <= DRIVER_CAPABILITIES:
+        notes.append(
+            f"{whose} NVIDIA_DRIVER_CAPABILITIES={declared!r} is not a list of driver "
+            f"capabilities; used {chosen}"
+        )
+        return plan
+    notes.append(f"kept {whose} NVIDIA_DRIVER_CAPABILITIES={declared}")
+    return dataclasses.replace(plan, driver_capabilities=caps)
 
 
 @dataclass(frozen=True)
@@ -715,10 +861,17 @@ class DockerBackend(EngineBackend):
     name = "docker"
     target = "container"
 
-    def create_kwargs(self, plan: RoutingPlan, work: DockerWork) -> dict[str, Any]:
-        """Everything ``containers.create`` gets for ``work`` on ``plan``."""
+    def create_kwargs(
+        self, plan: RoutingPlan, work: DockerWork, notes: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Everything ``containers.create`` gets for ``work`` on ``plan``. The image's own
+        driver capabilities are kept unless the caller chose some (``capabilities_given``);
+        ``notes`` receives what was kept or replaced."""
         check_docker_kwargs(work.docker_kwargs)
-        kwargs = container_kwargs(plan, cdi=work.cdi)
+        merge_env(work.env, {})  # refuses what only the plan may set, before the engine
+        declared = image_capabilities(self.engine, work.image, work.pull)
+        rendered = capabilities_for(plan, declared, "the image's", notes)
+        kwargs = container_kwargs(rendered, cdi=work.cdi)
         kwargs["environment"] = merge_env(work.env, kwargs["environment"])
         labels = {
             **dict(work.docker_kwargs.get("labels") or {}),
@@ -738,10 +891,11 @@ class DockerBackend(EngineBackend):
 
     def start(self, plan: RoutingPlan, work: Any, bind: Bind) -> Launch:
         assert isinstance(work, DockerWork)
-        create_kwargs = self.create_kwargs(plan, work)
+        notes: list[str] = []
+        create_kwargs = self.create_kwargs(plan, work, notes)
         engine = self.engine
         container = self._create(engine, create_kwargs, work)
-        handle = ContainerLaunch(plan, engine, container, create_kwargs)
+        handle = ContainerLaunch(plan, engine, container, create_kwargs, notes=notes)
         try:
             # The lease names the container before it can run: no moment in which the work
             # runs while the lease names only this (mortal) launcher.

@@ -66,6 +66,10 @@ class RoutingPlan:
     local_refusal: str | None = field(default=None, repr=False)
     """Why a local process may not use this plan (the parent mask, or index form with MIG)."""
     notes: tuple[str, ...] = field(default=(), repr=False)
+    capabilities_given: bool = field(default=False, repr=False)
+    """Whether the caller chose ``driver_capabilities``. If not, a backend keeps what the
+    work itself declares (a compose service's or an image's ``NVIDIA_DRIVER_CAPABILITIES``)
+    and ``driver_capabilities`` (the default) applies only where nothing is declared."""
 
     # -- the views ------------------------------------------------------------------------
 

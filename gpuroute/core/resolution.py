@@ -46,7 +46,7 @@ def resolve(
     context: CallerContext | None = None,
     target: Target | None = None,
     allow_multiple_mig: bool = False,
-    driver_capabilities: Iterable[str] = DEFAULT_DRIVER_CAPABILITIES,
+    driver_capabilities: Iterable[str] | None = None,
     local_ids: LocalIds = "uuid",
 ) -> RoutingPlan:
     """Resolve ``spec`` against ``inventory`` into a RoutingPlan.
@@ -57,7 +57,11 @@ def resolve(
     """
     context = context or CallerContext()
     parsed = parse_spec(spec)
-    caps = _capabilities(driver_capabilities, parsed.text)
+    given = driver_capabilities is not None
+    caps = _capabilities(
+        DEFAULT_DRIVER_CAPABILITIES if driver_capabilities is None else driver_capabilities,
+        parsed.text,
+    )
     if local_ids not in ("uuid", "index"):
         raise SpecError(f"local_ids must be 'uuid' or 'index', not {local_ids!r}")
     if target not in (None, "container", "local"):
@@ -98,6 +102,7 @@ def resolve(
         inventory=inventory,
         context=context,
         driver_capabilities=caps,
+        capabilities_given=given,
         local_ids=local_ids,
         local_refusal=refusal,
         notes=tuple(notes),
