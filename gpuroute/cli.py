@@ -12,6 +12,7 @@
                                                real GPUs or, with no NVIDIA driver, on a
                                                simulated host
     gpuroute topologies                        the built-in simulated hosts
+    gpuroute --version                         the installed version
     gpuroute bench transformers|vllm|trtllm …  an LLM benchmark on exactly the routed GPUs,
                                                energy measured on them (gpuroute.bench.cli)
     gpuroute campaign run FILE | report DIR    a grid of benchmarks, resumable, with plots
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="gpuroute",
         description="Put work on exactly the GPUs you asked for.",
     )
+    from gpuroute.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"gpuroute {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ls = sub.add_parser("ls", help="list GPUs and MIG devices")
@@ -160,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="GPUs marked unhealthy by a critical Xid")
     health.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
+    health.add_argument("--json", action="store_true", help="print the marked GPUs as JSON")
     health_sub = health.add_subparsers(dest="health_command", metavar="ACTION")
     health_clear = health_sub.add_parser(
         "clear", help="clear the marks of these GPUs (after a reset): later Xids count again"
@@ -197,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--spec", help="the spec to plan (default: chosen for the host)")
     demo.add_argument("--image", help="on a real GPU host: also run nvidia-smi -L in this image")
 
-    sub.add_parser("topologies", help="list the built-in simulated hosts")
+    topologies = sub.add_parser("topologies", help="list the built-in simulated hosts")
+    topologies.add_argument("--json", action="store_true", help="print names and descriptions")
 
     from gpuroute.bench.cli import add_parsers
 
@@ -234,8 +240,10 @@ def _health(args: argparse.Namespace, inventory: Inventory) -> int:
             )
             print(f"Cleared the health mark of GPU {token}{had}.")
         return 0
-    directory = _existing_lease_dir(args.lease_dir)
+    directory = _existing_lease_dir(args.lease_dir, say=not args.json)
     if directory is None:
+        if args.json:
+            print("[]")
         return 0
     records, notes = HealthStore(directory).read()
     for note in notes:
@@ -245,6 +253,10 @@ def _health(args: argparse.Namespace, inventory: Inventory) -> int:
         record = records.get(gpu.uuid)
         if record is not None and record.unhealthy:
             rows.append((str(gpu.index), gpu.uuid, "; ".join(m.describe() for m in record.marks)))
+    if args.json:
+        marked = [{"gpu": int(index), "uuid": uuid, "xids": xids} for index, uuid, xids in rows]
+        print(json.dumps(marked, indent=2))
+        return 0
     if not rows:
         print(f"No GPU is marked unhealthy in {directory.path}.")
         return 0
@@ -390,25 +402,46 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
         return 128 + stopped.signum
 
 
-def _existing_lease_dir(path: str | None) -> LeaseDir | None:
-    """The lease directory, or None (having said so) where none exists yet: no leases."""
+def _existing_lease_dir(path: str | None, *, say: bool = True) -> LeaseDir | None:
+    """The lease directory, or None (having said so, unless ``say`` is false) where none
+    exists yet: no leases."""
     from gpuroute.leases import LeaseDir, lease_dir_path
 
     where = lease_dir_path(path)
     if not os.path.lexists(where):
-        print(f"No leases: the lease directory {where} does not exist yet.")
+        if say:
+            print(f"No leases: the lease directory {where} does not exist yet.")
         return None
     return LeaseDir(where, create=False)
 
 
-def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
+def _labelling_inventory(args: argparse.Namespace) -> Inventory | None:
+    """The inventory that labels leased devices, or None (having said so in one note) where
+    NVML cannot be read, as on a machine without an NVIDIA driver: listings work without it.
+    A snapshot or topology the user named that cannot be read stays an error."""
+    from gpuroute.errors import NVMLError
+
+    try:
+        return _inventory(args)
+    except NVMLError as exc:
+        print(
+            f"gpuroute: note: the GPU inventory cannot be read, so devices are shown by UUID "
+            f"and their usage is not counted ({exc})",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _leases(args: argparse.Namespace) -> int:
     import time
 
     from gpuroute.leases import boot_id, stale_reason
     from gpuroute.limits import format_equivalents, usage_of
 
-    directory = _existing_lease_dir(args.lease_dir)
+    directory = _existing_lease_dir(args.lease_dir, say=not args.json)
     if directory is None:
+        if args.json:
+            print("[]")
         return 0
     records, notes = directory.read(set_aside=False)  # no lock: files change atomically
     by_lease = {r.lease_id: r for r in records.values()}
@@ -420,12 +453,18 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
         for note in notes:
             print(f"note: {note}")
         return 0
+    inventory = _labelling_inventory(args)
     headers = ("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")
     rows = []
     now = time.time()
     for r in sorted(by_lease.values(), key=lambda r: r.created):
-        labels = [d.label if (d := inventory.by_uuid(u)) else u[:12] for u in r.devices]
-        usage = usage_of(r.devices, inventory)
+        if inventory is None:
+            labels, equivalents, physical = list(r.devices), "?", "?"
+        else:
+            labels = [d.label if (d := inventory.by_uuid(u)) else u[:12] for u in r.devices]
+            usage = usage_of(r.devices, inventory)
+            equivalents = format_equivalents(usage.gpu_equivalents)
+            physical = str(len(usage.physical_gpus))
         holder = r.holder.describe()
         stale = stale_reason(r, now=now, this_boot=boot_id())
         rows.append(
@@ -433,8 +472,8 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
                 r.lease_id,
                 r.user,
                 ",".join(labels),
-                format_equivalents(usage.gpu_equivalents),
-                str(len(usage.physical_gpus)),
+                equivalents,
+                physical,
                 holder,
                 f"{int(now - r.created)}s",
                 f"stale: {stale}" if stale else "held",
@@ -446,7 +485,7 @@ def _leases(args: argparse.Namespace, inventory: Inventory) -> int:
     return 0
 
 
-def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
+def _limits(args: argparse.Namespace) -> int:
     from gpuroute.leases import caller_identity
     from gpuroute.limits import Policy, binding_policy
 
@@ -456,6 +495,10 @@ def _limits(args: argparse.Namespace, inventory: Inventory) -> int:
     records: dict[str, LeaseRecord] = {}
     if directory is not None:
         records, _ = directory.read(set_aside=False)
+    # The inventory counts leased devices: with no leases, or none readable, nothing to count.
+    inventory = _labelling_inventory(args) if records else None
+    if inventory is None:
+        inventory = Inventory(gpus=())
     uid, user = caller_identity()
     (_, limit, mine, _), *groups = policy.budgets(uid, user, records.values(), inventory)
     print(f"Policy: {policy.source}")
@@ -488,6 +531,11 @@ def _doctor(args: argparse.Namespace) -> int:
     else:
         checks = diagnose(image=args.image, lease_dir=args.lease_dir)
     print(render(checks), end="")
+    if not args.simulate and any(c.name == "GPU inventory" and c.status == "fail" for c in checks):
+        print(
+            "\nNo GPU inventory here (no NVIDIA driver?): `gpuroute doctor --simulate` checks "
+            "the built-in simulated GPU host instead."
+        )
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
@@ -499,6 +547,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "topologies":
         from gpuroute.testing import TOPOLOGIES
 
+        if args.json:
+            print(json.dumps(dict(TOPOLOGIES), indent=2))
+            return 0
         for name, what in TOPOLOGIES.items():
             print(f"{name:<20} {what}")
         return 0
@@ -510,6 +561,10 @@ def _run(args: argparse.Namespace) -> int:
         return _run_command(args, _inventory(args) if _has_inventory_option(args) else None)
     if args.command == "doctor":
         return _doctor(args)
+    if args.command == "leases":
+        return _leases(args)
+    if args.command == "limits":
+        return _limits(args)
     inventory = _inventory(args)
     if args.command == "ls":
         if args.json:
@@ -523,10 +578,6 @@ def _run(args: argparse.Namespace) -> int:
                     live = host.live_state(inventory)
             print(_ls(inventory, live), end="")
         return 0
-    if args.command == "leases":
-        return _leases(args, inventory)
-    if args.command == "limits":
-        return _limits(args, inventory)
     if args.command == "health":
         return _health(args, inventory)
     if args.command == "inventory":

@@ -214,3 +214,81 @@ def test_health_lists_and_clears_marks(
 def test_plan_and_run_take_allow_unhealthy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "3", "--simulate", "h100-sxm-8", "--allow-unhealthy"]) == 0
     assert "CUDA_VISIBLE_DEVICES=0" in capsys.readouterr().out
+
+
+def test_version_prints_the_package_version() -> None:
+    from gpuroute.version import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"gpuroute {__version__}\n"
+
+
+@pytest.fixture
+def no_driver(tmp_path: Path) -> dict[str, str]:
+    """An environment in which NVML cannot load, as on a machine without an NVIDIA driver:
+    a file that is no library comes first on the loader path as libnvidia-ml.so.1."""
+    libs = tmp_path / "no-driver"
+    libs.mkdir()
+    (libs / "libnvidia-ml.so.1").write_text("not a library\n")
+    return {"PATH": "", "LD_LIBRARY_PATH": str(libs)}
+
+
+def test_doctor_without_a_driver_fails_and_points_at_the_simulated_host(
+    no_driver: dict[str, str], tmp_path: Path
+) -> None:
+    result = run_cli("doctor", "--lease-dir", str(tmp_path / "leases"), env=no_driver)
+    assert result.returncode == 1, result.stderr
+    assert "[FAIL] GPU inventory" in result.stdout
+    last = result.stdout.rstrip().splitlines()[-1]
+    assert "gpuroute doctor --simulate" in last
+
+
+def test_leases_and_limits_without_a_driver_and_without_leases(
+    no_driver: dict[str, str], tmp_path: Path
+) -> None:
+    where = ["--lease-dir", str(tmp_path / "none-yet")]
+    result = run_cli("leases", *where, env=no_driver)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "No leases" in result.stdout
+    result = run_cli("leases", *where, "--json", env=no_driver)
+    assert (result.returncode, json.loads(result.stdout)) == (0, [])
+    result = run_cli("limits", *where, env=no_driver)
+    assert result.returncode == 0, result.stderr
+    assert "your limit: none" in result.stdout
+
+
+def test_leases_and_limits_without_a_driver_show_uuids_and_say_so(
+    no_driver: dict[str, str], tmp_path: Path, h100: Inventory
+) -> None:
+    from gpuroute import Host
+    from gpuroute.limits import Policy
+    from gpuroute.testing import FakeNVML
+
+    host = Host(nvml=FakeNVML(h100), lease_dir=tmp_path, policy=Policy(), environ={})
+    with host.acquire("3"):
+        result = run_cli("leases", "--lease-dir", str(tmp_path), env=no_driver)
+        assert result.returncode == 0, result.stderr
+        assert h100.gpus[3].uuid in result.stdout
+        assert result.stderr.count("\n") == 1
+        assert "inventory cannot be read" in result.stderr
+        result = run_cli("leases", "--lease-dir", str(tmp_path), "--json", env=no_driver)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)[0]["devices"] == [h100.gpus[3].uuid]
+        result = run_cli("limits", "--lease-dir", str(tmp_path), env=no_driver)
+        assert result.returncode == 0, result.stderr
+        assert "inventory cannot be read" in result.stderr
+
+
+def test_listings_answer_in_json_when_there_is_nothing(tmp_path: Path) -> None:
+    where = ["--lease-dir", str(tmp_path / "none-yet"), "--simulate", "h100-sxm-8"]
+    result = run_cli("health", *where, "--json")
+    assert (result.returncode, json.loads(result.stdout)) == (0, []), result.stderr
+    (tmp_path / "none-yet").mkdir()
+    result = run_cli("health", *where, "--json")
+    assert (result.returncode, json.loads(result.stdout)) == (0, []), result.stderr
+    result = run_cli("leases", *where, "--json")
+    assert (result.returncode, json.loads(result.stdout)) == (0, []), result.stderr
+    result = run_cli("topologies", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "a100-mig-4" in json.loads(result.stdout)
