@@ -48,6 +48,7 @@ __all__ = [
     "PlanOptions",
     "Routed",
     "caps_option",
+    "close_default_hosts",
     "default_host",
     "default_inventory",
     "host_for",
@@ -659,6 +660,17 @@ def default_host(
                 _defaults.pop(next(iter(_defaults))).close()
             host = _defaults[key] = Host(docker_host=docker_host, lease_dir=lease_dir, retry=retry)
         return host
+
+
+def close_default_hosts() -> None:
+    """Close and forget the default hosts, so that the next module-level call reads the
+    inventory, the caller's context and the NVML module anew (the pytest plugin does this
+    when it installs a ``FakeNVML``)."""
+    with _defaults_lock:
+        hosts = list(_defaults.values())
+        _defaults.clear()
+    for host in hosts:
+        host.close()
 
 
 def host_for(

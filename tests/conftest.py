@@ -116,7 +116,17 @@ def no_context() -> CallerContext:
 REQUIRE_ENGINE_VAR = "GPUROUTE_REQUIRE_ENGINE"
 
 
+PLUGIN = "gpuroute.testing.pytest_plugin"
+"""gpuroute's pytest plugin, whose fixtures these tests use too."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # An installed gpuroute loads its plugin through the ``pytest11`` entry point ``gpuroute``
+    # (``-p gpuroute`` where autoloading is off); a checkout that is not installed, or whose
+    # install predates the entry point, loads it here. Registering it twice is an error.
+    manager = config.pluginmanager
+    if not manager.has_plugin("gpuroute") and not manager.has_plugin(PLUGIN):
+        manager.import_plugin(PLUGIN)
     config.addinivalue_line(
         "markers", "engine: needs the private Docker Engine of the simulated GPU host"
     )
@@ -140,25 +150,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skipif(True, reason=f"no private engine: {reason}"))
 
 
-@pytest.fixture(scope="session")
-def _sim_host() -> Iterator[SimulatedGPUHost]:
-    from gpuroute.testing.engine import SimulatedGPUHost
-
-    with SimulatedGPUHost(topology("h100-sxm-8")) as host:
-        yield host
-
-
 @pytest.fixture
 def engine(
-    _sim_host: SimulatedGPUHost, monkeypatch: pytest.MonkeyPatch
+    gpuroute_engine: SimulatedGPUHost, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[SimulatedGPUHost]:
-    """The simulated 8 x H100 host, with DOCKER_HOST pointing at its engine. Checks that each
-    test leaves no container behind."""
-    _sim_host.use(topology("h100-sxm-8"))
-    _sim_host.configure_toolkit()
-    monkeypatch.setenv("DOCKER_HOST", _sim_host.base_url)
-    yield _sim_host
-    client = _sim_host.client()
+    """The simulated 8 x H100 host (the plugin's session engine), with DOCKER_HOST pointing at
+    its engine. Checks that each test leaves no container behind."""
+    gpuroute_engine.use(topology("h100-sxm-8"))
+    gpuroute_engine.configure_toolkit()
+    monkeypatch.setenv("DOCKER_HOST", gpuroute_engine.base_url)
+    yield gpuroute_engine
+    client = gpuroute_engine.client()
     try:
         left = client.containers.list(all=True)
         for container in left:

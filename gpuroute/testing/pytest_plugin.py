@@ -1,0 +1,171 @@
+"""pytest fixtures for code that embeds gpuroute, tested on machines with no GPU.
+
+Installed with gpuroute, this plugin is loaded by pytest through the ``pytest11`` entry point
+``gpuroute``; where plugin autoloading is off, load it with ``-p gpuroute``. Every name
+starts with ``gpuroute_``:
+
+* ``gpuroute_topology``: the simulated host's GPUs, an Inventory (default ``h100-sxm-8``;
+  choose another with ``@pytest.mark.gpuroute_topology("a100-mig-4")``, or override the
+  fixture);
+* ``gpuroute_nvml``: a ``FakeNVML`` of that topology, installed as this process's NVML, so
+  that ``gpuroute.plan(...)`` and ``gpuroute.acquire(...)`` with their defaults use it;
+* ``gpuroute_lease_dir``: a fresh lease directory of the test's own, set as
+  ``GPUROUTE_LEASE_DIR``;
+* ``gpuroute_host``: a ``gpuroute.Host`` on that NVML and lease directory, with a caller
+  outside any container and without a parent ``CUDA_VISIBLE_DEVICES`` mask;
+* ``gpuroute_engine`` (one per session): the simulated GPU host, a private Docker Engine
+  (``gpuroute.testing.engine.SimulatedGPUHost``); tests that use it are skipped where it
+  cannot run, or fail there under ``GPUROUTE_REQUIRE_ENGINE=1``;
+* ``gpuroute_docker``: that engine simulating ``gpuroute_topology``, with ``DOCKER_HOST``
+  pointing at it for one test.
+
+Nothing else in gpuroute imports this module: ``gpuroute.testing`` works without pytest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gpuroute.core.context import CallerContext
+from gpuroute.core.inventory import Inventory
+from gpuroute.host import Host, close_default_hosts
+from gpuroute.leases import LEASE_DIR_ENV
+from gpuroute.testing import FakeNVML, topology
+
+if TYPE_CHECKING:
+    from gpuroute.testing.engine import SimulatedGPUHost
+
+__all__ = [
+    "DEFAULT_TOPOLOGY",
+    "REQUIRE_ENGINE_ENV",
+    "gpuroute_docker",
+    "gpuroute_engine",
+    "gpuroute_host",
+    "gpuroute_lease_dir",
+    "gpuroute_nvml",
+    "gpuroute_topology",
+]
+
+DEFAULT_TOPOLOGY = "h100-sxm-8"
+"""The topology of ``gpuroute_topology`` when no marker chooses one."""
+
+REQUIRE_ENGINE_ENV = "GPUROUTE_REQUIRE_ENGINE"
+"""Set to ``1`` (as CI does) to make a test that needs the private engine fail, rather than be
+skipped, where the engine cannot run."""
+
+_CALLER_VARS = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "GPUROUTE_INVENTORY")
+"""What would make the default host read another mask, order or inventory than the fake's."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "gpuroute_topology(name_or_inventory): the simulated host of the gpuroute_* fixtures "
+        f"(a gpuroute.testing topology name or an Inventory; default {DEFAULT_TOPOLOGY})",
+    )
+    config.stash[_REQUIRE_ENGINE] = os.environ.get(REQUIRE_ENGINE_ENV) == "1"
+
+
+_REQUIRE_ENGINE = pytest.StashKey[bool]()
+"""Read at start-up, before any fixture takes GPUROUTE_* variables out of a test's view."""
+
+
+@pytest.fixture
+def gpuroute_topology(request: pytest.FixtureRequest) -> Inventory:
+    """The simulated host's GPUs: the ``gpuroute_topology`` marker's topology, else
+    ``h100-sxm-8``."""
+    marker = request.node.get_closest_marker("gpuroute_topology")
+    if marker is None:
+        return topology(DEFAULT_TOPOLOGY)
+    if len(marker.args) != 1 or marker.kwargs:
+        raise pytest.UsageError(
+            f"{request.node.nodeid}: gpuroute_topology takes one topology name or Inventory, "
+            f"as in @pytest.mark.gpuroute_topology({'a100-mig-4'!r})"
+        )
+    chosen = marker.args[0]
+    if isinstance(chosen, Inventory):
+        return chosen
+    if not isinstance(chosen, str):
+        raise pytest.UsageError(
+            f"{request.node.nodeid}: gpuroute_topology takes a topology name or an Inventory, "
+            f"not {chosen!r}"
+        )
+    return topology(chosen)
+
+
+@pytest.fixture
+def gpuroute_lease_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh lease directory of this test's own, set as ``GPUROUTE_LEASE_DIR``."""
+    path = tmp_path / "gpuroute-leases"
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)  # a private directory, whatever the umask: not writable by others
+    monkeypatch.setenv(LEASE_DIR_ENV, str(path))
+    return path
+
+
+@pytest.fixture
+def gpuroute_nvml(
+    gpuroute_topology: Inventory, gpuroute_lease_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeNVML]:
+    """A ``FakeNVML`` of ``gpuroute_topology``, installed as this process's NVML for the test:
+    ``gpuroute.plan``, ``gpuroute.acquire`` and a ``gpuroute.Host()`` read it by default. The
+    caller's ``CUDA_VISIBLE_DEVICES``, ``CUDA_DEVICE_ORDER`` and ``GPUROUTE_INVENTORY`` are
+    unset for the test, and leases go to ``gpuroute_lease_dir``."""
+    fake = FakeNVML(gpuroute_topology)
+    for name in _CALLER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("gpuroute.nvml.load_pynvml", lambda: fake)
+    close_default_hosts()  # none may answer from another NVML
+    yield fake
+    close_default_hosts()  # none may answer from another NVML
+
+
+@pytest.fixture
+def gpuroute_host(gpuroute_nvml: FakeNVML, gpuroute_lease_dir: Path) -> Iterator[Host]:
+    """A ``gpuroute.Host`` on ``gpuroute_nvml`` and ``gpuroute_lease_dir``, for a caller outside
+    any container and without a parent mask; closed after the test."""
+    with Host(nvml=gpuroute_nvml, lease_dir=gpuroute_lease_dir, context=CallerContext()) as host:
+        yield host
+
+
+@pytest.fixture(scope="session")
+def gpuroute_engine(request: pytest.FixtureRequest) -> Iterator[SimulatedGPUHost]:
+    """The simulated GPU host (a private Docker Engine with the stand-in NVIDIA toolkit), one
+    for the session, simulating ``h100-sxm-8`` until a test chooses otherwise. Where it cannot
+    run, a test that uses it is skipped with the reason, or fails under
+    ``GPUROUTE_REQUIRE_ENGINE=1``."""
+    from gpuroute.testing.engine import SimulatedGPUHost
+
+    reason = SimulatedGPUHost.unavailable()
+    if reason is not None:
+        message = f"no private Docker Engine for the simulated GPU host: {reason}"
+        if request.config.stash.get(_REQUIRE_ENGINE, False):
+            pytest.fail(f"{message} ({REQUIRE_ENGINE_ENV}=1)", pytrace=False)
+        pytest.skip(message)
+    with SimulatedGPUHost(topology(DEFAULT_TOPOLOGY)) as engine:
+        yield engine
+
+
+@pytest.fixture
+def gpuroute_docker(
+    gpuroute_engine: SimulatedGPUHost,
+    gpuroute_topology: Inventory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SimulatedGPUHost]:
+    """``gpuroute_engine`` simulating ``gpuroute_topology`` with a default toolkit, and
+    ``DOCKER_HOST`` pointing at it for this test. Containers the test leaves are removed."""
+    gpuroute_engine.use(gpuroute_topology)
+    gpuroute_engine.configure_toolkit()
+    monkeypatch.setenv("DOCKER_HOST", gpuroute_engine.base_url)
+    yield gpuroute_engine
+    client = gpuroute_engine.client()
+    try:
+        for container in client.containers.list(all=True):
+            container.remove(force=True)
+    finally:
+        client.close()
