@@ -311,6 +311,8 @@ def test_a_killed_owner_takes_its_private_engine_down() -> None:
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
 
 
 def test_stale_engine_directories_are_removed(tmp_path: Path) -> None:
