@@ -36,7 +36,6 @@ import itertools
 import json
 import math
 import os
-import stat
 import threading
 import time
 import uuid
@@ -157,30 +156,18 @@ def _as_list(key: str, value: Any) -> list[Any]:
 def _read_text(source: Path) -> str:
     """The file's text, read without blocking (a FIFO is refused, not waited on) and only up
     to ``MAX_FILE_BYTES``."""
+    from gpuroute.core.inventory import read_regular_file
+
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        raw = read_regular_file(source, MAX_FILE_BYTES)
     except OSError as exc:
         raise BenchConfigError(f"cannot read the campaign file {source}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise BenchConfigError(
+            f"the campaign file {source} is {exc}; name a YAML file of a grid, not data"
+        ) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise BenchConfigError(
-                f"the campaign file {source} is not a regular file; name a YAML file"
-            )
-        chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise BenchConfigError(
-                    f"the campaign file {source} is larger than {MAX_FILE_BYTES >> 20} MiB; "
-                    "a campaign file names a grid, not data"
-                )
-    except OSError as exc:
-        raise BenchConfigError(f"cannot read the campaign file {source}: {exc.strerror}") from exc
-    finally:
-        os.close(fd)
-    try:
-        return b"".join(chunks).decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BenchConfigError(
             f"the campaign file {source} is not UTF-8 (byte {exc.start}); save it as UTF-8"

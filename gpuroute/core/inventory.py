@@ -18,7 +18,7 @@ from typing import Any
 from gpuroute.core.spec import normalize_pci_bus_id
 from gpuroute.errors import InventoryError, SnapshotError
 
-__all__ = ["GPU", "Device", "Inventory", "MIGDevice"]
+__all__ = ["GPU", "Device", "Inventory", "MIGDevice", "read_regular_file"]
 
 MAX_SNAPSHOT_BYTES = 8 << 20
 """A snapshot file is read up to this size (8 MiB: a host of 64 GPUs needs under 100 KiB)."""
@@ -220,7 +220,18 @@ class Inventory:
         ``MAX_SNAPSHOT_BYTES``; it must be UTF-8 JSON nested at most ``MAX_SNAPSHOT_DEPTH``
         levels deep."""
         source = Path(path)
-        raw = _read_regular_file(source)
+        try:
+            raw = read_regular_file(source, MAX_SNAPSHOT_BYTES)
+        except OSError as exc:
+            raise SnapshotError(
+                f"cannot read inventory snapshot {source}: {exc.strerror}; "
+                "write one with `gpuroute inventory save FILE` on the GPU host"
+            ) from exc
+        except ValueError as exc:
+            raise SnapshotError(
+                f"{source} is {exc}: not a snapshot; name one written by "
+                "`gpuroute inventory save FILE`"
+            ) from None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -248,32 +259,22 @@ class Inventory:
         return cls.from_dict(data, source=str(source))
 
 
-def _read_regular_file(source: Path) -> bytes:
-    """The bytes of a regular file, opened without blocking, at most ``MAX_SNAPSHOT_BYTES``."""
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SnapshotError(
-            f"cannot read inventory snapshot {source}: {exc.strerror}; "
-            "write one with `gpuroute inventory save FILE` on the GPU host"
-        ) from exc
+def read_regular_file(source: Path, limit: int) -> bytes:
+    """The bytes of a regular file, opened without blocking (a FIFO or a device is refused,
+    never waited on), at most ``limit`` of them. Raises OSError where the file cannot be
+    read, and ValueError saying what the file is instead (``not a regular file``, ``larger
+    than N MiB``): each caller names the file and what it should be."""
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SnapshotError(
-                f"{source} is not a regular file; name a snapshot written by "
-                "`gpuroute inventory save FILE`"
-            )
+            raise ValueError("not a regular file")
         chunks, size = [], 0
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
             size += len(chunk)
-            if size > MAX_SNAPSHOT_BYTES:
-                raise SnapshotError(
-                    f"{source} is larger than {MAX_SNAPSHOT_BYTES >> 20} MiB: not a snapshot"
-                )
+            if size > limit:
+                raise ValueError(f"larger than {limit >> 20} MiB")
         return b"".join(chunks)
-    except OSError as exc:
-        raise SnapshotError(f"cannot read inventory snapshot {source}: {exc.strerror}") from exc
     finally:
         os.close(fd)
 
