@@ -8,6 +8,8 @@ private Docker Engine with the stand-in NVIDIA toolkit, when one can run here.
 
 from __future__ import annotations
 
+import sys
+
 from gpuroute.api import launch
 from gpuroute.api import plan as make_plan
 from gpuroute.core.context import CallerContext
@@ -90,6 +92,11 @@ def _simulated_container(spec: str, inventory: Inventory) -> int:
         "toolkit is a stand-in):"
     )
     print(f"    gpuroute.launch(PROBE, gpus={spec!r}, image={IMAGE!r}, verify=True)")
+    print(
+        "Starting the private Docker Engine and the container (a few seconds) ...",
+        file=sys.stderr,
+        flush=True,
+    )
     with (
         SimulatedGPUHost(inventory) as host,
         launch(

@@ -35,7 +35,7 @@ ensure_engine_packages() {
     echo "note: the simulated GPU host needs ${missing[*]} (Debian packages; install them as root)" >&2
     return 0
   fi
-  echo "Installing ${missing[*]} for the simulated GPU host ..." >&2
+  echo "Installing ${missing[*]} for the simulated GPU host (a minute or so) ..." >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
     || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
@@ -46,11 +46,14 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; th
   exit 1
 fi
 if [ ! -x "$VENV/bin/python" ]; then
+  echo "Creating the virtual environment .venv (first run only) ..." >&2
   "$PY" -m venv "$VENV"
 fi
 EXTRAS=${EXTRAS:-dev}
 STAMP="$VENV/.gpuroute-installed-${EXTRAS//,/-}"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+  echo "Installing gpuroute[$EXTRAS] into .venv (after a change to pyproject.toml or on" \
+    "first use: a minute or two, longer with torch) ..." >&2
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$EXTRAS]"
   touch "$STAMP"

@@ -34,6 +34,10 @@ def test_a_tiny_transformers_benchmark_runs_on_a_cpu_only_machine(tmp_path: Path
     assert data["energy"]["j_per_output_token"] is None
     assert data["energy"]["unavailable_reason"] == "no GPU was routed to this run (gpus: none)"
     assert "32 out" in run.stdout
+    # Before the wait, stderr says what happens; stdout carries the summary alone.
+    starting = "transformers generate: loading a tiny random model and running 4 prompts"
+    assert f"{starting} (subprocess, GPUs: none)" in run.stderr
+    assert "loading" not in run.stdout
     assert (tmp_path / "r.json.native" / "transformers-report.json").exists()
 
 
@@ -60,6 +64,7 @@ def test_the_same_run_on_the_simulated_host_measures_exactly_the_routed_uuids(
     assert result.routing.cuda_visible_devices == ",".join(routed)
     assert result.environment.simulated_host == "h100-sxm-8"
     assert "J per output token" in run.stdout
+    assert "running 4 prompts (subprocess, GPUs: 6, 1)" in run.stderr
 
 
 def test_a_wrong_request_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

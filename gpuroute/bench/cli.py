@@ -16,6 +16,7 @@ result is still written), 2 for a request that is wrong.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def _bench(args: argparse.Namespace) -> int:
         idle_baseline_s=args.idle_baseline,
         workdir=workdir,
         labels=key_values(args.label, "--label"),
+        progress=_progress,
     )
     sim = None
     try:
@@ -133,6 +135,11 @@ def _bench(args: argparse.Namespace) -> int:
         result.write(output)
     print(_summary(result, output))
     return 0 if result.status == "ok" else 1
+
+
+def _progress(line: str) -> None:
+    """A progress line on stderr: stdout carries the summary alone."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _fmt(value: float | None, unit: str, digits: int = 2) -> str:

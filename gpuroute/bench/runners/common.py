@@ -122,6 +122,9 @@ class RunOptions:
     """Where inputs and native reports are written (and kept); default: a new temporary
     directory, removed afterwards."""
     labels: Mapping[str, str] = field(default_factory=dict)
+    progress: Callable[[str], None] | None = None
+    """Told, in one line, what the run is about to do once its GPUs are routed (the command
+    line prints it on stderr), before the wait for the tool."""
 
 
 @dataclass
@@ -380,6 +383,8 @@ def _run(
         for name in job.outputs:
             (workdir / name).unlink(missing_ok=True)
         job.prepare(workdir)
+        if options.progress is not None:
+            options.progress(_starting(job, options.execution, plan))
         monitor.start()
         try:
             logs, code = _launch(job, options, plan, lease, workdir, state)
@@ -501,6 +506,18 @@ def _launch(
 def _cuda_started() -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and bool(torch.cuda.is_initialized())
+
+
+def _starting(job: Job, execution: str, plan: RoutingPlan) -> str:
+    """One line: what a run is about to do (the tool's start and its run take a while)."""
+    workload = job.workload
+    model = "a tiny random model" if workload.load_format == "random_init" else workload.model
+    requests = f"{workload.num_requests} prompts" if workload.num_requests else "its workload"
+    gpus = ", ".join(d.label for d in plan.devices) or "none"
+    return (
+        f"{job.tool}: loading {model} and running {requests} ({execution}, GPUs: {gpus}); "
+        "the summary follows when it ends ..."
+    )
 
 
 def _route_this_process(plan: RoutingPlan, env: Mapping[str, str]) -> Callable[[], None]:
