@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import stat
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
+import yaml
 
+from gpuroute.bench.campaign import run_campaign
 from gpuroute.bench.result import Result
+from gpuroute.bench.runners.registry import load_runner
 from gpuroute.cli import main
+from gpuroute.errors import BenchConfigError
 from gpuroute.testing import topology
 from tests.conftest import run_cli
 
@@ -124,3 +130,78 @@ def test_campaign_report_of_an_empty_directory_says_what_to_do(
 ) -> None:
     assert main(["campaign", "report", str(tmp_path)]) == 2
     assert "run the campaign first: gpuroute campaign run FILE" in capsys.readouterr().err
+
+
+def _hide_modules(monkeypatch: pytest.MonkeyPatch, *hidden: str) -> None:
+    """Make ``hidden`` look not installed to the dependency check, as after a plain install."""
+
+    def find_spec(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name in hidden else importlib.util.find_spec(name, package)
+
+    monkeypatch.setattr("gpuroute.bench.runners.registry.find_spec", find_spec)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "missing"),
+    [
+        (("torch",), "torch, which is"),
+        (("torch", "transformers"), "torch and transformers, which are"),
+    ],
+)
+def test_a_runner_without_its_modules_names_its_extra_before_any_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    hidden: tuple[str, ...],
+    missing: str,
+) -> None:
+    """A plain install ran the worker into a ModuleNotFoundError traceback (exit 1)."""
+    _hide_modules(monkeypatch, *hidden)
+    out = tmp_path / "r.json"
+    code = main(
+        ["bench", "transformers", "--tiny", "--input-len", "8", "--output-len", "4",
+         "--num-prompts", "2", "--output", str(out)]
+    )  # fmt: skip
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err == (
+        f"gpuroute: error: the transformers runner (execution 'subprocess') needs {missing} "
+        f"not installed: pip install 'gpuroute[transformers]'\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing ran: no result, no native directory
+
+
+def test_a_runner_in_a_container_needs_nothing_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    _hide_modules(monkeypatch, "torch", "transformers")
+    runner = load_runner("transformers")
+    runner.require("container")  # the image brings them
+    assert runner.needs("container") == {}
+    with pytest.raises(BenchConfigError, match=r"pip install 'gpuroute\[transformers\]'"):
+        runner.require("inprocess")
+
+
+@pytest.mark.parametrize(
+    ("runner", "hidden", "message"),
+    [
+        ("vllm", ("matplotlib",), r"needs matplotlib, which is not installed: .*\[plots\]'$"),
+        ("transformers", ("torch", "matplotlib"), r"needs torch and matplotlib, .*\[bench\]'$"),
+    ],
+)
+def test_a_campaign_names_the_extra_for_its_runs_and_plots_before_it_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runner: str,
+    hidden: tuple[str, ...],
+    message: str,
+) -> None:
+    """It ran every experiment before it said that the plots need matplotlib."""
+    _hide_modules(monkeypatch, *hidden)
+    grid = {"runner": runner, "model": "org/m" if runner == "vllm" else "tiny", "gpus": ["0"]}
+    fixed = {"input_len": 8, "output_len": 4, "num_prompts": 2}
+    file = tmp_path / "c.yaml"
+    file.write_text(yaml.safe_dump({"name": "sweep", "grid": grid, "fixed": fixed}))
+    with pytest.raises(BenchConfigError, match=message):
+        run_campaign(file, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -529,7 +529,7 @@ def test_write_plots_without_matplotlib_says_to_install_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    with pytest.raises(BenchError, match=r"pip install 'gpuroute\[bench\]'"):
+    with pytest.raises(BenchError, match=r"pip install 'gpuroute\[plots\]'"):
         write_plots(campaign(), tmp_path / "plots")
     assert not (tmp_path / "plots").exists()
 

@@ -58,7 +58,7 @@ from gpuroute.bench.result import (
 )
 from gpuroute.bench.runners import RunnerName
 from gpuroute.bench.runners.common import Execution, RunOptions, execute, now
-from gpuroute.bench.runners.registry import load_runner
+from gpuroute.bench.runners.registry import PLOT_MODULES, load_runner, require_modules
 from gpuroute.bench.simhost import SimulatedBenchHost
 from gpuroute.errors import BenchConfigError, BenchError, GpurouteError
 
@@ -476,9 +476,14 @@ def run_campaign(
     from gpuroute.bench.progress import Progress
 
     campaign = load_campaign(path)
+    experiments = expand(campaign)
+    needs: dict[str, str] = {}
+    for runner in sorted({e.runner for e in experiments}):
+        needs.update(load_runner(runner).needs(campaign.execution))
+    needs.update(PLOT_MODULES)
+    require_modules(needs, f"the campaign {campaign.name!r} (its runs and plots)")
     directory = Path(output_dir) if output_dir else Path(path).resolve().parent / campaign.name
     directory.mkdir(parents=True, exist_ok=True)
-    experiments = expand(campaign)
     with _directory_lock(directory):
         store = _Store(directory)
         done: dict[str, list[Result]] = {}

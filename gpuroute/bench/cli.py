@@ -101,6 +101,7 @@ def _bench(args: argparse.Namespace) -> int:
     options_given = vars(args)
     execution: Execution = options_given.get("execution") or runner.default_execution
     params = {name: value for name, value in options_given.items() if name in runner.parameters}
+    runner.require(execution)  # before any work: a plain install lacks the tool's modules
     output = Path(args.output) if "output" in args else None
     workdir = options_given.get("workdir") or (str(output) + ".native" if output else None)
     network = options_given.get("network")

@@ -47,7 +47,7 @@ SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
-_INSTALL_HINT = "pip install 'gpuroute[bench]'"
+_INSTALL_HINT = "pip install 'gpuroute[plots]'"
 
 
 @dataclass(frozen=True)

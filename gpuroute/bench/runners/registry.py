@@ -12,6 +12,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 from gpuroute.bench.runners import RUNNER_NAMES, RunnerName
@@ -21,7 +22,42 @@ if TYPE_CHECKING:
     from gpuroute.bench.result import Result
     from gpuroute.bench.runners.common import Execution, Job, RunOptions
 
-__all__ = ["Runner", "add_parallel_options", "all_runners", "load_runner"]
+__all__ = [
+    "ALL_EXTRA",
+    "PLOT_MODULES",
+    "Runner",
+    "add_parallel_options",
+    "all_runners",
+    "load_runner",
+    "require_modules",
+]
+
+ALL_EXTRA = "bench"
+"""The extra that brings every module a runner or a report below needs."""
+PLOT_MODULES: Mapping[str, str] = {"matplotlib": "plots"}
+"""What the campaign plots import, each with the extra that brings it."""
+
+
+def require_modules(modules: Mapping[str, str], what: str) -> None:
+    """Raise one BenchConfigError naming the extra to install when any of ``modules`` (a
+    top-level module name to the extra that brings it) is not installed; imports nothing."""
+    missing = [name for name in modules if not _installed(name)]
+    if not missing:
+        return
+    extras = {modules[name] for name in missing}
+    extra = extras.pop() if len(extras) == 1 else ALL_EXTRA
+    names = " and ".join(missing) if len(missing) <= 2 else ", ".join(missing)
+    verb = "is" if len(missing) == 1 else "are"
+    raise BenchConfigError(
+        f"{what} needs {names}, which {verb} not installed: pip install 'gpuroute[{extra}]'"
+    )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-imported module is not usable
+        return False
 
 
 def _no_options(_parser: argparse.ArgumentParser) -> None:
@@ -53,17 +89,34 @@ class Runner:
     unprivileged_docker_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Docker arguments that replace what the job asks for on an engine that runs without
     privileges (the simulated host's), which cannot grant everything."""
+    modules: tuple[str, ...] = ()
+    """The Python modules its tool imports when it runs on this machine (``subprocess`` or
+    ``inprocess``); a container brings its own."""
+    extra: str | None = None
+    """The gpuroute extra that installs ``modules`` (``pip install 'gpuroute[EXTRA]'``)."""
 
     @property
     def parameters(self) -> frozenset[str]:
         """The workload parameters ``job`` takes (``execution`` is the run's, not these)."""
         return frozenset(inspect.signature(self.job).parameters) - {"execution"}
 
+    def needs(self, execution: Execution) -> dict[str, str]:
+        """The modules a run with ``execution`` needs here, each with the extra bringing it."""
+        if execution == "container" or self.extra is None:
+            return {}
+        return dict.fromkeys(self.modules, self.extra)
+
+    def require(self, execution: Execution) -> None:
+        """Raise a BenchConfigError naming the extra to install when a run with
+        ``execution`` could not start here; imports nothing."""
+        require_modules(self.needs(execution), f"the {self.name} runner (execution {execution!r})")
+
     def run(self, options: RunOptions | None = None, **workload: Any) -> Result:
         """One run: ``workload`` takes ``job``'s arguments."""
         from gpuroute.bench.runners.common import RunOptions, execute
 
         options = options or RunOptions(execution=self.default_execution)
+        self.require(options.execution)
         return execute(self.job(execution=options.execution, **workload), options)
 
 

@@ -228,4 +228,6 @@ RUNNER = Runner(
     default_execution="subprocess",
     default_mode="generate",
     add_arguments=_add_arguments,
+    modules=("torch", "transformers"),
+    extra="transformers",
 )
