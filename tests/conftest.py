@@ -142,12 +142,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     (CI sets it): then they run and fail, so that no engine test is ever skipped there."""
     from gpuroute.testing.engine import SimulatedGPUHost
 
-    reason = SimulatedGPUHost.unavailable()
-    if reason is None or os.environ.get(REQUIRE_ENGINE_VAR) == "1":
+    if os.environ.get(REQUIRE_ENGINE_VAR) == "1":
         return
+    reason = SimulatedGPUHost.unavailable()
     for item in items:
-        if "engine" in item.keywords:
+        if "engine" in item.keywords and reason is not None:
             item.add_marker(pytest.mark.skipif(True, reason=f"no private engine: {reason}"))
+        variant = getattr(getattr(item, "callspec", None), "params", {}).get("compose_variant")
+        missing = _missing_compose_variant(str(variant)) if variant is not None else None
+        if missing is not None:
+            item.add_marker(pytest.mark.skipif(True, reason=f"Compose {variant}: {missing}"))
+
+
+_MISSING_VARIANTS: dict[str, str | None] = {}
+
+
+def _missing_compose_variant(name: str) -> str | None:
+    """Why a Compose variant cannot run here (None if it can), found once per session."""
+    if name not in _MISSING_VARIANTS:
+        with tempfile.TemporaryDirectory() as config:
+            try:
+                find_compose_variant(name, Path(config))
+                _MISSING_VARIANTS[name] = None
+            except ComposeVariantMissing as exc:
+                _MISSING_VARIANTS[name] = str(exc)
+    return _MISSING_VARIANTS[name]
 
 
 @pytest.fixture
@@ -172,7 +191,6 @@ def engine(
 
 # -- the Compose variants (gpuroute.testing.compose) -------------------------------------
 
-_VARIANTS_REQUIRED = os.environ.get(REQUIRE_ENGINE_VAR) == "1"
 """Read once, before the autouse fixture above takes GPUROUTE_* out of each test's view."""
 
 
@@ -193,8 +211,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def get_compose_variant(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[[str], ComposeVariant]:
-    """``get(name)``: that Compose variant, found once per session. One that is missing skips
-    the test, or fails it under GPUROUTE_REQUIRE_ENGINE=1 (CI), where every variant must run."""
+    """``get(name)``: that Compose variant, found once per session. Where one is missing, its
+    tests were marked to skip at collection, except under GPUROUTE_REQUIRE_ENGINE=1 (CI),
+    where every variant must run: a missing one fails the test."""
     found: dict[str, ComposeVariant | str] = {}
 
     def get(name: str) -> ComposeVariant:
@@ -205,9 +224,7 @@ def get_compose_variant(
                 found[name] = str(exc)
         variant = found[name]
         if isinstance(variant, str):
-            if _VARIANTS_REQUIRED:
-                pytest.fail(f"Compose variant {name} must run ({REQUIRE_ENGINE_VAR}=1): {variant}")
-            pytest.skip(f"Compose variant {name}: {variant}")
+            pytest.fail(f"Compose variant {name} must run here: {variant}")
         return variant
 
     return get
