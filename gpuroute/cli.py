@@ -12,6 +12,8 @@
                                                real GPUs or, with no NVIDIA driver, on a
                                                simulated host
     gpuroute topologies                        the built-in simulated hosts
+    gpuroute ray resources [--json]            this host's `ray start` resources (GPUs not in
+                                               MIG mode, one resource per MIG profile)
     gpuroute --version                         the installed version
     gpuroute bench transformers|vllm|trtllm …  an LLM benchmark on exactly the routed GPUs,
                                                energy measured on them (gpuroute.bench.cli)
@@ -204,6 +206,16 @@ def _parser() -> argparse.ArgumentParser:
 
     topologies = sub.add_parser("topologies", help="list the built-in simulated hosts")
     topologies.add_argument("--json", action="store_true", help="print names and descriptions")
+
+    ray = sub.add_parser("ray", help="gpuroute on a Ray cluster")
+    ray_sub = ray.add_subparsers(dest="ray_command", required=True, metavar="COMMAND")
+    ray_resources = ray_sub.add_parser(
+        "resources",
+        help="the `ray start` resources of this host: --num-gpus for GPUs not in MIG mode, "
+        "a custom resource per MIG profile",
+    )
+    ray_resources.add_argument("--json", action="store_true")
+    add_inventory_options(ray_resources)
 
     from gpuroute.bench.cli import add_parsers
 
@@ -580,6 +592,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "health":
         return _health(args, inventory)
+    if args.command == "ray":
+        return _ray_resources(args, inventory)
     if args.command == "inventory":
         inventory.save(args.file)
         print(
@@ -600,6 +614,20 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(result.explain(), end="")
+    return 0
+
+
+def _ray_resources(args: argparse.Namespace, inventory: Inventory) -> int:
+    from gpuroute.ray.resources import node_resources
+
+    found = node_resources(inventory)
+    if args.json:
+        print(json.dumps(found.to_dict(), indent=2))
+        return 0
+    print(f"# Start this node with {found.num_gpus} GPU(s) not in MIG mode", end="")
+    print(f" and {sum(found.resources.values())} MIG device(s):" if found.resources else ":")
+    print(found.command("--head"), " # the first node")
+    print(found.command("--address=HEAD:6379"), " # any other node")
     return 0
 
 

@@ -19,10 +19,17 @@ CORE_MAY_IMPORT = ("gpuroute.core", "gpuroute.errors", "pydantic", "__future__")
 def test_import_gpuroute_loads_neither_docker_nor_pynvml_nor_pydantic() -> None:
     code = (
         "import sys, gpuroute; "
-        "print(sorted(m for m in ('docker', 'pynvml', 'pydantic') if m in sys.modules))"
+        "print(sorted(m for m in ('docker', 'pynvml', 'pydantic', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_import_gpuroute_ray_does_not_import_ray() -> None:
+    """Ray is imported only when a Ray function runs."""
+    code = "import sys, gpuroute.ray, gpuroute.ray.backend; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_public_names_are_exported_and_documented() -> None:
@@ -191,7 +198,7 @@ LAYERS = (
     ("gpuroute.backends", "gpuroute.nvml", "gpuroute.limits", "gpuroute.kernel_log"),
     ("gpuroute.leases", "gpuroute.health"),
     ("gpuroute.host",),
-    ("gpuroute.api", "gpuroute.testing"),
+    ("gpuroute.api", "gpuroute.testing", "gpuroute.ray"),
     ("gpuroute.doctor", "gpuroute.demo", "gpuroute.cli_options"),
     ("gpuroute.bench",),
     ("gpuroute.cli", "gpuroute.__main__", "gpuroute"),

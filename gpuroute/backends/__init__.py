@@ -8,6 +8,9 @@
     docker_cli  argv for ``docker run`` (rendering only: gpuroute never runs it)
     env         the variables only the plan may set, shared by all of them
 
+The Ray backend (``gpuroute.ray.backend``) lives above the host, as it routes on each node
+through a host of its own; it is registered here by name all the same.
+
 A backend is a ``Backend`` subclass in its own module, registered in ``BACKENDS`` below by
 name: adding one is one module and one line. Modules are imported when first used, so
 ``import gpuroute`` stays light.
@@ -34,6 +37,7 @@ BACKENDS: dict[str, str] = {
     "local": "gpuroute.backends.local:LocalBackend",
     "docker": "gpuroute.backends.docker:DockerBackend",
     "compose": "gpuroute.backends.compose:ComposeBackend",
+    "ray": "gpuroute.ray.backend:RayBackend",
 }
 """Every backend, by the name that work and lease holders use: ``module:class``."""
 

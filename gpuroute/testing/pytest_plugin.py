@@ -16,6 +16,9 @@ starts with ``gpuroute_``:
 * ``gpuroute_engine`` (one per session): the simulated GPU host, a private Docker Engine
   (``gpuroute.testing.engine.SimulatedGPUHost``); tests that use it are skipped where it
   cannot run, or fail there under ``GPUROUTE_REQUIRE_ENGINE=1``;
+* ``gpuroute_ray_cluster`` (one per session): a real two-node Ray cluster on this machine,
+  each node a simulated GPU host of its own (``gpuroute.testing.ray_cluster``), this process
+  connected to it; skipped or failed like ``gpuroute_engine`` where it cannot run;
 * ``gpuroute_docker``: that engine simulating ``gpuroute_topology``, with ``DOCKER_HOST``
   pointing at it for one test.
 
@@ -39,6 +42,7 @@ from gpuroute.testing import FakeNVML, topology
 
 if TYPE_CHECKING:
     from gpuroute.testing.engine import SimulatedGPUHost
+    from gpuroute.testing.ray_cluster import LocalRayCluster
 
 __all__ = [
     "DEFAULT_TOPOLOGY",
@@ -48,6 +52,7 @@ __all__ = [
     "gpuroute_host",
     "gpuroute_lease_dir",
     "gpuroute_nvml",
+    "gpuroute_ray_cluster",
     "gpuroute_topology",
 ]
 
@@ -149,6 +154,24 @@ def gpuroute_engine(request: pytest.FixtureRequest) -> Iterator[SimulatedGPUHost
         pytest.skip(message)
     with SimulatedGPUHost(topology(DEFAULT_TOPOLOGY)) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def gpuroute_ray_cluster(request: pytest.FixtureRequest) -> Iterator[LocalRayCluster]:
+    """A Ray cluster of two simulated GPU hosts on this machine (``DEFAULT_NODES``: a head of
+    4 H100s, a worker of 2 A100s and MIG devices), one for the session, this process connected
+    to it; stopped at the end, also on failure. Where it cannot run, a test that uses it is
+    skipped with the reason, or fails under ``GPUROUTE_REQUIRE_ENGINE=1``."""
+    from gpuroute.testing.ray_cluster import LocalRayCluster
+
+    reason = LocalRayCluster.unavailable()
+    if reason is not None:
+        message = f"no local Ray cluster of simulated GPU hosts: {reason}"
+        if request.config.stash.get(_REQUIRE_ENGINE, False):
+            pytest.fail(f"{message} ({REQUIRE_ENGINE_ENV}=1)", pytrace=False)
+        pytest.skip(message)
+    with LocalRayCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
