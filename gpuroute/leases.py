@@ -33,7 +33,7 @@ import pwd
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -84,6 +84,7 @@ LEASE_DIR_ENV = "GPUROUTE_LEASE_DIR"
 _PREFIX = "dev-"
 _SUFFIX = ".json"
 _MAX_RECORD = 1 << 16
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _BAD_RECORD = (ValueError, TypeError, KeyError, ArithmeticError, RecursionError)
 """What reading a planted or damaged record may raise (OSError aside)."""
 DEFAULT_LOCK_TIMEOUT_S = 30.0
@@ -197,12 +198,18 @@ class LeaseDir:
         environ: Mapping[str, str] | None = None,
         lock_timeout_s: float | None = None,
     ) -> None:
-        self.path = lease_dir_path(path, environ)
+        env = os.environ if environ is None else environ
+        # A plain string on the hot path; ``path`` is the same, as a Path.
+        self._dir = os.fspath(path or env.get(LEASE_DIR_ENV) or DEFAULT_LEASE_DIR)
         self.lock_timeout_s = DEFAULT_LOCK_TIMEOUT_S if lock_timeout_s is None else lock_timeout_s
-        self._dir = str(self.path)  # plain strings on the hot path
         self._me = os.getuid()
         self._local = threading.local()  # the locked directory's fd, per thread
         self._check(create)
+
+    @functools.cached_property
+    def path(self) -> Path:
+        """The directory (``lease_dir_path`` of what was given)."""
+        return Path(self._dir)
 
     def _fix(self) -> str:
         return (
@@ -213,7 +220,7 @@ class LeaseDir:
 
     def _check(self, create: bool) -> None:
         try:
-            info = os.lstat(self.path)
+            info = os.lstat(self._dir)
         except (FileNotFoundError, NotADirectoryError):
             if not create:
                 raise LeaseDirError(
@@ -234,7 +241,7 @@ class LeaseDir:
                     f"({exc.strerror}); {self._fix()}"
                 ) from exc
         self._validate(info)
-        if not os.access(self.path, os.W_OK | os.X_OK):
+        if not os.access(self._dir, os.W_OK | os.X_OK):
             raise LeaseDirError(
                 f"lease directory {self.path} is not writable for uid {self._me}; {self._fix()}"
             )
@@ -477,31 +484,34 @@ class LeaseDir:
         """Write the record into each of its device files (call under the lock). The files
         are readable by everyone whatever the umask: a record others cannot read would keep
         its devices from them, or (in an earlier gpuroute) free them."""
-        data = record.to_json().encode()
-        written: list[str] = []
         with self._dir_fd() as fd:
-            try:
-                for uuid in record.devices:
-                    name = self.file_name(uuid, record.lease_id)
-                    tmp = f".tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                    f = os.open(tmp, flags, 0o644, dir_fd=fd)
+            self._write(fd, record.devices, record.lease_id, record.to_json().encode())
+
+    def _write(self, fd: int, devices: tuple[str, ...], lease_id: str, data: bytes) -> None:
+        """Write ``data`` into the files of lease ``lease_id`` for ``devices``, in the
+        directory ``fd`` (locked): each to a temporary name, then renamed into place."""
+        written: list[str] = []
+        pid = os.getpid()
+        try:
+            for uuid in devices:
+                name = self.file_name(uuid, lease_id)
+                tmp = f".tmp-{uuid}-{pid}-{os.urandom(4).hex()}"
+                f = os.open(tmp, _CREATE, 0o644, dir_fd=fd)
+                try:
                     try:
-                        try:
-                            os.fchmod(f, 0o644)
-                            os.write(f, data)
-                        finally:
-                            os.close(f)
-                        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                    except BaseException:
-                        with contextlib.suppress(OSError):
-                            os.unlink(tmp, dir_fd=fd)
-                        raise
-                    written.append(uuid)
-            except BaseException:
-                for uuid in written:  # all or nothing
-                    self.remove(uuid, record.lease_id)
-                raise
+                        os.fchmod(f, 0o644)
+                        os.write(f, data)
+                    finally:
+                        os.close(f)
+                    os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=fd)
+                    raise
+                written.append(uuid)
+        except BaseException:
+            self._remove_lease(fd, written, lease_id)  # all or nothing
+            raise
 
     def remove(self, uuid: str, lease_id: str | None = None) -> bool:
         """Remove a lease's file for ``uuid`` (every lease's, without ``lease_id``); a file
@@ -512,15 +522,28 @@ class LeaseDir:
                 names = [n for n in os.listdir(fd) if (_split(n) or ("", None))[0] == uuid]
                 outcomes = [self._unlink(fd, name) for name in names]  # every one, no short cut
                 return False not in outcomes
-            done = self._unlink(fd, self.file_name(uuid, lease_id))
-            if done is not None:
-                return done
-            legacy = f"{_PREFIX}{uuid}{_SUFFIX}"  # the earlier layout: one file per device
-            try:
-                current, _ = self._load(fd, legacy)
-            except (OSError, *_BAD_RECORD):
-                return True
-            return current.lease_id != lease_id or self._unlink(fd, legacy) is not False
+            return self._remove(fd, uuid, lease_id)
+
+    def remove_lease(self, devices: tuple[str, ...], lease_id: str) -> bool:
+        """Remove lease ``lease_id``'s files for ``devices`` (each as ``remove`` does, with
+        one opening of the directory); False when one could not be removed."""
+        with self._dir_fd() as fd:
+            return self._remove_lease(fd, devices, lease_id)
+
+    def _remove_lease(self, fd: int, devices: Iterable[str], lease_id: str) -> bool:
+        outcomes = [self._remove(fd, uuid, lease_id) for uuid in devices]  # every one
+        return False not in outcomes
+
+    def _remove(self, fd: int, uuid: str, lease_id: str) -> bool:
+        done = self._unlink(fd, self.file_name(uuid, lease_id))
+        if done is not None:
+            return done
+        legacy = f"{_PREFIX}{uuid}{_SUFFIX}"  # the earlier layout: one file per device
+        try:
+            current, _ = self._load(fd, legacy)
+        except (OSError, *_BAD_RECORD):
+            return True
+        return current.lease_id != lease_id or self._unlink(fd, legacy) is not False
 
     @staticmethod
     def _unlink(fd: int, name: str) -> bool | None:
@@ -594,8 +617,8 @@ class Lease:
         lease's own, and removing it is atomic), so a held lock never keeps a lease."""
         if self.released:
             return
-        for uuid in self.record.devices:
-            self.directory.remove(uuid, self.id)
+        self.directory.remove_lease(self.record.devices, self.id)
+        _forget(self.directory, self.record.devices)
         self.released = True
 
     def __enter__(self) -> Lease:
@@ -608,6 +631,18 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+_seen: dict[str, frozenset[str]] = {}
+"""The devices this process last saw held in each lease directory (by the lease files'
+names, under the lock, and its own writes and releases since): the guess an acquisition
+chooses from before it takes the lock. Only a guess: the choice is checked under the lock."""
+
+
+def _forget(directory: LeaseDir, devices: Iterable[str]) -> None:
+    seen = _seen.get(directory._dir)
+    if seen is not None:
+        _seen[directory._dir] = seen.difference(devices)
 
 
 def caller_identity() -> tuple[int, str]:
@@ -644,6 +679,8 @@ class Acquisition:
     local_only_target: bool = False
     notes: list[str] = field(default_factory=list)
     _records: dict[str, list[LeaseRecord]] | None = None
+    _named: RoutingPlan | None = None
+    _need: Need | None = None
 
     def once(self, state: HostState) -> Lease:
         """Take the lease now, or raise (NoFreeDeviceError, DeviceLeasedError, ...)."""
@@ -658,26 +695,10 @@ class Acquisition:
             visible = self.context.visible_devices(self.inventory)  # ContextError if unreadable
             if visible is not None:
                 allowed = {d.uuid for d in visible}
-        # Fast path: choose from the lease files' names without the lock, then take the lock
-        # only to check that nobody took those devices meanwhile (else choose again from the
-        # names seen under it, at once: many acquirers choose the same device) and to write
-        # the files. The lock is held for a directory listing and a few renames.
         if not self.policy.active:
-            fast: RoutingPlan | None
-            try:
-                fast = self._pick(state, self.directory.held(), allowed, locked=False)
-            except (NoFreeDeviceError, DeviceLeasedError):
-                fast = None
-            if fast is not None:
-                with self.directory.locked():
-                    held = self.directory.held()
-                    if not held.isdisjoint(fast.uuids):
-                        try:
-                            fast = self._pick(state, held, allowed, locked=False)
-                        except (NoFreeDeviceError, DeviceLeasedError):
-                            fast = None
-                    if fast is not None:
-                        return self._take(fast, time.time())
+            lease = self._fast(state, allowed)
+            if lease is not None:
+                return lease
         # Slow path, all under the lock: limits, precise errors, and reclaiming stale leases.
         with self.directory.locked():
             now = time.time()
@@ -695,6 +716,81 @@ class Acquisition:
                 plan = self._pick(state, live, allowed, locked=True)
             return self._take(plan, now)
 
+    def _fast(self, state: HostState, allowed: set[str] | None) -> Lease | None:
+        """The common path, without limits: None where the slow path must decide.
+
+        Everything that does not depend on the directory's contents is done before the
+        lock: the choice from the names this process saw there last (a guess), the plan,
+        the record's JSON but for its creation time. Under the lock, one listing: where
+        it is not what the guess was made from, ``any:N`` chooses again from it (the same
+        choice a fresh ``choose`` makes), and a named device that is taken goes to the slow
+        path. Then the files are written. The lock is held for a listing and the writes."""
+        directory = self.directory
+        view = _seen.get(directory._dir, frozenset())
+        need = self._any()
+        plan: RoutingPlan | None
+        try:
+            plan = self._pick(state, set(view), allowed, locked=False)
+        except (NoFreeDeviceError, DeviceLeasedError):
+            return None
+        uuids = plan.uuids
+        record = self._record(uuids)
+        head, tail = record.json_around_created()
+        with directory.locked():
+            fd = directory._local.fd
+            held = directory.held()
+            if held != view:
+                _seen[directory._dir] = frozenset(held)
+                if need is None:
+                    if not held.isdisjoint(uuids):
+                        return None  # the slow path names who holds it
+                else:
+                    try:
+                        devices = choose(
+                            need, self.inventory, state, held, spec=self.spec.text, allowed=allowed
+                        )
+                    except NoFreeDeviceError:
+                        return None  # the slow path reclaims stale leases
+                    chosen = tuple(d.uuid for d in devices)
+                    if chosen != uuids:
+                        plan, uuids = None, chosen
+                        record = replace(record, devices=uuids)
+                        head, tail = record.json_around_created()
+            now = time.time()
+            if uuids:
+                data = (head + repr(now) + tail).encode()  # json.dumps(now), faster
+                directory._write(fd, uuids, record.lease_id, data)
+                _seen[directory._dir] = frozenset(held.union(uuids))
+        record = LeaseRecord(
+            record.lease_id,
+            uuids,
+            record.spec,
+            record.uid,
+            record.user,
+            record.holder,
+            record.boot_id,
+            now,
+            record.ttl_s,
+        )
+        if plan is None:  # chosen again under the lock: its plan, now (nothing waits on it)
+            try:
+                plan = self._pick(state, held, allowed, locked=False, devices=devices)
+            except BaseException:
+                directory.remove_lease(uuids, record.lease_id)
+                _forget(directory, uuids)
+                raise
+        return Lease(plan, record, directory, list(self.notes), alive=self.alive)
+
+    def _any(self) -> Need | None:
+        """What ``any:N`` asks for; None for a spec that names its devices."""
+        token = self.spec.tokens[0] if self.spec.tokens else None
+        if token is None or token.kind is not Kind.ANY:
+            return None
+        if self._need is None:
+            n = self.need
+            self._need = Need(token.index or 1, n.min_free_mib, n.model, n.mig_profile)
+        return self._need
+
     def _read(self) -> dict[str, list[LeaseRecord]]:
         """The lease files' contents, read on demand (under the lock): the common path needs
         only names."""
@@ -704,17 +800,27 @@ class Acquisition:
         return self._records
 
     def _pick(
-        self, state: HostState, held: set[str], allowed: set[str] | None, *, locked: bool
+        self,
+        state: HostState,
+        held: set[str],
+        allowed: set[str] | None,
+        *,
+        locked: bool,
+        devices: tuple[Device, ...] | None = None,
     ) -> RoutingPlan:
-        token = self.spec.tokens[0] if self.spec.tokens else None
-        if token is not None and token.kind is Kind.ANY:
-            need = replace(self.need, count=token.index or 1)
-            devices = choose(
-                need, self.inventory, state, held, spec=self.spec.text, allowed=allowed
-            )
+        """The plan for the request, given the devices ``held``; ``devices``: those
+        ``any:N`` chose already."""
+        need = self._any()
+        if need is not None:
+            if devices is None:
+                devices = choose(
+                    need, self.inventory, state, held, spec=self.spec.text, allowed=allowed
+                )
             plan = self.plan(",".join(d.label for d in devices))
         else:
-            plan = self.plan(self.spec)
+            if self._named is None:
+                self._named = self.plan(self.spec)  # resolved once per request
+            plan = self._named
         for device in plan.devices:
             if device.uuid in held:
                 # Records are read only under the lock: a read outside it could be stale.
@@ -742,12 +848,11 @@ class Acquisition:
             self.policy.check(uid, user, plan.devices, records, self.inventory)
         return plan
 
-    def _take(self, plan: RoutingPlan, now: float) -> Lease:
-        """Write the lease's files (under the lock) and return it."""
+    def _record(self, devices: tuple[str, ...], now: float = 0.0) -> LeaseRecord:
         uid, user = caller_identity()
-        record = LeaseRecord(
+        return LeaseRecord(
             lease_id=os.urandom(6).hex(),
-            devices=plan.uuids,
+            devices=devices,
             spec=self.spec.text,
             uid=uid,
             user=user,
@@ -756,6 +861,11 @@ class Acquisition:
             created=now,
             ttl_s=self.ttl_s,
         )
+
+    def _take(self, plan: RoutingPlan, now: float) -> Lease:
+        """Write the lease's files (under the lock) and return it."""
+        record = self._record(plan.uuids, now)
+        _seen.pop(self.directory._dir, None)  # the slow path: guess afresh next time
         if plan.devices:
             self.directory.write(record)
         return Lease(plan, record, self.directory, list(self.notes), alive=self.alive)

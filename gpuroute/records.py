@@ -109,6 +109,10 @@ def _load(text: str) -> object:
         raise ValueError("the lease record is nested too deeply") from None
 
 
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _optional(value: object, check: Any) -> bool:
     return value is None or bool(check(value))
 
@@ -197,7 +201,14 @@ class LeaseRecord:
         return self.holder.where
 
     def to_json(self) -> str:
-        data = {
+        head, tail = self.json_around_created()
+        return head + _dumps(self.created) + tail
+
+    def json_around_created(self) -> tuple[str, str]:
+        """The record's JSON before and after its creation time: ``to_json()`` is
+        ``head + json.dumps(created) + tail``. An acquisition encodes everything else before
+        it takes the directory's lock, and only the time under it."""
+        head = {
             "schema": SCHEMA,
             "lease_id": self.lease_id,
             "devices": list(self.devices),
@@ -205,11 +216,9 @@ class LeaseRecord:
             "uid": self.uid,
             "user": self.user,
             "boot_id": self.boot_id,
-            "created": self.created,
-            "ttl_s": self.ttl_s,
-            "holder": self.holder.to_dict(),
         }
-        return json.dumps(data, separators=(",", ":"))
+        tail = {"ttl_s": self.ttl_s, "holder": self.holder.to_dict()}
+        return _dumps(head)[:-1] + ',"created":', "," + _dumps(tail)[1:]
 
     @classmethod
     def from_json(cls, text: str) -> LeaseRecord:
