@@ -160,6 +160,10 @@ class Routed:
 # -- the host -----------------------------------------------------------------------------
 
 
+_CHOSEN_MAX = 256
+"""Plans a host remembers for the devices ``any:N`` chose."""
+
+
 class Host:
     """A GPU host as an orchestrator holds it: created once, kept, and shared by requests.
 
@@ -222,6 +226,7 @@ class Host:
         self._recent_state: tuple[float, HostState] | None = None
         self._owns_backends = True
         self._lock = threading.Lock()
+        self._chosen: dict[tuple[object, ...], tuple[Inventory, RoutingPlan]] = {}
 
     def using(
         self,
@@ -470,7 +475,7 @@ class Host:
         inventory = self._current_inventory(check=True) if self.live else self.inventory
         acquisition = Acquisition(
             spec=spec,
-            plan=lambda s: _resolve_chosen(s, inventory, context, options),
+            plan=lambda s: self._resolve_chosen(s, inventory, context, options),
             inventory=inventory,
             directory=LeaseDir(self.lease_dir, environ=self.environ),
             policy=self.policy,
@@ -507,6 +512,30 @@ class Host:
         return retrying(lambda: acquisition.once(state()))
 
     # -- the three doors ------------------------------------------------------------------
+
+    def _resolve_chosen(
+        self,
+        spec: ParsedSpec | str,
+        inventory: Inventory,
+        context: CallerContext,
+        options: PlanOptions,
+    ) -> RoutingPlan:
+        """``_resolve``, remembered for the devices ``any:N`` chose (given as a string of
+        labels): an acquisition of ``any:1`` leases the same few devices again and again, and
+        their plan is a pure function of the labels, the inventory, the context and the
+        options (a plan is immutable). A request's own spec is parsed and resolved once, and
+        not remembered."""
+        if not isinstance(spec, str):
+            return self._resolve(spec, inventory, context, options)
+        key = (spec, id(inventory), context, options)
+        hit = self._chosen.get(key)
+        if hit is not None and hit[0] is inventory:  # the same inventory, not one at its address
+            return hit[1]
+        plan = self._resolve(spec, inventory, context, options)
+        if len(self._chosen) >= _CHOSEN_MAX:
+            self._chosen.clear()
+        self._chosen[key] = (inventory, plan)
+        return plan
 
     def plan(
         self,
@@ -614,33 +643,6 @@ class Host:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-# -- the plans of chosen devices ----------------------------------------------------------
-
-_CHOSEN_MAX = 256
-_chosen: dict[tuple[object, ...], tuple[Inventory, RoutingPlan]] = {}
-
-
-def _resolve_chosen(
-    spec: ParsedSpec | str, inventory: Inventory, context: CallerContext, options: PlanOptions
-) -> RoutingPlan:
-    """``Host._resolve``, remembered for the devices ``any:N`` chose (given as a string of
-    labels): an acquisition of ``any:1`` leases the same few devices again and again, and
-    their plan is a pure function of the labels, the inventory, the context and the
-    options (a plan is immutable). A request's own spec is parsed and resolved once, and
-    not remembered."""
-    if not isinstance(spec, str):
-        return Host._resolve(spec, inventory, context, options)
-    key = (spec, id(inventory), context, options)
-    hit = _chosen.get(key)
-    if hit is not None and hit[0] is inventory:  # the same inventory, not one at its address
-        return hit[1]
-    plan = Host._resolve(spec, inventory, context, options)
-    if len(_chosen) >= _CHOSEN_MAX:
-        _chosen.clear()
-    _chosen[key] = (inventory, plan)
-    return plan
 
 
 # -- the default host ---------------------------------------------------------------------

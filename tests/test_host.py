@@ -204,11 +204,13 @@ def thread_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_unknown_backends_are_named(tmp_path: Path) -> None:
-    with pytest.raises(LookupError, match="no backend 'ray'; the backends are compose, docker"):
-        backend_class("ray")
+    with pytest.raises(
+        LookupError, match="no backend 'kubernetes'; the backends are compose, docker, local, ray"
+    ):
+        backend_class("kubernetes")
     # A lease held by a backend this host does not know is kept, never guessed gone.
     host = Host(inventory=topology("h100-sxm-8"), context=CallerContext(), lease_dir=tmp_path)
-    assert host.alive(Holder("ray", "task-1", "node-2")) is None
+    assert host.alive(Holder("kubernetes", "task-1", "node-2")) is None
 
 
 @pytest.mark.usefixtures("thread_backend")
