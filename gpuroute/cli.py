@@ -60,7 +60,24 @@ def _inventory(args: argparse.Namespace) -> Inventory:
     return default_inventory()
 
 
-def _parser() -> argparse.ArgumentParser:
+_BENCH_COMMANDS = ("bench", "campaign")
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command an argument list names: its first argument that is not an option (the
+    ``gpuroute`` command's own options take no value)."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the ``bench`` and ``campaign`` subcommands' own parsers (which import the
+    benchmark package, and pydantic with it) only when ``command`` is one of them: for the
+    others, and for ``--help``, a line each is enough."""
     parser = argparse.ArgumentParser(
         prog="gpuroute",
         description="Put work on exactly the GPUs you asked for.",
@@ -205,9 +222,15 @@ def _parser() -> argparse.ArgumentParser:
     topologies = sub.add_parser("topologies", help="list the built-in simulated hosts")
     topologies.add_argument("--json", action="store_true", help="print names and descriptions")
 
-    from gpuroute.bench.cli import add_parsers
+    if command in _BENCH_COMMANDS:
+        from gpuroute.bench.cli import add_parsers
 
-    add_parsers(sub)
+        add_parsers(sub)
+    else:
+        from gpuroute.cli_options import BENCH_HELP, CAMPAIGN_HELP
+
+        sub.add_parser("bench", help=BENCH_HELP, add_help=False)
+        sub.add_parser("campaign", help=CAMPAIGN_HELP, add_help=False)
     return parser
 
 
@@ -605,7 +628,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser(_command_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     try:
         return _run(args)
     except GpurouteError as exc:

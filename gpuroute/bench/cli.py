@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuroute.bench.runners.registry import Runner, all_runners, load_runner
-from gpuroute.cli_options import add_inventory_options, key_values
+from gpuroute.cli_options import BENCH_HELP, CAMPAIGN_HELP, add_inventory_options, key_values
 
 __all__ = ["add_parsers", "run"]
 
@@ -75,13 +75,13 @@ def _runner_parser(runners: Any, runner: Runner) -> argparse.ArgumentParser:
 
 
 def add_parsers(sub: Any) -> None:
-    bench = sub.add_parser("bench", help="run an LLM benchmark on exactly the routed GPUs")
+    bench = sub.add_parser("bench", help=BENCH_HELP)
     runners = bench.add_subparsers(dest="runner", required=True, metavar="RUNNER")
 
     for runner in all_runners():
         runner.add_arguments(_runner_parser(runners, runner))
 
-    campaign = sub.add_parser("campaign", help="run or report a benchmark campaign")
+    campaign = sub.add_parser("campaign", help=CAMPAIGN_HELP)
     csub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="COMMAND")
     crun = csub.add_parser("run", help="run (or resume) the campaign in FILE")
     crun.add_argument("file")
