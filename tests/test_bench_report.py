@@ -732,12 +732,20 @@ def test_the_terminal_table_fits_its_width_and_wide_shows_every_column() -> None
         assert header in lines[0]
     assert "runner" not in lines[0]
     assert "GPU energy J" not in lines[0]
-    assert "…" in lines[2]  # the config was cut to fit
+    # the words all configurations share are said once, below the table
+    assert lines[2].startswith("transformers gpus=0,1  0,1 ")
+    assert lines[4].startswith("vllm gpus=2  ")
+    assert lines[5:7] == ["", "every config: tiny in=16 out=8 n=4"]
     assert " 110.0 ± 10.0 " in lines[2]
     assert lines[-1] == wide.splitlines()[-1]
+    # narrower still: the configurations are cut, and the notes wrapped
+    cut = render_table(rows, wide=False, width=64).splitlines()
+    assert all(len(line) <= 64 for line in cut), cut
+    assert cut[2].startswith("trans…  0,1 ")
     # not a terminal and no COLUMNS: the default columns, nothing cut
     uncut = render_table(rows, wide=False, width=None).splitlines()
-    assert uncut[2].startswith(CFG_A)
+    assert uncut[2] == lines[2]
+    assert max(len(line) for line in uncut) > 64
 
 
 def test_simulated_hosts_are_marked_in_the_table_and_the_files(tmp_path: Path) -> None:

@@ -283,12 +283,19 @@ def render_table(
     attempts.
 
     ``wide`` (the default, as in ``summary.md``) shows every column in full; otherwise the
-    runner and the total energy are left out and, with ``width``, the configurations and GPU
-    sets are cut to fit it. ``colour`` colours the lines of configurations with failures.
+    runner and the total energy are left out, the words every configuration has are said
+    once below the table instead of on each line and, with ``width``, the configurations and
+    GPU sets are cut to fit it. ``colour`` colours the lines of configurations with failures.
     """
     columns = range(len(_HEADERS)) if wide else _NARROW
     headers = [_HEADERS[c] for c in columns]
     body = [[_cells(row)[c] for c in columns] for row in rows]
+    shared: list[str] = []
+    if not wide and len(rows) > 1:  # the words every configuration has, said once above
+        words = [row.config.split(" ") for row in rows]
+        shared = [w for w in words[0] if all(w in others for others in words[1:])]
+        for cells, own in zip(body, words, strict=True):
+            cells[0] = " ".join(w for w in own if w not in shared) or cells[0]
     align = "".join("<" if c < _LEFT else ">" for c in columns)
     table = format_table(
         headers,
@@ -301,19 +308,25 @@ def render_table(
     for i, row in enumerate(rows):
         if row.repeats_failed or row.attempts_failed:
             table[i + 2] = paint(table[i + 2], "warn" if row.repeats_ok else "fail", colour)
-    out = ["\n".join(table)]
+    notes: list[str] = []
     simulated = sorted({row.simulated_host for row in rows if row.simulated_host})
     if simulated:
-        out.append("")
-        out.append(
+        notes.append("")
+        notes.append(
             f"{SIMULATED_MARK} simulated host {', '.join(simulated)}: its GPUs and their energy "
             "are simulated; no GPU ran the work"
         )
-    notes = [f"  {row.config}: {row.energy_note}" for row in rows if row.energy_note]
-    if notes:
-        out.append("")
-        out.append("no energy measured:")
-        out.extend(notes)
+    missing = [f"  {row.config}: {row.energy_note}" for row in rows if row.energy_note]
+    if missing:
+        notes.append("")
+        notes.append("no energy measured:")
+        notes.extend(missing)
+    fit = None if wide else width
+    out = ["\n".join(table)]
+    if shared:
+        notes[:0] = ["", "every config: " + " ".join(shared)]
+    for note in notes:
+        out.extend(textwrap.wrap(note, fit, subsequent_indent="    ") if fit and note else [note])
     failed = sum(row.repeats_failed for row in rows)
     total = failed + sum(row.repeats_ok for row in rows)
     attempts = sum(row.attempts_failed for row in rows)
