@@ -189,7 +189,7 @@ def test_no_module_is_shadowed_by_a_name_in_its_package() -> None:
 
 
 LAYERS = (
-    ("gpuroute.errors", "gpuroute.core", "gpuroute.records", "gpuroute.version"),
+    ("gpuroute.errors", "gpuroute.core", "gpuroute.records", "gpuroute.version", "gpuroute.term"),
     ("gpuroute.backends", "gpuroute.nvml", "gpuroute.limits", "gpuroute.kernel_log"),
     ("gpuroute.leases", "gpuroute.health"),
     ("gpuroute.host",),
@@ -333,7 +333,7 @@ def test_the_transformers_worker_needs_nothing_of_gpuroute() -> None:
     "argv",
     [["--help"], ["plan", "3,1", "--simulate", "h100-sxm-8"], ["ls", "--simulate", "a100-mig-4"]],
 )
-def test_commands_that_need_no_benchmark_load_neither_it_nor_pydantic_nor_docker(
+def test_commands_that_need_no_benchmark_load_neither_it_nor_pydantic_docker_or_nvml(
     argv: list[str],
 ) -> None:
     code = (
@@ -343,7 +343,7 @@ def test_commands_that_need_no_benchmark_load_neither_it_nor_pydantic_nor_docker
         "    status = main(sys.argv[1:])\n"
         "except SystemExit as exit:\n"
         "    status = exit.code\n"
-        "heavy = ('pydantic', 'docker', 'gpuroute.bench')\n"
+        "heavy = ('pydantic', 'docker', 'pynvml', 'gpuroute.bench')\n"
         "print(sorted({m.split('.')[0] if m.split('.')[0] != 'gpuroute' else m for m in "
         "sys.modules if m.startswith(heavy)}), status, file=sys.stderr)\n"
     )

@@ -7,17 +7,21 @@
 * ``FakeKernelLog``: a recorded kernel log (``/dev/kmsg`` records) with the driver's Xid
   lines, which ``FakeNVML.inject_xid`` writes to when given one.
 
-Importing this module imports pynvml (``nvidia-ml-py``), whose errors FakeNVML raises.
+``FakeNVML`` and ``FakeProcess`` import pynvml (``nvidia-ml-py``), whose errors FakeNVML
+raises, when first used: ``topology`` alone, which ``--simulate`` needs to plan, does not.
 """
 
 from __future__ import annotations
 
 import json
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from gpuroute.core.inventory import GPU, Inventory, MIGDevice
-from gpuroute.testing.fake_nvml import FakeNVML, FakeProcess
-from gpuroute.testing.kernel_log import FakeKernelLog
+
+if TYPE_CHECKING:
+    from gpuroute.testing.fake_nvml import FakeNVML, FakeProcess
+    from gpuroute.testing.kernel_log import FakeKernelLog
 
 __all__ = [
     "TOPOLOGIES",
@@ -66,3 +70,18 @@ def topology(name: str) -> Inventory:
         ),
         driver_version=doc["driver_version"],
     )
+
+
+_LAZY = {
+    "FakeNVML": "gpuroute.testing.fake_nvml",
+    "FakeProcess": "gpuroute.testing.fake_nvml",
+    "FakeKernelLog": "gpuroute.testing.kernel_log",
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gpuroute.testing' has no attribute {name!r}")
