@@ -372,3 +372,20 @@ def test_colour_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert colour_enabled(Terminal())
     monkeypatch.setenv("NO_COLOR", "yes")
     assert not colour_enabled(Terminal())
+
+
+def test_ls_colours_unhealthy_devices_only_when_asked(a100: Inventory) -> None:
+    from gpuroute.cli import _ls
+    from gpuroute.nvml import read_state
+    from gpuroute.testing import FakeNVML
+
+    fake = FakeNVML(a100)
+    fake.add_ecc_errors(3, 2)
+    state = read_state(a100, fake)
+    plain = _ls(a100, state, width=80).splitlines()
+    assert "\x1b[" not in "\n".join(plain)
+    coloured = _ls(a100, state, width=80, colour=True).splitlines()
+    row3 = next(i for i, line in enumerate(plain) if line.startswith("3 "))
+    assert coloured[row3] == f"\x1b[1;31m{plain[row3]}\x1b[0m"
+    assert "UNHEALTHY" in plain[row3]
+    assert all(c == p for i, (c, p) in enumerate(zip(coloured, plain, strict=True)) if i != row3)
