@@ -62,7 +62,24 @@ def _inventory(args: argparse.Namespace) -> Inventory:
     return default_inventory()
 
 
-def _parser() -> argparse.ArgumentParser:
+_BENCH_COMMANDS = ("bench", "campaign")
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command an argument list names: its first argument that is not an option (the
+    ``gpuroute`` command's own options take no value)."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the ``bench`` and ``campaign`` subcommands' own parsers (which import the
+    benchmark package, and pydantic with it) only when ``command`` is one of them: for the
+    others, and for ``--help``, a line each is enough."""
     parser = argparse.ArgumentParser(
         prog="gpuroute",
         description="Put work on exactly the GPUs you asked for.",
@@ -74,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list GPUs and MIG devices")
     ls.add_argument("--json", action="store_true", help="print the snapshot document")
+    ls.add_argument("--wide", action="store_true", help=_WIDE)
     add_inventory_options(ls)
 
     pl = sub.add_parser("plan", help="show the routing plan for a GPU spec")
@@ -177,6 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     leases = sub.add_parser("leases", help="list GPU leases on this host")
     leases.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
     leases.add_argument("--json", action="store_true", help="print the records as JSON")
+    leases.add_argument("--wide", action="store_true", help=_WIDE)
     add_inventory_options(leases)
 
     limits = sub.add_parser("limits", help="your GPU usage against your limits")
@@ -217,12 +236,19 @@ def _parser() -> argparse.ArgumentParser:
     ray_resources.add_argument("--json", action="store_true")
     add_inventory_options(ray_resources)
 
-    from gpuroute.bench.cli import add_parsers
+    if command in _BENCH_COMMANDS:
+        from gpuroute.bench.cli import add_parsers
 
-    add_parsers(sub)
+        add_parsers(sub)
+    else:
+        from gpuroute.cli_options import BENCH_HELP, CAMPAIGN_HELP
+
+        sub.add_parser("bench", help=BENCH_HELP, add_help=False)
+        sub.add_parser("campaign", help=CAMPAIGN_HELP, add_help=False)
     return parser
 
 
+_WIDE = "full UUIDs and every column, however wide (default: fit the terminal)"
 _ALLOW_UNHEALTHY = "use named GPUs even if known to be unhealthy (an Xid, ECC errors)"
 
 
@@ -288,42 +314,73 @@ def _state_text(state: HostState | None, device: Device) -> str:
     return "idle"
 
 
-def _ls(inventory: Inventory, state: HostState | None = None) -> str:
+def _ls(
+    inventory: Inventory,
+    state: HostState | None = None,
+    *,
+    wide: bool = False,
+    width: int | None = None,
+    colour: bool = False,
+) -> str:
+    """The inventory as a table. By default it fits ``width``: UUIDs shortened to unique
+    prefixes (which specs accept), no PCI bus ids, long names and states cut; ``wide``
+    shows everything in full."""
     if not inventory.gpus:
         return "No GPUs.\n"
-    headers = ("GPU", "UUID", "PCI BUS ID", "NAME", "MEMORY", "MIG", "STATE")
+    from gpuroute.core.table import short_ids
+    from gpuroute.term import paint
+
+    ids = (
+        {d.uuid: d.uuid for d in inventory.devices()}
+        if wide
+        else short_ids(d.uuid for d in inventory.devices())
+    )
     rows: list[tuple[str, ...]] = []
+    unhealthy: set[int] = set()
     for g in inventory.gpus:
         if g.mig_compute_slices_total is None:
             mig = "n/a"
         else:
             mig = f"{'on' if g.mig_mode else 'off'} ({g.mig_compute_slices_total} slices)"
-        rows.append(
+        devices = [(Device(g), str(g.index), g.pci_bus_id, g.name, g.memory_total_mib, mig)]
+        devices.extend(
             (
-                str(g.index),
-                g.uuid,
-                g.pci_bus_id,
-                g.name,
-                _mib(g.memory_total_mib),
-                mig,
-                _state_text(state, Device(g)),
+                Device(g, m),
+                f"  {g.index}:{m.index}",
+                f"GI {m.gpu_instance_id} CI {m.compute_instance_id}",
+                m.profile,
+                m.memory_total_mib,
+                f"{m.compute_slices}/{g.mig_compute_slices_total} slices",
             )
+            for m in g.mig_devices
         )
-        for m in g.mig_devices:
-            rows.append(
-                (
-                    f"  {g.index}:{m.index}",
-                    m.uuid,
-                    f"GI {m.gpu_instance_id} CI {m.compute_instance_id}",
-                    m.profile,
-                    _mib(m.memory_total_mib),
-                    f"{m.compute_slices}/{g.mig_compute_slices_total} slices",
-                    _state_text(state, Device(g, m)),
-                )
+        for device, label, where, name, memory, slices in devices:
+            status = _state_text(state, device)
+            if status.startswith("UNHEALTHY"):
+                unhealthy.add(len(rows))
+            cells: tuple[str, ...] = (
+                label,
+                ids[device.uuid],
+                where,
+                name,
+                _mib(memory),
+                slices,
+                status,
             )
+            rows.append(cells if wide else cells[:2] + cells[3:])
+    headers: tuple[str, ...] = ("GPU", "UUID", "PCI BUS ID", "NAME", "MEMORY", "MIG", "STATE")
+    if not wide:
+        headers = headers[:2] + headers[3:]
+    table = format_table(
+        headers,
+        rows,
+        max_width=None if wide else width,
+        shrink=() if wide else (2, 5),  # NAME and STATE
+    ).split("\n")
+    for i in unhealthy:
+        table[i + 1] = paint(table[i + 1], "fail", colour)
     driver = inventory.driver_version or "unknown"
-    table = format_table(headers, rows)
-    return table + f"\n\nDriver {driver}; {len(inventory.gpus)} GPU(s).\n"
+    return "\n".join(table) + f"\n\nDriver {driver}; {len(inventory.gpus)} GPU(s).\n"
 
 
 def _mib(value: int) -> str:
@@ -465,15 +522,20 @@ def _leases(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"note: {note}")
         return 0
+    from gpuroute.core.table import short_ids
+    from gpuroute.term import width
+
     inventory = _labelling_inventory(args)
     headers = ("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")
     rows = []
     now = time.time()
+    every = [u for r in by_lease.values() for u in r.devices]
+    ids = {u: u for u in every} if args.wide else short_ids(every)
     for r in sorted(by_lease.values(), key=lambda r: r.created):
         if inventory is None:
-            labels, equivalents, physical = list(r.devices), "?", "?"
+            labels, equivalents, physical = [ids[u] for u in r.devices], "?", "?"
         else:
-            labels = [d.label if (d := inventory.by_uuid(u)) else u[:12] for u in r.devices]
+            labels = [d.label if (d := inventory.by_uuid(u)) else ids[u] for u in r.devices]
             usage = usage_of(r.devices, inventory)
             equivalents = format_equivalents(usage.gpu_equivalents)
             physical = str(len(usage.physical_gpus))
@@ -491,7 +553,8 @@ def _leases(args: argparse.Namespace) -> int:
                 f"stale: {stale}" if stale else "held",
             )
         )
-    print(format_table(headers, rows))
+    fit = None if args.wide else width()
+    print(format_table(headers, rows, max_width=fit, shrink=(2, 5, 7)))  # devices, holder, status
     for note in notes:
         print(f"note: {note}")
     return 0
@@ -542,7 +605,9 @@ def _doctor(args: argparse.Namespace) -> int:
             )
     else:
         checks = diagnose(image=args.image, lease_dir=args.lease_dir)
-    print(render(checks), end="")
+    from gpuroute.term import colour_enabled
+
+    print(render(checks, colour=colour_enabled()), end="")
     if not args.simulate and any(c.name == "GPU inventory" and c.status == "fail" for c in checks):
         print(
             "\nNo GPU inventory here (no NVIDIA driver?): `gpuroute doctor --simulate` checks "
@@ -588,7 +653,12 @@ def _run(args: argparse.Namespace) -> int:
             if reads_live_state(_has_inventory_option(args)):
                 with Host() as host:
                     live = host.live_state(inventory)
-            print(_ls(inventory, live), end="")
+            from gpuroute.term import colour_enabled, width
+
+            print(
+                _ls(inventory, live, wide=args.wide, width=width(), colour=colour_enabled()),
+                end="",
+            )
         return 0
     if args.command == "health":
         return _health(args, inventory)
@@ -633,7 +703,7 @@ def _ray_resources(args: argparse.Namespace, inventory: Inventory) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser(_command_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     try:
         return _run(args)
     except GpurouteError as exc:

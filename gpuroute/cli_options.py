@@ -9,7 +9,10 @@ from collections.abc import Sequence
 
 from gpuroute.errors import GpurouteError
 
-__all__ = ["add_inventory_options", "key_values"]
+__all__ = ["BENCH_HELP", "CAMPAIGN_HELP", "add_inventory_options", "key_values"]
+
+BENCH_HELP = "run an LLM benchmark on exactly the routed GPUs"
+CAMPAIGN_HELP = "run or report a benchmark campaign"
 
 
 def add_inventory_options(parser: argparse.ArgumentParser) -> None:

@@ -365,10 +365,18 @@ def _leases(lease_dir: str | None, env: Mapping[str, str]) -> Check:
 _MARK = {"ok": "[ ok ]", "info": "[info]", "warn": "[warn]", "fail": "[FAIL]"}
 
 
-def render(checks: list[Check]) -> str:
+_STYLE = {"ok": "ok", "info": "note", "warn": "warn", "fail": "fail"}
+
+
+def render(checks: list[Check], *, colour: bool = False) -> str:
+    """The checks, one a line, with the fix under each warning and failure; with ``colour``,
+    the status marks are coloured (see ``gpuroute.term``)."""
+    from gpuroute.term import paint
+
     lines = []
     for check in checks:
-        lines.append(f"{_MARK[check.status]} {check.name}: {check.detail}")
+        mark = paint(_MARK[check.status], _STYLE[check.status], colour)
+        lines.append(f"{mark} {check.name}: {check.detail}")
         if check.fix and check.status in ("warn", "fail"):
             lines.append(f"       fix: {check.fix}")
     failed = sum(c.status == "fail" for c in checks)

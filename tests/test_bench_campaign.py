@@ -397,3 +397,40 @@ def test_a_resumed_container_campaign_removes_what_a_killed_run_left(
     assert result.energy.method == "none"
     assert result.energy.unavailable_reason is not None
     assert "NVML" in result.energy.unavailable_reason
+
+
+def test_the_campaign_command_fits_80_columns_and_counts_as_its_progress_line_does(
+    tmp_path: Path,
+    stand_ins_on_path: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gpuroute.cli import main
+
+    file = write_campaign(
+        tmp_path / "c.yaml",
+        retry={"attempts": 3, "backoff_s": 0},
+        grid={"runner": "vllm", "model": "some-org/a-long-model-name", "gpus": ["0", "1,2"]},
+        fixed={"input_len": 8, "output_len": 4, "num_prompts": 5, "tensor_parallel_size": 2},
+    )
+    out = tmp_path / "out"
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    assert main(["campaign", "run", str(file), "--output-dir", str(out)]) == 1
+    printed, progress = capsys.readouterr()
+    lines = printed.splitlines()
+    assert [line for line in lines if len(line) > 80 and str(out) not in line] == []
+    assert "\x1b[" not in printed
+    # one experiment failed (three attempts), one succeeded: both say 1 failed
+    assert progress.splitlines()[-1].startswith("sweep [##########] 2/2 done, 1 failed,")
+    assert "1 of 2 experiments failed; 3 failed attempts, retries included" in lines
+    assert any(line.startswith("* simulated host h100-sxm-8: ") for line in lines)
+    assert "GPU energy J" not in lines[0]
+
+    assert main(["campaign", "report", str(out), "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert "runner" in wide[0]
+    assert "GPU energy J" in wide[0]
+    configs = {r.labels["config"] for r in read_results(out)}
+    assert all(any(line.startswith(config) for line in wide) for config in configs)
+    assert max(len(line) for line in wide) > 80

@@ -71,6 +71,9 @@ def test_the_same_run_on_the_simulated_host_measures_exactly_the_routed_uuids(
     assert result.environment.simulated_host == "h100-sxm-8"
     assert "J per output token" in run.stdout
     assert "running 4 prompts (subprocess, GPUs: 6, 1)" in run.stderr
+    summary = run.stdout.splitlines()
+    assert summary[0] == "transformers generate: ok on the SIMULATED host h100-sxm-8"
+    assert any(line.startswith("  GPU energy (simulated) ") for line in summary), summary
 
 
 def test_a_wrong_request_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,7 @@ from gpuroute.bench.report import (
 from gpuroute.bench.result import (
     Energy,
     EnergyWindow,
+    Environment,
     GPUEnergy,
     Isolation,
     Latency,
@@ -360,7 +361,7 @@ def test_table_has_units_aligned_columns_dashes_and_a_failure_footer() -> None:
     c_cells = c_line.split()
     assert c_cells[-3:] == ["-", "-", "-"]
     assert "NVML energy counter not permitted" in text
-    assert lines[-1] == "1 of 7 runs failed"
+    assert lines[-1] == "1 of 7 experiments failed"
 
 
 def test_table_columns_line_up_under_their_headers() -> None:
@@ -375,7 +376,7 @@ def test_table_columns_line_up_under_their_headers() -> None:
 def test_table_of_no_rows_still_has_headers_and_footer() -> None:
     text = render_table([])
     assert text.splitlines()[0].startswith("config")
-    assert text.splitlines()[-1] == "0 of 0 runs failed"
+    assert text.splitlines()[-1] == "0 of 0 experiments failed"
 
 
 # -- the summary files ----------------------------------------------------------------------
@@ -403,6 +404,7 @@ def test_write_summary_writes_markdown_and_json(tmp_path: Path) -> None:
         "gpus",
         "repeats_ok",
         "repeats_failed",
+        "attempts_failed",
         "output_tok_per_s_mean",
         "output_tok_per_s_std",
         "j_per_output_token_mean",
@@ -410,6 +412,7 @@ def test_write_summary_writes_markdown_and_json(tmp_path: Path) -> None:
         "gpu_energy_j_mean",
         "ttft_ms_p50_mean",
         "energy_note",
+        "simulated_host",
     }
 
 
@@ -704,3 +707,133 @@ def test_default_stream_is_stderr_at_construction(capsys: pytest.CaptureFixture[
     progress = Progress(1)
     progress.skipped(1)
     assert "1/1 done" in capsys.readouterr().err
+
+
+# -- terminal output, simulated hosts, repeats and attempts ---------------------------------
+
+
+def _simulated(result: Result, host: str = "h100-sxm-8") -> Result:
+    return result.model_copy(update={"environment": Environment(simulated_host=host)})
+
+
+def _attempt(result: Result, attempt: int) -> Result:
+    labels = {**result.labels, "attempt": str(attempt)}
+    return result.model_copy(update={"labels": labels, "run_id": f"{result.run_id}-{attempt}"})
+
+
+def test_the_terminal_table_fits_its_width_and_wide_shows_every_column() -> None:
+    rows = summarize(campaign())
+    wide = render_table(rows)
+    assert max(len(line) for line in wide.splitlines()) > 80
+    narrow = render_table(rows, wide=False, width=80)
+    lines = narrow.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    for header in ("config", "gpus", "ok", "failed", "out tok/s", "J/out tok", "TTFT p50 ms"):
+        assert header in lines[0]
+    assert "runner" not in lines[0]
+    assert "GPU energy J" not in lines[0]
+    # the words all configurations share are said once, below the table
+    assert lines[2].startswith("transformers gpus=0,1  0,1 ")
+    assert lines[4].startswith("vllm gpus=2  ")
+    assert lines[5:7] == ["", "every config: tiny in=16 out=8 n=4"]
+    assert " 110.0 ± 10.0 " in lines[2]
+    assert lines[-1] == wide.splitlines()[-1]
+    # narrower still: the configurations are cut, and the notes wrapped
+    cut = render_table(rows, wide=False, width=64).splitlines()
+    assert all(len(line) <= 64 for line in cut), cut
+    assert cut[2].startswith("trans…  0,1 ")
+    # not a terminal and no COLUMNS: the default columns, nothing cut
+    uncut = render_table(rows, wide=False, width=None).splitlines()
+    assert uncut[2] == lines[2]
+    assert max(len(line) for line in uncut) > 64
+
+
+def test_simulated_hosts_are_marked_in_the_table_and_the_files(tmp_path: Path) -> None:
+    results = [_simulated(r) for r in campaign()] + [make_result(config="real", gpus=["2"])]
+    rows = summarize(results)
+    assert [row.simulated_host for row in rows] == ["h100-sxm-8"] * 3 + [None]
+    text = render_table(rows)
+    a_line, b_line, c_line, real_line = text.splitlines()[2:6]
+    assert " 1.25 ± 0.25* " in a_line
+    assert " 40.00* " in a_line  # the total energy too
+    assert "0.500*" in b_line
+    assert c_line.split()[-3:] == ["-", "-", "-"]  # nothing measured: nothing to mark
+    assert "*" not in real_line
+    assert "* simulated host h100-sxm-8: its GPUs and their energy are simulated" in text
+    assert "simulated" not in render_table(summarize(campaign()))
+    write_summary(results, tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())[0]["simulated_host"] == "h100-sxm-8"
+    assert "* simulated host h100-sxm-8" in (tmp_path / "summary.md").read_text()
+
+
+def _png_title(path: Path) -> str:
+    data = path.read_bytes()
+    at = 8
+    while at < len(data):
+        (size,) = struct.unpack(">I", data[at : at + 4])
+        kind = data[at + 4 : at + 8]
+        body = data[at + 8 : at + 8 + size]
+        if kind in (b"tEXt", b"iTXt"):
+            key, _, value = body.partition(b"\0")
+            if key == b"Title":
+                return value.lstrip(b"\0").decode("latin-1" if kind == b"tEXt" else "utf-8")
+        at += 12 + size
+    raise AssertionError(f"{path.name} has no title")
+
+
+def test_plots_of_a_simulated_host_say_so(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    real = write_plots(campaign(), tmp_path / "real")
+    for path in real:
+        assert "SIMULATED" not in _png_title(path)
+    simulated = write_plots([_simulated(r) for r in campaign()], tmp_path / "sim")
+    for path in simulated:
+        assert "SIMULATED host h100-sxm-8" in _png_title(path), path.name
+
+
+def test_gpus_shows_every_set_the_repeats_used() -> None:
+    config = "transformers tiny gpus=any:2"
+    results = [
+        make_result(config=config, repeat=0, gpus=["0", "1"]),
+        make_result(config=config, repeat=1, gpus=["1", "2"]),
+        make_result(config=config, repeat=2, gpus=["0", "1"]),
+        make_result(config="fixed", repeat=0, gpus=["1:0"]),
+        make_result(config="fixed", repeat=1, gpus=["1:0"]),
+    ]
+    rows = _by_config(summarize(results))
+    assert rows[config].gpus == "0,1 | 1,2"
+    assert rows["fixed"].gpus == "1:0"
+    assert " 0,1 | 1,2 " in render_table(list(rows.values()))
+
+
+def test_repeats_are_counted_as_experiments_and_failed_attempts_apart() -> None:
+    """The progress line counts experiments (an experiment failed when its last attempt
+    did); so does the table, and it counts the failed attempts, retries included, apart."""
+    retried = make_result(config=CFG_A, repeat=0, status="failed", error="boom")
+    gave_up = make_result(config=CFG_A, repeat=1, status="failed", error="boom")
+    results = [
+        _attempt(retried, 0),
+        _attempt(make_result(config=CFG_A, repeat=0), 1),  # the retry succeeded
+        _attempt(gave_up, 0),
+        _attempt(gave_up, 1),
+        _attempt(make_result(config=CFG_A, repeat=2), 0),
+    ]
+    (row,) = summarize(results)
+    assert (row.repeats_ok, row.repeats_failed, row.attempts_failed) == (2, 1, 3)
+    text = render_table([row])
+    assert text.splitlines()[-1] == "1 of 3 experiments failed; 3 failed attempts, retries included"
+    progress = Progress(3, io.StringIO(), label="smoke")
+    for name, ok in (("retried", True), ("gave_up", False), ("third", True)):
+        progress.started(name)
+        progress.finished(name, ok, 1.0)
+    assert ", 1 failed," in progress.status_line()  # the same count as the table's
+
+
+def test_failed_rows_are_coloured_only_when_asked() -> None:
+    rows = summarize(campaign())
+    assert "\x1b[" not in render_table(rows)
+    coloured = render_table(rows, colour=True).splitlines()
+    assert coloured[2].startswith("\x1b[33m" + CFG_A)  # some repeats failed: yellow
+    assert "\x1b[" not in coloured[3]
+    failed_only = summarize([make_result(status="failed", error="boom")])
+    assert render_table(failed_only, colour=True).splitlines()[2].startswith("\x1b[1;31m")

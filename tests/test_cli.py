@@ -43,8 +43,14 @@ def test_ls_nests_mig_devices(capsys: pytest.CaptureFixture[str], a100: Inventor
     lines = out.splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith("1 "))
     assert lines[row + 1].startswith("  1:0")
-    assert a100.gpus[1].mig_devices[0].uuid in lines[row + 1]
+    mig = a100.gpus[1].mig_devices[0].uuid
+    assert f" {mig[:12]} " in lines[row + 1]  # short, as docker shortens ids
+    assert mig not in out
     assert "3/7 slices" in lines[row + 1]
+    assert main(["ls", "--inventory", topology_path("a100-mig-4"), "--wide"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert mig in lines[row + 1]
+    assert a100.gpus[1].pci_bus_id in lines[row]
 
 
 def test_ls_json_is_the_snapshot(capsys: pytest.CaptureFixture[str], h100: Inventory) -> None:
@@ -269,9 +275,12 @@ def test_leases_and_limits_without_a_driver_show_uuids_and_say_so(
     with host.acquire("3"):
         result = run_cli("leases", "--lease-dir", str(tmp_path), env=no_driver)
         assert result.returncode == 0, result.stderr
-        assert h100.gpus[3].uuid in result.stdout
+        assert f" {h100.gpus[3].uuid[:12]} " in result.stdout
         assert result.stderr.count("\n") == 1
         assert "inventory cannot be read" in result.stderr
+        result = run_cli("leases", "--lease-dir", str(tmp_path), "--wide", env=no_driver)
+        assert result.returncode == 0, result.stderr
+        assert h100.gpus[3].uuid in result.stdout
         result = run_cli("leases", "--lease-dir", str(tmp_path), "--json", env=no_driver)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)[0]["devices"] == [h100.gpus[3].uuid]
@@ -292,3 +301,91 @@ def test_listings_answer_in_json_when_there_is_nothing(tmp_path: Path) -> None:
     result = run_cli("topologies", "--json")
     assert result.returncode == 0, result.stderr
     assert "a100-mig-4" in json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", ["h100-sxm-8", "a100-mig-4", "workstation-mixed"])
+def test_ls_fits_80_columns_with_short_uuids_that_plan_accepts(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpuroute.testing import topology
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["ls", "--simulate", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    shown = [line.split()[1] for line in lines[1:] if line.strip() and line.split()[0][0].isdigit()]
+    devices = topology(name).devices()
+    assert len(shown) == len(devices)
+    for short, device in zip(shown, devices, strict=True):
+        assert device.uuid.startswith(short)
+        assert len(short) < len(device.uuid)
+        status = main(["plan", short, "--simulate", name, "--json"])
+        out, err = capsys.readouterr()
+        if device.mig is None and device.gpu.mig_mode:  # found, and refused as a whole GPU
+            assert status == 2
+            assert f"names GPU {device.gpu.index} as a whole" in err
+            continue
+        assert status == 0, err
+        assert [d["uuid"] for d in json.loads(out)["devices"]] == [device.uuid]
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["ls", "--simulate", name]) == 0
+    narrow = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 60 for line in narrow), narrow
+    assert "…" in narrow[1]  # the name was cut
+    assert main(["ls", "--simulate", name, "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert all(d.uuid in wide for d in devices)
+    assert max(len(line) for line in wide.splitlines()) > 80
+
+
+def test_colour_only_on_request_or_a_terminal_and_never_with_no_color(
+    no_driver: dict[str, str], tmp_path: Path
+) -> None:
+    where = ["--lease-dir", str(tmp_path / "leases")]
+    plain = run_cli("doctor", *where, env=no_driver)
+    assert "[FAIL] GPU inventory" in plain.stdout
+    assert "\x1b[" not in plain.stdout  # a pipe: no colour
+    forced = run_cli("doctor", *where, env={**no_driver, "FORCE_COLOR": "1"})
+    assert "\x1b[1;31m[FAIL]\x1b[0m GPU inventory" in forced.stdout
+    for value in ("1", "0", "false"):  # any value that is not empty
+        refused = run_cli(
+            "doctor", *where, env={**no_driver, "FORCE_COLOR": "1", "NO_COLOR": value}
+        )
+        assert "\x1b[" not in refused.stdout
+        assert refused.stdout == plain.stdout
+
+
+def test_colour_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from gpuroute.term import colour_enabled
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for name in ("NO_COLOR", "FORCE_COLOR", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+    assert colour_enabled(Terminal())
+    assert not colour_enabled(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "")  # empty: as if unset
+    assert colour_enabled(Terminal())
+    monkeypatch.setenv("NO_COLOR", "yes")
+    assert not colour_enabled(Terminal())
+
+
+def test_ls_colours_unhealthy_devices_only_when_asked(a100: Inventory) -> None:
+    from gpuroute.cli import _ls
+    from gpuroute.nvml import read_state
+    from gpuroute.testing import FakeNVML
+
+    fake = FakeNVML(a100)
+    fake.add_ecc_errors(3, 2)
+    state = read_state(a100, fake)
+    plain = _ls(a100, state, width=80).splitlines()
+    assert "\x1b[" not in "\n".join(plain)
+    coloured = _ls(a100, state, width=80, colour=True).splitlines()
+    row3 = next(i for i, line in enumerate(plain) if line.startswith("3 "))
+    assert coloured[row3] == f"\x1b[1;31m{plain[row3]}\x1b[0m"
+    assert "UNHEALTHY" in plain[row3]
+    assert all(c == p for i, (c, p) in enumerate(zip(coloured, plain, strict=True)) if i != row3)

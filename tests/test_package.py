@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 import gpuroute
 
 PACKAGE = Path(gpuroute.__file__).parent
@@ -194,7 +196,7 @@ def test_no_module_is_shadowed_by_a_name_in_its_package() -> None:
 
 
 LAYERS = (
-    ("gpuroute.errors", "gpuroute.core", "gpuroute.records", "gpuroute.version"),
+    ("gpuroute.errors", "gpuroute.core", "gpuroute.records", "gpuroute.version", "gpuroute.term"),
     ("gpuroute.backends", "gpuroute.nvml", "gpuroute.limits", "gpuroute.kernel_log"),
     ("gpuroute.leases", "gpuroute.health"),
     ("gpuroute.host",),
@@ -332,3 +334,51 @@ def test_the_transformers_worker_needs_nothing_of_gpuroute() -> None:
         elif isinstance(node, ast.ImportFrom):
             assert node.module is not None
             assert not node.module.startswith("gpuroute"), node.module
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["plan", "3,1", "--simulate", "h100-sxm-8"], ["ls", "--simulate", "a100-mig-4"]],
+)
+def test_commands_that_need_no_benchmark_load_neither_it_nor_pydantic_docker_or_nvml(
+    argv: list[str],
+) -> None:
+    code = (
+        "import sys\n"
+        "from gpuroute.cli import main\n"
+        "try:\n"
+        "    status = main(sys.argv[1:])\n"
+        "except SystemExit as exit:\n"
+        "    status = exit.code\n"
+        "heavy = ('pydantic', 'docker', 'pynvml', 'gpuroute.bench')\n"
+        "print(sorted({m.split('.')[0] if m.split('.')[0] != 'gpuroute' else m for m in "
+        "sys.modules if m.startswith(heavy)}), status, file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
+    )
+    assert out.stdout  # the command did its work
+    assert out.stderr.splitlines()[-1] == "[] 0"
+
+
+def test_the_bench_command_still_gets_its_own_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuroute.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "transformers", "--help"])
+    assert exit.value.code == 0
+    assert "--input-len" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    assert "run an LLM benchmark on exactly the routed GPUs" in listing
+    assert "run or report a benchmark campaign" in listing
+
+
+def test_built_in_topologies_read_without_the_schema_are_what_the_schema_reads() -> None:
+    from gpuroute.core.inventory import Inventory
+    from gpuroute.testing import TOPOLOGIES, topology, topology_path
+
+    for name in TOPOLOGIES:
+        assert topology(name) == Inventory.load(topology_path(name)), name
+        assert topology(name).to_dict() == Inventory.load(topology_path(name)).to_dict()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuroute.bench.runners.registry import Runner, all_runners, load_runner
-from gpuroute.cli_options import add_inventory_options, key_values
+from gpuroute.cli_options import BENCH_HELP, CAMPAIGN_HELP, add_inventory_options, key_values
 
 __all__ = ["add_parsers", "run"]
 
@@ -74,14 +74,17 @@ def _runner_parser(runners: Any, runner: Runner) -> argparse.ArgumentParser:
     return p
 
 
+_WIDE = "every column of the summary, uncut (default: fit the terminal)"
+
+
 def add_parsers(sub: Any) -> None:
-    bench = sub.add_parser("bench", help="run an LLM benchmark on exactly the routed GPUs")
+    bench = sub.add_parser("bench", help=BENCH_HELP)
     runners = bench.add_subparsers(dest="runner", required=True, metavar="RUNNER")
 
     for runner in all_runners():
         runner.add_arguments(_runner_parser(runners, runner))
 
-    campaign = sub.add_parser("campaign", help="run or report a benchmark campaign")
+    campaign = sub.add_parser("campaign", help=CAMPAIGN_HELP)
     csub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="COMMAND")
     crun = csub.add_parser("run", help="run (or resume) the campaign in FILE")
     crun.add_argument("file")
@@ -91,6 +94,8 @@ def add_parsers(sub: Any) -> None:
     )
     crep = csub.add_parser("report", help="summary table and plots of a campaign directory")
     crep.add_argument("directory")
+    for p in (crun, crep):
+        p.add_argument("--wide", action="store_true", help=_WIDE)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -152,8 +157,11 @@ def _summary(result: Any, output: Path | None) -> str:
         f"{d.nvml_index}" + (f" ({d.mig_profile})" if d.mig_profile else "")
         for d in result.routing.devices
     )
+    simulated = result.environment.simulated_host
     lines = [
-        f"{result.runner.tool}: {result.status}" + (f" - {result.error}" if result.error else ""),
+        f"{result.runner.tool}: {result.status}"
+        + (f" on the SIMULATED host {simulated}" if simulated else "")
+        + (f" - {result.error}" if result.error else ""),
         f"  GPUs (host NVML index): {devices or 'none'}"
         + (
             f", tensor parallel {result.routing.tensor_parallel_size}"
@@ -169,7 +177,8 @@ def _summary(result: Any, output: Path | None) -> str:
     energy = result.energy
     if energy.gpu_energy_j is not None:
         lines.append(
-            f"  GPU energy {_fmt(energy.gpu_energy_j, 'J')} over "
+            f"  GPU energy{' (simulated)' if simulated else ''} "
+            f"{_fmt(energy.gpu_energy_j, 'J')} over "
             f"{_fmt(energy.window.duration_s if energy.window else None, 's', 3)}; "
             f"{_fmt(energy.j_per_output_token, 'J per output token', 4)}"
         )
@@ -194,13 +203,18 @@ def run(args: argparse.Namespace) -> int:
         return _bench(args)
     from gpuroute.bench.campaign import read_results, report_campaign, run_campaign
     from gpuroute.bench.report import render_table, summarize
+    from gpuroute.term import colour_enabled, width
 
     if args.campaign_command == "run":
         directory = run_campaign(args.file, args.output_dir, retry_failed=args.retry_failed)
-        results = read_results(directory)
-        print(render_table(summarize(results)))
+    else:
+        directory = Path(args.directory)
+        report_campaign(directory)
+    results = read_results(directory)
+    table = render_table(summarize(results), wide=args.wide, width=width(), colour=colour_enabled())
+    print(table)
+    if args.campaign_command == "run":
         print(f"results, summary and plots: {directory}")
         return 0 if all(r.status == "ok" for r in _last_attempts(results)) else 1
-    print(report_campaign(args.directory))
     print(f"summary and plots written to {args.directory}")
     return 0

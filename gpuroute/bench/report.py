@@ -2,7 +2,9 @@
 
 A campaign's results are grouped by their ``config`` label (one group per configuration, in
 the order first seen). Figures are averaged over the repeats that ended ``ok``; a failed or
-partial repeat is counted but never averaged. A figure that no repeat measured stays ``None``
+partial repeat is counted but never averaged. Repeats are counted as the campaign's progress
+line counts experiments: a repeat (an experiment) failed when its last attempt did, and the
+failed attempts that were retried are counted apart. A figure that no repeat measured stays ``None``
 (shown as ``-``), never zero. The spread is the sample standard deviation over repeats
 (``n - 1`` in the denominator), so it needs at least two repeats.
 
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gpuroute.bench.result import Result, RoutedDevice
 from gpuroute.core.table import format_table
 from gpuroute.errors import BenchError
+from gpuroute.term import paint
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,6 +39,7 @@ __all__ = [
     "config_key",
     "gpu_labels",
     "render_table",
+    "simulated_hosts",
     "summarize",
     "write_plots",
     "write_summary",
@@ -57,10 +61,14 @@ class Row:
     config: str
     runner: str
     gpus: str
-    """The routed devices' host labels in request order: ``0,1`` for GPUs, ``1:0`` for MIG."""
+    """The routed devices' host labels in request order: ``0,1`` for GPUs, ``1:0`` for MIG.
+    Where the repeats ran on different devices (``any:N``), each set they used, in the order
+    first used, joined by `` | `` (``0,1 | 2,3``)."""
     repeats_ok: int
     repeats_failed: int
-    """Repeats that did not end ``ok`` (failed or partial); they are not averaged."""
+    """Repeats (experiments) whose last attempt did not end ``ok`` (failed or partial)."""
+    attempts_failed: int
+    """Attempts that did not end ``ok``, retried ones included; none is averaged."""
     output_tok_per_s_mean: float | None
     output_tok_per_s_std: float | None
     j_per_output_token_mean: float | None
@@ -69,6 +77,9 @@ class Row:
     ttft_ms_p50_mean: float | None
     energy_note: str | None
     """Why energy is missing, when no ok repeat measured it."""
+    simulated_host: str | None = None
+    """The simulated host(s) the repeats ran on (their GPUs and energy are simulated), or
+    None for real GPUs."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,17 +154,41 @@ def _group(results: Sequence[Result]) -> dict[str, list[Result]]:
     return groups
 
 
+def _experiments(group: Sequence[Result]) -> dict[str, list[Result]]:
+    """A configuration's attempts by experiment (a result outside a campaign is its own)."""
+    experiments: dict[str, list[Result]] = {}
+    for result in group:
+        experiments.setdefault(result.labels.get("experiment", result.run_id), []).append(result)
+    return experiments
+
+
+def _gpu_sets(group: Sequence[Result]) -> str:
+    sets = [gpu_labels(r) for r in group if r.routing.devices]
+    distinct = list(dict.fromkeys(sets)) or [gpu_labels(group[0])]
+    return " | ".join(distinct)
+
+
+def simulated_hosts(results: Sequence[Result]) -> str | None:
+    """The simulated hosts among ``results``' (joined by commas), or None where all ran on
+    real GPUs."""
+    names = sorted({r.environment.simulated_host or "" for r in results} - {""})
+    return ", ".join(names) or None
+
+
 def _row(config: str, group: Sequence[Result]) -> Row:
     ok = [r for r in group if r.status == "ok"]
     first = ok[0] if ok else group[0]
     tok_s = _present(ok, lambda r: r.throughput.output_tok_per_s)
     j_tok = _present(ok, lambda r: r.energy.j_per_output_token)
+    experiments = _experiments(group).values()
+    repeats_ok = sum(any(r.status == "ok" for r in attempts) for attempts in experiments)
     return Row(
         config=config,
         runner=first.runner.name,
-        gpus=gpu_labels(first),
-        repeats_ok=len(ok),
-        repeats_failed=len(group) - len(ok),
+        gpus=_gpu_sets(group),
+        repeats_ok=repeats_ok,
+        repeats_failed=len(experiments) - repeats_ok,
+        attempts_failed=len(group) - len(ok),
         output_tok_per_s_mean=_mean(tok_s),
         output_tok_per_s_std=_std(tok_s),
         j_per_output_token_mean=_mean(j_tok),
@@ -161,6 +196,7 @@ def _row(config: str, group: Sequence[Result]) -> Row:
         gpu_energy_j_mean=_mean(_present(ok, lambda r: r.energy.gpu_energy_j)),
         ttft_ms_p50_mean=_mean(_present(ok, _ttft_p50)),
         energy_note=_energy_note(ok),
+        simulated_host=simulated_hosts(group),
     )
 
 
@@ -212,7 +248,16 @@ _HEADERS = (
 _LEFT = 3  # the first three columns are text, left-aligned; the rest are numbers
 
 
+_NARROW = (0, 2, 3, 4, 5, 6, 8)
+"""The columns shown by default in a terminal: all but the runner (the config names it) and
+the total energy (the energy per token is there)."""
+SIMULATED_MARK = "*"
+
+
 def _cells(row: Row) -> tuple[str, ...]:
+    mark = SIMULATED_MARK if row.simulated_host else ""
+    energy = _fmt_spread(row.j_per_output_token_mean, row.j_per_output_token_std)
+    total = _fmt(row.gpu_energy_j_mean)
     return (
         row.config,
         row.runner,
@@ -220,30 +265,76 @@ def _cells(row: Row) -> tuple[str, ...]:
         str(row.repeats_ok),
         str(row.repeats_failed),
         _fmt_spread(row.output_tok_per_s_mean, row.output_tok_per_s_std),
-        _fmt_spread(row.j_per_output_token_mean, row.j_per_output_token_std),
-        _fmt(row.gpu_energy_j_mean),
+        energy + mark if energy != "-" else energy,
+        total + mark if total != "-" else total,
         _fmt(row.ttft_ms_p50_mean),
     )
 
 
-def render_table(rows: Sequence[Row]) -> str:
+def render_table(
+    rows: Sequence[Row], *, wide: bool = True, width: int | None = None, colour: bool = False
+) -> str:
     """A plain-text table, one line per configuration, aligned, with units in the headers.
 
     ``-`` marks a figure no repeat measured; ``a ± b`` is the mean and the sample standard
-    deviation over the ok repeats. Below the table, why energy is missing where it is, and a
-    last line counting the failed runs.
+    deviation over the ok repeats; ``*`` marks an energy figure of a simulated host. Below
+    the table, which hosts were simulated, why energy is missing where it is, and a last
+    line counting the failed repeats (experiments) and, where some were retried, the failed
+    attempts.
+
+    ``wide`` (the default, as in ``summary.md``) shows every column in full; otherwise the
+    runner and the total energy are left out, the words every configuration has are said
+    once below the table instead of on each line and, with ``width``, the configurations and
+    GPU sets are cut to fit it. ``colour`` colours the lines of configurations with failures.
     """
-    align = "<" * _LEFT + ">" * (len(_HEADERS) - _LEFT)
-    out = [format_table(_HEADERS, [_cells(row) for row in rows], align=align, rule=True)]
-    notes = [f"  {row.config}: {row.energy_note}" for row in rows if row.energy_note]
-    if notes:
-        out.append("")
-        out.append("no energy measured:")
-        out.extend(notes)
+    columns = range(len(_HEADERS)) if wide else _NARROW
+    headers = [_HEADERS[c] for c in columns]
+    body = [[_cells(row)[c] for c in columns] for row in rows]
+    shared: list[str] = []
+    if not wide and len(rows) > 1:  # the words every configuration has, said once above
+        words = [row.config.split(" ") for row in rows]
+        shared = [w for w in words[0] if all(w in others for others in words[1:])]
+        for cells, own in zip(body, words, strict=True):
+            cells[0] = " ".join(w for w in own if w not in shared) or cells[0]
+    align = "".join("<" if c < _LEFT else ">" for c in columns)
+    table = format_table(
+        headers,
+        body,
+        align=align,
+        rule=True,
+        max_width=None if wide else width,
+        shrink=[i for i, c in enumerate(columns) if c in (0, 2)],  # config, gpus
+    ).split("\n")
+    for i, row in enumerate(rows):
+        if row.repeats_failed or row.attempts_failed:
+            table[i + 2] = paint(table[i + 2], "warn" if row.repeats_ok else "fail", colour)
+    notes: list[str] = []
+    simulated = sorted({row.simulated_host for row in rows if row.simulated_host})
+    if simulated:
+        notes.append("")
+        notes.append(
+            f"{SIMULATED_MARK} simulated host {', '.join(simulated)}: its GPUs and their energy "
+            "are simulated; no GPU ran the work"
+        )
+    missing = [f"  {row.config}: {row.energy_note}" for row in rows if row.energy_note]
+    if missing:
+        notes.append("")
+        notes.append("no energy measured:")
+        notes.extend(missing)
+    fit = None if wide else width
+    out = ["\n".join(table)]
+    if shared:
+        notes[:0] = ["", "every config: " + " ".join(shared)]
+    for note in notes:
+        out.extend(textwrap.wrap(note, fit, subsequent_indent="    ") if fit and note else [note])
     failed = sum(row.repeats_failed for row in rows)
     total = failed + sum(row.repeats_ok for row in rows)
+    attempts = sum(row.attempts_failed for row in rows)
     out.append("")
-    out.append(f"{failed} of {total} run{'' if total == 1 else 's'} failed")
+    footer = f"{failed} of {total} experiment{'' if total == 1 else 's'} failed"
+    if attempts > failed:
+        footer += f"; {attempts} failed attempt{'' if attempts == 1 else 's'}, retries included"
+    out.append(footer)
     return "\n".join(out) + "\n"
 
 
@@ -336,9 +427,16 @@ def _plot_throughput_vs_energy(results: Sequence[Result], rows: Sequence[Row], p
                 linestyle="none",
                 label=f"{row.config} (n={row.repeats_ok})",
             )
-    ax.set_xlabel("energy per output token (J/token, GPU board, NVML)")
+    simulated = simulated_hosts(results)
+    ax.set_xlabel(
+        "energy per output token (J/token, "
+        + (f"SIMULATED host {simulated}, not a measurement)" if simulated else "GPU board, NVML)")
+    )
     ax.set_ylabel("output throughput (tokens/s)")
-    figure.suptitle("Throughput vs energy: faint points are repeats, bars are mean ± std")
+    title = "Throughput vs energy: faint points are repeats, bars are mean ± std"
+    if simulated:
+        title = f"SIMULATED host {simulated}. {title}"
+    figure.suptitle(title, color="firebrick" if simulated else "black")
     ax.grid(True, alpha=0.3)
     if labelled:
         figure.legend(loc="outside lower center", fontsize="small", title="configuration")
@@ -353,10 +451,11 @@ def _plot_throughput_vs_energy(results: Sequence[Result], rows: Sequence[Row], p
     if notes:
         wrapped = ["\n".join(textwrap.wrap(note, 110, subsequent_indent="    ")) for note in notes]
         ax.set_title("\n".join(wrapped), fontsize="small", color="dimgray", loc="left")
-    figure.savefig(path)
+    figure.savefig(path, metadata={"Title": title})
 
 
 def _plot_throughput_by_config(rows: Sequence[Row], path: Path) -> None:
+    simulated = sorted({row.simulated_host for row in rows if row.simulated_host})
     longest = max((len(row.config) for row in rows), default=0)
     figure = _new_figure(7.0 + 0.07 * longest, 1.5 + 0.5 * max(len(rows), 1))
     ax: Axes = figure.add_subplot()
@@ -381,10 +480,13 @@ def _plot_throughput_by_config(rows: Sequence[Row], path: Path) -> None:
     ax.set_yticks(positions, [row.config for row in rows], fontsize="small")
     ax.invert_yaxis()
     ax.set_xlabel("output throughput (tokens/s, mean ± std over ok repeats)")
-    ax.set_title("Output throughput by configuration")
+    title = "Output throughput by configuration"
+    if simulated:
+        title += f" (SIMULATED host {', '.join(simulated)}: no GPU ran the work)"
+    ax.set_title(title, color="firebrick" if simulated else "black")
     ax.margins(x=0.2)
     ax.grid(True, axis="x", alpha=0.3)
-    figure.savefig(path)
+    figure.savefig(path, metadata={"Title": title})
 
 
 def write_plots(results: Sequence[Result], out_dir: str | os.PathLike[str]) -> list[Path]:

@@ -7,16 +7,21 @@
 * ``FakeKernelLog``: a recorded kernel log (``/dev/kmsg`` records) with the driver's Xid
   lines, which ``FakeNVML.inject_xid`` writes to when given one.
 
-Importing this module imports pynvml (``nvidia-ml-py``), whose errors FakeNVML raises.
+``FakeNVML`` and ``FakeProcess`` import pynvml (``nvidia-ml-py``), whose errors FakeNVML
+raises, when first used: ``topology`` alone, which ``--simulate`` needs to plan, does not.
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
-from gpuroute.core.inventory import Inventory
-from gpuroute.testing.fake_nvml import FakeNVML, FakeProcess
-from gpuroute.testing.kernel_log import FakeKernelLog
+from gpuroute.core.inventory import GPU, Inventory, MIGDevice
+
+if TYPE_CHECKING:
+    from gpuroute.testing.fake_nvml import FakeNVML, FakeProcess
+    from gpuroute.testing.kernel_log import FakeKernelLog
 
 __all__ = [
     "TOPOLOGIES",
@@ -47,5 +52,36 @@ def topology_path(name: str) -> str:
 
 
 def topology(name: str) -> Inventory:
-    """A built-in simulated host as an Inventory."""
-    return Inventory.load(topology_path(name))
+    """A built-in simulated host as an Inventory.
+
+    The shipped files are built into an Inventory directly, without the snapshot schema's
+    validation (pydantic, most of a short command's start): the test suite checks that each
+    gives exactly what ``Inventory.load`` gives. The Inventory's own checks still apply."""
+    path = topology_path(name)
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return Inventory(
+        gpus=tuple(
+            GPU(
+                **{key: value for key, value in gpu.items() if key != "mig_devices"},
+                mig_devices=tuple(MIGDevice(**mig) for mig in gpu["mig_devices"]),
+            )
+            for gpu in doc["gpus"]
+        ),
+        driver_version=doc["driver_version"],
+    )
+
+
+_LAZY = {
+    "FakeNVML": "gpuroute.testing.fake_nvml",
+    "FakeProcess": "gpuroute.testing.fake_nvml",
+    "FakeKernelLog": "gpuroute.testing.kernel_log",
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gpuroute.testing' has no attribute {name!r}")
