@@ -5,7 +5,7 @@
     gpuroute inventory save FILE               write a snapshot of this host
     gpuroute leases | limits                   who holds which GPUs; your usage and limits
     gpuroute health [clear GPU...]             GPUs marked unhealthy by an Xid; clear marks
-    gpuroute doctor [--image IMG] [--simulate] check what launches depend on
+    gpuroute doctor [--image IMG]              check what launches depend on
     gpuroute run --gpus SPEC [--image IMG | --compose-service S [-f FILE]...] -- CMD...
                                                run a command on exactly those GPUs
     gpuroute demo [--spec SPEC]                an example plan and a pinned container, on the
@@ -19,9 +19,14 @@
                                                energy measured on them (gpuroute.bench.cli)
     gpuroute campaign run FILE | report DIR    a grid of benchmarks, resumable, with plots
 
-``--inventory FILE`` plans against a snapshot and ``--simulate NAME`` against a built-in
-simulated host, instead of ``GPUROUTE_INVENTORY`` or NVML. User errors print one line
-(``gpuroute: error: …``) and exit with status 2, never a traceback.
+``--inventory FILE`` plans against a snapshot instead of ``GPUROUTE_INVENTORY`` or NVML.
+``--simulate TOPOLOGY`` means the same on every command that takes it (``ls``, ``plan``,
+``inventory save``, ``leases``, ``limits``, ``health``, ``doctor``, ``run``, ``demo``,
+``bench``, ``campaign run``): the command runs against the whole built-in simulated host
+(``gpuroute topologies``) -- its GPUs, a fake NVML, a lease directory of its own and, only
+when the command needs containers, a private Docker Engine with a stand-in NVIDIA toolkit,
+stopped and removed when the command ends (see ``gpuroute.testing.simhost``). User errors
+print one line (``gpuroute: error: …``) and exit with status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from gpuroute.api import plan as make_plan
-from gpuroute.cli_options import add_inventory_options, key_values
+from gpuroute.cli_options import add_inventory_options, add_simulate_option, key_values
 from gpuroute.core.inventory import Device, Inventory
 from gpuroute.core.selection import HostState
 from gpuroute.core.table import format_table
@@ -45,6 +50,7 @@ from gpuroute.errors import GpurouteError
 if TYPE_CHECKING:
     from gpuroute.leases import LeaseDir
     from gpuroute.records import LeaseRecord
+    from gpuroute.testing.simhost import SimulatedHost
 from gpuroute.host import INVENTORY_ENV, default_inventory
 
 __all__ = ["main"]
@@ -52,14 +58,18 @@ __all__ = ["main"]
 EXIT_USER_ERROR = 2
 
 
-def _inventory(args: argparse.Namespace) -> Inventory:
+def _inventory(args: argparse.Namespace, sim: SimulatedHost | None) -> Inventory:
+    if sim is not None:
+        return sim.inventory
     if args.inventory:
         return Inventory.load(args.inventory)
-    if args.simulate:
-        from gpuroute.testing import topology
-
-        return topology(args.simulate)
     return default_inventory()
+
+
+def _lease_dir(args: argparse.Namespace, sim: SimulatedHost | None) -> str | None:
+    """``--lease-dir``, else the simulated host's own lease directory, else the default."""
+    given: str | None = args.lease_dir
+    return given or (sim.lease_dir if sim is not None else None)
 
 
 _BENCH_COMMANDS = ("bench", "campaign")
@@ -210,11 +220,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check what GPU launches depend on, with fixes")
     doctor.add_argument("--image", help="also start a GPU container of this image")
     doctor.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
-    doctor.add_argument(
-        "--simulate",
-        action="store_true",
-        help="check the built-in simulated GPU host (a private engine)",
-    )
+    add_simulate_option(doctor)
 
     demo = sub.add_parser(
         "demo",
@@ -222,6 +228,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     demo.add_argument("--spec", help="the spec to plan (default: chosen for the host)")
     demo.add_argument("--image", help="on a real GPU host: also run nvidia-smi -L in this image")
+    add_simulate_option(demo)
 
     topologies = sub.add_parser("topologies", help="list the built-in simulated hosts")
     topologies.add_argument("--json", action="store_true", help="print names and descriptions")
@@ -252,7 +259,7 @@ _WIDE = "full UUIDs and every column, however wide (default: fit the terminal)"
 _ALLOW_UNHEALTHY = "use named GPUs even if known to be unhealthy (an Xid, ECC errors)"
 
 
-def _health(args: argparse.Namespace, inventory: Inventory) -> int:
+def _health(args: argparse.Namespace, inventory: Inventory, sim: SimulatedHost | None) -> int:
     from gpuroute.errors import GpurouteError as Error
     from gpuroute.health import HealthStore, clear
     from gpuroute.kernel_log import DEFAULT_KERNEL_LOG, KERNEL_LOG_ENV, KernelLog
@@ -264,12 +271,13 @@ def _health(args: argparse.Namespace, inventory: Inventory) -> int:
             if len(found) != 1 or found[0].is_mig:
                 raise Error(f"{token!r} is not one GPU: name a GPU by its index or UUID")
             uuids.append(found[0].uuid)
-        reader = KernelLog(os.environ.get(KERNEL_LOG_ENV, "").strip() or DEFAULT_KERNEL_LOG)
-        kernel = reader.poll()
-        reader.close()
-        previous = clear(
-            uuids, kernel=kernel if kernel.readable else None, lease_dir=args.lease_dir
-        )
+        kernel = None
+        if sim is None:  # a simulated host's Xids are not in this machine's kernel log
+            reader = KernelLog(os.environ.get(KERNEL_LOG_ENV, "").strip() or DEFAULT_KERNEL_LOG)
+            state = reader.poll()
+            reader.close()
+            kernel = state if state.readable else None
+        previous = clear(uuids, kernel=kernel, lease_dir=_lease_dir(args, sim))
         for token, record in zip(args.gpus, previous, strict=True):
             had = (
                 ""
@@ -278,7 +286,7 @@ def _health(args: argparse.Namespace, inventory: Inventory) -> int:
             )
             print(f"Cleared the health mark of GPU {token}{had}.")
         return 0
-    directory = _existing_lease_dir(args.lease_dir, say=not args.json)
+    directory = _existing_lease_dir(_lease_dir(args, sim), say=not args.json)
     if directory is None:
         if args.json:
             print("[]")
@@ -296,7 +304,7 @@ def _health(args: argparse.Namespace, inventory: Inventory) -> int:
         print(json.dumps(marked, indent=2))
         return 0
     if not rows:
-        print(f"No GPU is marked unhealthy in {directory.path}.")
+        print(f"No GPU is marked unhealthy in {_where(sim, directory)}.")
         return 0
     print(format_table(("GPU", "UUID", "XIDS"), rows), end="\n")
     return 0
@@ -391,6 +399,13 @@ def _has_inventory_option(args: argparse.Namespace) -> bool:
     return bool(args.inventory or args.simulate)
 
 
+def _where(sim: SimulatedHost | None, directory: LeaseDir) -> str:
+    """The lease directory as the user knows it: the simulated host's is its own."""
+    if sim is not None and str(directory.path) == sim.lease_dir:
+        return f"the lease directory of the simulated host {sim.name!r}"
+    return str(directory.path)
+
+
 class _Stopped(BaseException):
     """A signal asked ``gpuroute run`` to stop (SIGINT, SIGTERM, SIGHUP)."""
 
@@ -429,32 +444,41 @@ def _signals_stop_the_work() -> Iterator[None]:
                 signal.signal(each, handler)
 
 
-def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
+def _run_command(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
     from gpuroute.api import launch
 
     argv = list(args.argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
     env = key_values(args.env, "--env")
+    network = args.network
+    in_container = bool(args.image or args.compose_service)
     try:
         with _signals_stop_the_work():
+            if sim is not None:
+                if in_container:
+                    _say_the_engine_starts(sim)
+                    network = network or "none"  # the private engine has no bridge
+                host = sim.launch_kwargs(container=in_container)
+            else:
+                host = {"inventory": Inventory.load(args.inventory) if args.inventory else None}
+            host["lease_dir"] = args.lease_dir or host.get("lease_dir")
             handle = launch(
                 argv,
                 gpus=args.gpus,
                 image=args.image,
                 compose_service=args.compose_service,
                 compose_files=args.compose_files,
-                inventory=inventory,
                 env=env,
                 verify=args.verify,
                 cdi=args.cdi,
                 torchrun=args.torchrun,
                 local_ids=args.local_ids,
                 stream=True,
-                docker_kwargs={"network_mode": args.network} if args.network else None,
+                docker_kwargs={"network_mode": network} if network else None,
                 lease=args.lease,
-                lease_dir=args.lease_dir,
                 allow_unhealthy=args.allow_unhealthy,
+                **host,
             )
             with handle:
                 if args.explain:
@@ -471,6 +495,16 @@ def _run_command(args: argparse.Namespace, inventory: Inventory | None) -> int:
         return 128 + stopped.signum
 
 
+def _say_the_engine_starts(sim: SimulatedHost) -> None:
+    if not sim.engine_started:
+        print(
+            f"gpuroute: starting the private Docker Engine of the simulated host {sim.name!r} "
+            "(a few seconds) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _existing_lease_dir(path: str | None, *, say: bool = True) -> LeaseDir | None:
     """The lease directory, or None (having said so, unless ``say`` is false) where none
     exists yet: no leases."""
@@ -484,14 +518,14 @@ def _existing_lease_dir(path: str | None, *, say: bool = True) -> LeaseDir | Non
     return LeaseDir(where, create=False)
 
 
-def _labelling_inventory(args: argparse.Namespace) -> Inventory | None:
+def _labelling_inventory(args: argparse.Namespace, sim: SimulatedHost | None) -> Inventory | None:
     """The inventory that labels leased devices, or None (having said so in one note) where
     NVML cannot be read, as on a machine without an NVIDIA driver: listings work without it.
     A snapshot or topology the user named that cannot be read stays an error."""
     from gpuroute.errors import NVMLError
 
     try:
-        return _inventory(args)
+        return _inventory(args, sim)
     except NVMLError as exc:
         print(
             f"gpuroute: note: the GPU inventory cannot be read, so devices are shown by UUID "
@@ -501,13 +535,13 @@ def _labelling_inventory(args: argparse.Namespace) -> Inventory | None:
         return None
 
 
-def _leases(args: argparse.Namespace) -> int:
+def _leases(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
     import time
 
     from gpuroute.leases import boot_id, stale_reason
     from gpuroute.limits import format_equivalents, usage_of
 
-    directory = _existing_lease_dir(args.lease_dir, say=not args.json)
+    directory = _existing_lease_dir(_lease_dir(args, sim), say=not args.json)
     if directory is None:
         if args.json:
             print("[]")
@@ -518,14 +552,14 @@ def _leases(args: argparse.Namespace) -> int:
         print(json.dumps([json.loads(r.to_json()) for r in by_lease.values()], indent=2))
         return 0
     if not by_lease:
-        print(f"No leases in {directory.path}.")
+        print(f"No leases in {_where(sim, directory)}.")
         for note in notes:
             print(f"note: {note}")
         return 0
     from gpuroute.core.table import short_ids
     from gpuroute.term import width
 
-    inventory = _labelling_inventory(args)
+    inventory = _labelling_inventory(args, sim)
     headers = ("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")
     rows = []
     now = time.time()
@@ -560,18 +594,18 @@ def _leases(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limits(args: argparse.Namespace) -> int:
+def _limits(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
     from gpuroute.leases import caller_identity
     from gpuroute.limits import Policy, binding_policy
 
     # The administrator's policy binds; --policy (or GPUROUTE_POLICY) only tightens it.
     policy = binding_policy(Policy.load(args.policy) if args.policy else None)
-    directory = _existing_lease_dir(args.lease_dir)
+    directory = _existing_lease_dir(_lease_dir(args, sim))
     records: dict[str, LeaseRecord] = {}
     if directory is not None:
         records, _ = directory.read(set_aside=False)
     # The inventory counts leased devices: with no leases, or none readable, nothing to count.
-    inventory = _labelling_inventory(args) if records else None
+    inventory = _labelling_inventory(args, sim) if records else None
     if inventory is None:
         inventory = Inventory(gpus=())
     uid, user = caller_identity()
@@ -585,38 +619,37 @@ def _limits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _doctor(args: argparse.Namespace) -> int:
+def _doctor(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
     from gpuroute.doctor import diagnose, render
 
-    if args.simulate:
-        from gpuroute.testing import topology
-        from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
-
-        reason = SimulatedGPUHost.unavailable()
-        if reason:
-            raise GpurouteError(f"the simulated GPU host cannot run here: {reason}")
-        with SimulatedGPUHost(topology("h100-sxm-8")) as host:
-            print(f"Checking the simulated GPU host (private engine {host.base_url}).\n")
-            checks = diagnose(
-                inventory=host.inventory,
-                docker_host=host.base_url,
-                image=args.image or IMAGE,
-                lease_dir=args.lease_dir,
-            )
+    if sim is not None:
+        _say_the_engine_starts(sim)
+        docker_host = sim.docker_host
+        print(f"Checking the simulated GPU host {sim.name!r} (private engine {docker_host}).\n")
+        checks = diagnose(
+            inventory=sim.inventory,
+            nvml=sim.nvml,
+            docker_host=docker_host,
+            image=args.image or sim.image,
+            lease_dir=_lease_dir(args, sim),
+        )
     else:
         checks = diagnose(image=args.image, lease_dir=args.lease_dir)
     from gpuroute.term import colour_enabled
 
     print(render(checks, colour=colour_enabled()), end="")
-    if not args.simulate and any(c.name == "GPU inventory" and c.status == "fail" for c in checks):
+    if sim is None and any(c.name == "GPU inventory" and c.status == "fail" for c in checks):
+        from gpuroute.demo import SIMULATED
+
         print(
-            "\nNo GPU inventory here (no NVIDIA driver?): `gpuroute doctor --simulate` checks "
-            "the built-in simulated GPU host instead."
+            f"\nNo GPU inventory here (no NVIDIA driver?): `gpuroute doctor --simulate "
+            f"{SIMULATED}` checks a built-in simulated GPU host instead (`gpuroute topologies` "
+            "lists them)."
         )
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
     if args.command in ("bench", "campaign"):
         from gpuroute.bench.cli import run
 
@@ -633,16 +666,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from gpuroute.demo import demo
 
-        return demo(spec=args.spec, image=args.image)
+        return demo(spec=args.spec, image=args.image, sim=sim)
     if args.command == "run":
-        return _run_command(args, _inventory(args) if _has_inventory_option(args) else None)
+        return _run_command(args, sim)
     if args.command == "doctor":
-        return _doctor(args)
+        return _doctor(args, sim)
     if args.command == "leases":
-        return _leases(args)
+        return _leases(args, sim)
     if args.command == "limits":
-        return _limits(args)
-    inventory = _inventory(args)
+        return _limits(args, sim)
+    inventory = _inventory(args, sim)
     if args.command == "ls":
         if args.json:
             print(json.dumps(inventory.to_dict(), indent=2))
@@ -650,7 +683,10 @@ def _run(args: argparse.Namespace) -> int:
             from gpuroute.host import Host, reads_live_state
 
             live = None
-            if reads_live_state(_has_inventory_option(args)):
+            if sim is not None:  # the simulated host's own NVML and leases
+                with Host(inventory=inventory, nvml=sim.nvml, lease_dir=sim.lease_dir) as host:
+                    live = host.live_state(inventory)
+            elif reads_live_state(_has_inventory_option(args)):
                 with Host() as host:
                     live = host.live_state(inventory)
             from gpuroute.term import colour_enabled, width
@@ -661,7 +697,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         return 0
     if args.command == "health":
-        return _health(args, inventory)
+        return _health(args, inventory, sim)
     if args.command == "ray":
         return _ray_resources(args, inventory)
     if args.command == "inventory":
@@ -701,11 +737,31 @@ def _ray_resources(args: argparse.Namespace, inventory: Inventory) -> int:
     return 0
 
 
+def _simulated(args: argparse.Namespace) -> int:
+    """The command on the simulated host ``--simulate`` names, as one session: the host's
+    private engine (if the command started one) and its files are gone when this returns,
+    also after an error or a SIGINT, SIGTERM or SIGHUP (then the status is 128 + signal)."""
+    try:
+        with _signals_stop_the_work():
+            if args.command in ("bench", "campaign"):
+                return _run(args, None)  # they hold the session (gpuroute.bench.simhost)
+            from gpuroute.testing.simhost import SimulatedHost
+
+            with SimulatedHost(args.simulate) as sim:
+                return _run(args, sim)
+    except _Stopped as stopped:
+        for each in _STOP_SIGNALS:  # stopped and cleaned up: exit now, whatever signal comes
+            signal.signal(each, signal.SIG_IGN)
+        return 128 + stopped.signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser(_command_of(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     try:
-        return _run(args)
+        if getattr(args, "simulate", None) is not None:
+            return _simulated(args)
+        return _run(args, None)
     except GpurouteError as exc:
         print(f"gpuroute: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -9,21 +9,35 @@ from collections.abc import Sequence
 
 from gpuroute.errors import GpurouteError
 
-__all__ = ["BENCH_HELP", "CAMPAIGN_HELP", "add_inventory_options", "key_values"]
+__all__ = [
+    "BENCH_HELP",
+    "CAMPAIGN_HELP",
+    "SIMULATE_HELP",
+    "add_inventory_options",
+    "add_simulate_option",
+    "key_values",
+]
 
 BENCH_HELP = "run an LLM benchmark on exactly the routed GPUs"
 CAMPAIGN_HELP = "run or report a benchmark campaign"
+SIMULATE_HELP = (
+    "run against a built-in simulated GPU host (see `gpuroute topologies`): its GPUs, a fake "
+    "NVML, a lease directory of its own and, for containers, a private Docker Engine with a "
+    "stand-in NVIDIA toolkit"
+)
+"""What ``--simulate TOPOLOGY`` means, the same on every command."""
 
 
 def add_inventory_options(parser: argparse.ArgumentParser) -> None:
-    """``--inventory FILE`` or ``--simulate NAME``: another host's GPUs than this one's."""
+    """``--inventory FILE`` or ``--simulate TOPOLOGY``: another host's GPUs than this one's."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--inventory", metavar="FILE", help="use this snapshot instead of NVML")
-    group.add_argument(
-        "--simulate",
-        metavar="NAME",
-        help="use a built-in simulated host (see `gpuroute topologies`)",
-    )
+    add_simulate_option(group)
+
+
+def add_simulate_option(parser: argparse._ActionsContainer) -> None:
+    """``--simulate TOPOLOGY``: the whole simulated host (``gpuroute.testing.simhost``)."""
+    parser.add_argument("--simulate", metavar="TOPOLOGY", help=SIMULATE_HELP)
 
 
 def key_values(items: Sequence[str], flag: str) -> dict[str, str]:

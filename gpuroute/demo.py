@@ -3,12 +3,14 @@
 On a GPU host: the routing plan for an example spec on the real GPUs (and, with ``--image``,
 that plan applied to a container, verified with ``nvidia-smi -L``). On a machine with no
 NVIDIA driver: the same on the built-in simulated host, including a pinned container on a
-private Docker Engine with the stand-in NVIDIA toolkit, when one can run here.
+private Docker Engine with the stand-in NVIDIA toolkit, when one can run here. With
+``--simulate TOPOLOGY`` (``sim``), on that simulated host whatever this machine has.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from gpuroute.api import launch
 from gpuroute.api import plan as make_plan
@@ -18,7 +20,10 @@ from gpuroute.errors import NVMLError
 from gpuroute.host import default_inventory
 from gpuroute.nvml import NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIBRARY_NOT_FOUND
 
-__all__ = ["demo", "example_spec"]
+if TYPE_CHECKING:
+    from gpuroute.testing.simhost import SimulatedHost
+
+__all__ = ["SIMULATED", "demo", "example_spec"]
 
 SIMULATED = "h100-sxm-8"
 NO_DRIVER = (NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_DRIVER_NOT_LOADED)
@@ -42,29 +47,37 @@ def _indent(text: str) -> str:
     return "\n".join(f"    {line}" for line in text.rstrip().splitlines())
 
 
-def demo(spec: str | None = None, image: str | None = None) -> int:
+def demo(
+    spec: str | None = None, image: str | None = None, *, sim: SimulatedHost | None = None
+) -> int:
+    """The demo on this host's GPUs, or on the simulated host ``sim`` (by default, the
+    built-in ``h100-sxm-8`` where there is no NVIDIA driver)."""
+    if sim is not None:
+        from gpuroute.testing import TOPOLOGIES
+
+        print(f"This runs on the built-in simulated host {sim.name!r} ({TOPOLOGIES[sim.name]}).")
+        return _on_simulated_host(spec, sim)
     try:
-        inventory = default_inventory()
-        simulated = False
+        inventory: Inventory | None = default_inventory()
     except NVMLError as exc:
         if exc.code not in NO_DRIVER:
             raise  # a GPU host with a problem: say so, never hide it behind a simulation
-        from gpuroute.testing import TOPOLOGIES, topology
+        inventory = None
+    if inventory is None:  # out of the handler: what fails later is not "during" it
+        from gpuroute.testing import TOPOLOGIES
+        from gpuroute.testing.simhost import SimulatedHost
 
-        inventory, simulated = topology(SIMULATED), True
         print(
             "No NVIDIA driver on this machine: this runs on the built-in simulated host "
             f"{SIMULATED!r} ({TOPOLOGIES[SIMULATED]})."
         )
-    else:
-        print(f"Planning on this host's GPUs ({len(inventory.gpus)} found).")
+        with SimulatedHost(SIMULATED) as own:
+            return _on_simulated_host(spec, own)
+    print(f"Planning on this host's GPUs ({len(inventory.gpus)} found).")
     spec = spec or example_spec(inventory)
-    # On the simulated host, this machine's own CUDA variables and container say nothing.
-    plan = make_plan(spec, inventory, context=CallerContext() if simulated else None)
+    plan = make_plan(spec, inventory)
     print(f"Example request: GPUs {spec!r}, in that order.\n")
     print(plan.explain())
-    if simulated:
-        return _simulated_container(spec, inventory)
     if image:
         print(f"nvidia-smi -L in a pinned container of {image} (verified):")
         with launch(
@@ -77,7 +90,16 @@ def demo(spec: str | None = None, image: str | None = None) -> int:
     return 0
 
 
-def _simulated_container(spec: str, inventory: Inventory) -> int:
+def _on_simulated_host(spec: str | None, sim: SimulatedHost) -> int:
+    spec = spec or example_spec(sim.inventory)
+    # On the simulated host, this machine's own CUDA variables and container say nothing.
+    plan = make_plan(spec, sim.inventory, context=CallerContext())
+    print(f"Example request: GPUs {spec!r}, in that order.\n")
+    print(plan.explain())
+    return _simulated_container(spec, sim)
+
+
+def _simulated_container(spec: str, sim: SimulatedHost) -> int:
     from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
 
     reason = SimulatedGPUHost.unavailable()
@@ -97,19 +119,15 @@ def _simulated_container(spec: str, inventory: Inventory) -> int:
         file=sys.stderr,
         flush=True,
     )
-    with (
-        SimulatedGPUHost(inventory) as host,
-        launch(
-            PROBE,
-            gpus=spec,
-            image=IMAGE,
-            inventory=inventory,
-            context=CallerContext(),
-            docker_host=host.base_url,
-            verify=True,
-            docker_kwargs={"network_mode": "none"},
-        ) as run,
-    ):
+    with launch(
+        PROBE,
+        gpus=spec,
+        image=IMAGE,
+        context=CallerContext(),
+        verify=True,
+        docker_kwargs={"network_mode": "none"},
+        **sim.launch_kwargs(container=True),
+    ) as run:
         code = run.wait(timeout=120)
         print(_indent(run.logs()))
     print(

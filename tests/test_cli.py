@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import gpuroute
 from gpuroute import Inventory
 from gpuroute.cli import main
 from gpuroute.testing import topology_path
@@ -247,7 +253,8 @@ def test_doctor_without_a_driver_fails_and_points_at_the_simulated_host(
     assert result.returncode == 1, result.stderr
     assert "[FAIL] GPU inventory" in result.stdout
     last = result.stdout.rstrip().splitlines()[-1]
-    assert "gpuroute doctor --simulate" in last
+    assert "`gpuroute doctor --simulate h100-sxm-8`" in last
+    assert "gpuroute topologies" in last
 
 
 def test_leases_and_limits_without_a_driver_and_without_leases(
@@ -389,3 +396,214 @@ def test_ls_colours_unhealthy_devices_only_when_asked(a100: Inventory) -> None:
     assert coloured[row3] == f"\x1b[1;31m{plain[row3]}\x1b[0m"
     assert "UNHEALTHY" in plain[row3]
     assert all(c == p for i, (c, p) in enumerate(zip(coloured, plain, strict=True)) if i != row3)
+
+
+# -- --simulate TOPOLOGY: the whole simulated host, the same on every command -------------
+
+THIS_CHECKOUT = {"PYTHONPATH": str(Path(gpuroute.__file__).resolve().parent.parent)}
+"""The gpuroute under test, for a command run in another directory."""
+
+
+def test_every_listing_command_runs_on_the_simulated_host(tmp_path: Path, a100: Inventory) -> None:
+    """No driver needed: the topology's GPUs, a fake NVML (live state) and leases of its own."""
+    sim = ["--simulate", "a100-mig-4"]
+    env = {"PATH": "", "GPUROUTE_LEASE_DIR": str(tmp_path / "not-this")}
+    result = run_cli("ls", *sim, "--wide", env=env)
+    assert result.returncode == 0, result.stderr
+    assert a100.gpus[2].mig_devices[1].uuid in result.stdout
+    assert "idle" in result.stdout  # read through the simulated host's NVML
+    result = run_cli("plan", "1:0", *sim, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["host_env"]["NVIDIA_VISIBLE_DEVICES"] == (
+        a100.gpus[1].mig_devices[0].uuid
+    )
+    result = run_cli("leases", *sim, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "No leases in the lease directory of the simulated host 'a100-mig-4'" in result.stdout
+    result = run_cli("limits", *sim, env=env)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("health", *sim, "--json", env=env)
+    assert (result.returncode, json.loads(result.stdout)) == (0, []), result.stderr
+    result = run_cli("inventory", "save", str(tmp_path / "a100.json"), *sim, env=env)
+    assert result.returncode == 0, result.stderr
+    assert Inventory.load(tmp_path / "a100.json") == a100
+    assert not (tmp_path / "not-this").exists()  # the simulated host's leases are its own
+
+
+def test_a_local_run_leases_on_the_simulated_host_s_own_lease_directory(
+    h100: Inventory, tmp_path: Path
+) -> None:
+    code = "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"
+    result = run_cli(
+        "run",
+        "--simulate",
+        "h100-sxm-8",
+        "--gpus",
+        "any:2",
+        "--lease",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+        env={"PATH": os.environ["PATH"], "GPUROUTE_LEASE_DIR": str(tmp_path / "not-this")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().split(",")) == 2
+    assert all(uuid in {g.uuid for g in h100.gpus} for uuid in result.stdout.strip().split(","))
+    assert not (tmp_path / "not-this").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls"],
+        ["plan", "0"],
+        ["leases"],
+        ["limits"],
+        ["health"],
+        ["doctor"],
+        ["demo"],
+        ["inventory", "save", "x.json"],
+        ["run", "--gpus", "0", "--image", IMAGE, "--simulate", "h100", "--", "true"],
+        [
+            *("bench", "transformers", "--tiny", "--input-len", "1", "--output-len", "1"),
+            *("--num-prompts", "1"),
+        ],
+        ["campaign", "run", "campaign.yaml"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_an_unknown_topology_is_one_line_naming_the_known_ones(
+    args: list[str], tmp_path: Path
+) -> None:
+    if "--simulate" not in args:
+        args = [*args, "--simulate", "h100"]
+    result = run_cli(*args, cwd=tmp_path, env={"PATH": os.environ["PATH"], **THIS_CHECKOUT})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("gpuroute: error: no simulated topology named 'h100'")
+    assert "h100-sxm-8, a100-mig-4, workstation-mixed" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary directory for the command's TMPDIR (a private engine's socket path
+    must fit in 108 bytes), checked empty afterwards by the tests."""
+    path = Path(tempfile.mkdtemp(prefix="gr-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _on_the_simulated_host(tmp: Path) -> dict[str, str]:
+    """A user's environment in which the system engine cannot be reached: whatever runs in a
+    container must run in the simulated host's private engine."""
+    return {
+        "PATH": os.environ["PATH"],
+        "TMPDIR": str(tmp),
+        "DOCKER_HOST": f"unix://{tmp}/no-system-engine.sock",
+        **THIS_CHECKOUT,
+    }
+
+
+@pytest.mark.engine
+def test_run_image_simulate_runs_in_the_private_engine_on_exactly_the_planned_gpus(
+    h100: Inventory, short_tmp: Path
+) -> None:
+    result = run_cli(
+        "run",
+        "--simulate",
+        "h100-sxm-8",
+        "--gpus",
+        "3,1",
+        "--image",
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
+        "nvidia-smi -L; cuda-devices",
+        env=_on_the_simulated_host(short_tmp),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {h100.gpus[1].uuid})",
+        f"GPU 1: NVIDIA H100 80GB HBM3 (UUID: {h100.gpus[3].uuid})",
+        f"cuda:0 {h100.gpus[3].uuid}",
+        f"cuda:1 {h100.gpus[1].uuid}",
+    ]
+    assert "private Docker Engine of the simulated host 'h100-sxm-8'" in result.stderr
+    assert list(short_tmp.iterdir()) == []  # the engine stopped, its files removed
+
+
+@pytest.mark.engine
+def test_doctor_simulate_takes_a_topology_and_checks_its_private_engine(
+    a100: Inventory, short_tmp: Path
+) -> None:
+    result = run_cli("doctor", "--simulate", "a100-mig-4", env=_on_the_simulated_host(short_tmp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Checking the simulated GPU host 'a100-mig-4'" in result.stdout
+    assert f"[info] GPU inventory: given: {len(a100.gpus)} GPU(s)" in result.stdout
+    assert "[ ok ] NVIDIA Container Toolkit: a container of gpuroute-sim:latest" in result.stdout
+    assert "[ ok ] GPU health" in result.stdout
+    assert list(short_tmp.iterdir()) == []
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_work_and_the_private_engine(
+    signum: signal.Signals, short_tmp: Path
+) -> None:
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gpuroute", "run", "--simulate", "h100-sxm-8", "--gpus", "2"),
+            *("--image", IMAGE, "--", "sh", "-c", "echo ready; sleep 120"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_on_the_simulated_host(short_tmp),
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signum, err
+    assert f"{signum.name}: stopping the work" in err
+    assert list(short_tmp.iterdir()) == []
+
+
+@pytest.mark.engine
+def test_run_compose_service_simulate_runs_in_the_private_engine(
+    h100: Inventory, short_tmp: Path
+) -> None:
+    project = short_tmp / "project"
+    project.mkdir()
+    (project / "compose.yaml").write_text(
+        "services:\n  app:\n    image: gpuroute-sim:latest\n    network_mode: none\n"
+    )
+    result = run_cli(
+        "run",
+        "--simulate",
+        "h100-sxm-8",
+        "--gpus",
+        "2",
+        "--compose-service",
+        "app",
+        "--",
+        "nvidia-smi",
+        "-L",
+        env=_on_the_simulated_host(short_tmp),
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {h100.gpus[2].uuid})"
+    ]
+    assert sorted(p.name for p in short_tmp.iterdir()) == ["project"]

@@ -106,7 +106,8 @@ class RetryPolicy:
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and current not in seen:
+    # By identity: some exceptions (pynvml's) compare by attributes others lack.
+    while current is not None and all(current is not each for each in seen):
         seen.append(current)
         current = current.__cause__ or current.__context__
     return seen

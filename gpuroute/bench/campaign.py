@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -59,8 +59,10 @@ from gpuroute.bench.result import (
 from gpuroute.bench.runners import RunnerName
 from gpuroute.bench.runners.common import Execution, RunOptions, execute, now
 from gpuroute.bench.runners.registry import PLOT_MODULES, load_runner, require_modules
-from gpuroute.bench.simhost import SimulatedBenchHost
 from gpuroute.errors import BenchConfigError, BenchError, GpurouteError
+
+if TYPE_CHECKING:
+    from gpuroute.bench.simhost import SimulatedBenchHost
 
 __all__ = [
     "Campaign",
@@ -470,12 +472,22 @@ def run_campaign(
     retry_failed: bool = False,
     progress: Any = None,
     on_result: Callable[[Result], None] | None = None,
+    simulate: str | None = None,
 ) -> Path:
     """Run (or resume) a campaign; returns its directory, which holds ``results.jsonl``,
-    the native reports of every attempt, ``summary.md``/``summary.json`` and the plots."""
+    the native reports of every attempt, ``summary.md``/``summary.json`` and the plots.
+    ``simulate`` names a built-in simulated host to run on, whatever the file's ``host``."""
     from gpuroute.bench.progress import Progress
 
     campaign = load_campaign(path)
+    if simulate is not None:
+        campaign = campaign.model_copy(
+            update={"host": campaign.host.model_copy(update={"simulate": simulate})}
+        )
+    if campaign.host.simulate is not None:
+        from gpuroute.bench.simhost import check_topology
+
+        check_topology(campaign.host.simulate)  # an unknown name: one error, before any work
     experiments = expand(campaign)
     needs: dict[str, str] = {}
     for runner in sorted({e.runner for e in experiments}):
@@ -504,11 +516,11 @@ def run_campaign(
         bar = progress if progress is not None else Progress(len(experiments), label=campaign.name)
         if skipped:
             bar.skipped(skipped)
-        sim = (
-            SimulatedBenchHost(campaign.host.simulate, lease_root=directory)
-            if campaign.host.simulate is not None
-            else None
-        )
+        sim = None
+        if campaign.host.simulate is not None:
+            from gpuroute.bench.simhost import SimulatedBenchHost
+
+            sim = SimulatedBenchHost(campaign.host.simulate, lease_root=directory)
         try:
             if sim is None and todo and campaign.execution == "container":
                 _remove_orphans(directory)  # a simulated host's engine is new each run

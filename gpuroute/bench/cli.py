@@ -4,13 +4,14 @@
                                 --num-prompts N [--gpus SPEC] [--output FILE]
     gpuroute bench vllm --model M [--mode throughput|latency|serve] ... [-- EXTRA ARGS]
     gpuroute bench trtllm --model M [--mode throughput|latency] ... [-- EXTRA ARGS]
-    gpuroute campaign run FILE [--output-dir DIR] [--retry-failed]
+    gpuroute campaign run FILE [--output-dir DIR] [--retry-failed] [--simulate TOPOLOGY]
     gpuroute campaign report DIR
 
 A benchmark prints a summary and writes its result (``gpuroute.bench.result/1``) with
-``--output``; the native reports are kept beside it. ``--simulate NAME`` runs on a built-in
-simulated host. The exit status is 0 for a run that succeeded, 1 for one that failed (its
-result is still written), 2 for a request that is wrong.
+``--output``; the native reports are kept beside it. ``--simulate TOPOLOGY`` runs on the
+whole built-in simulated host (``gpuroute.bench.simhost``), as on every command. The exit
+status is 0 for a run that succeeded, 1 for one that failed (its result is still written), 2
+for a request that is wrong.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from gpuroute.bench.runners.registry import Runner, all_runners, load_runner
-from gpuroute.cli_options import BENCH_HELP, CAMPAIGN_HELP, add_inventory_options, key_values
+from gpuroute.cli_options import (
+    BENCH_HELP,
+    CAMPAIGN_HELP,
+    add_inventory_options,
+    add_simulate_option,
+    key_values,
+)
 
 __all__ = ["add_parsers", "run"]
 
@@ -92,6 +99,7 @@ def add_parsers(sub: Any) -> None:
     crun.add_argument(
         "--retry-failed", action="store_true", help="run experiments out of attempts again"
     )
+    add_simulate_option(crun)  # instead of the file's host
     crep = csub.add_parser("report", help="summary table and plots of a campaign directory")
     crep.add_argument("directory")
     for p in (crun, crep):
@@ -103,6 +111,10 @@ def _bench(args: argparse.Namespace) -> int:
     from gpuroute.core.inventory import Inventory
 
     runner = load_runner(args.runner)
+    if "simulate" in args:
+        from gpuroute.bench.simhost import check_topology
+
+        check_topology(args.simulate)  # an unknown name: one error, before any other check
     options_given = vars(args)
     execution: Execution = options_given.get("execution") or runner.default_execution
     params = {name: value for name, value in options_given.items() if name in runner.parameters}
@@ -206,7 +218,13 @@ def run(args: argparse.Namespace) -> int:
     from gpuroute.term import colour_enabled, width
 
     if args.campaign_command == "run":
-        directory = run_campaign(args.file, args.output_dir, retry_failed=args.retry_failed)
+        if args.simulate is not None:
+            from gpuroute.bench.simhost import check_topology
+
+            check_topology(args.simulate)  # an unknown name: one error, before the file's
+        directory = run_campaign(
+            args.file, args.output_dir, retry_failed=args.retry_failed, simulate=args.simulate
+        )
     else:
         directory = Path(args.directory)
         report_campaign(directory)

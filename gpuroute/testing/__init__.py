@@ -5,7 +5,10 @@
 * ``FakeNVML``: a stateful stand-in for the pynvml functions gpuroute calls, built from
   such an inventory;
 * ``FakeKernelLog``: a recorded kernel log (``/dev/kmsg`` records) with the driver's Xid
-  lines, which ``FakeNVML.inject_xid`` writes to when given one.
+  lines, which ``FakeNVML.inject_xid`` writes to when given one;
+* ``gpuroute.testing.simhost.SimulatedHost``: the whole simulated host for one session, what
+  ``--simulate TOPOLOGY`` means on every command (inventory, FakeNVML, a lease directory of
+  its own, and a private engine, ``gpuroute.testing.engine``, started when first needed).
 
 ``FakeNVML`` and ``FakeProcess`` import pynvml (``nvidia-ml-py``), whose errors FakeNVML
 raises, when first used: ``topology`` alone, which ``--simulate`` needs to plan, does not.
