@@ -470,13 +470,21 @@ def run_campaign(
     retry_failed: bool = False,
     progress: Any = None,
     on_result: Callable[[Result], None] | None = None,
+    ray: str | None = None,
 ) -> Path:
     """Run (or resume) a campaign; returns its directory, which holds ``results.jsonl``,
-    the native reports of every attempt, ``summary.md``/``summary.json`` and the plots."""
+    the native reports of every attempt, ``summary.md``/``summary.json`` and the plots.
+
+    ``ray``: run the experiments on the Ray cluster at this address (``auto``: the one
+    started on this machine) instead of this host (``gpuroute.bench.ray_campaign``)."""
     from gpuroute.bench.progress import Progress
 
     campaign = load_campaign(path)
     experiments = expand(campaign)
+    if ray is not None:
+        from gpuroute.bench.ray_campaign import check_campaign
+
+        check_campaign(campaign, experiments)
     needs: dict[str, str] = {}
     for runner in sorted({e.runner for e in experiments}):
         needs.update(load_runner(runner).needs(campaign.execution))
@@ -510,6 +518,11 @@ def run_campaign(
             else None
         )
         try:
+            if ray is not None:
+                from gpuroute.bench.ray_campaign import schedule
+
+                schedule(campaign, directory, store, todo, bar, on_result, address=ray)
+                todo = []
             if sim is None and todo and campaign.execution == "container":
                 _remove_orphans(directory)  # a simulated host's engine is new each run
             _schedule(campaign, sim, directory, store, todo, bar, on_result)

@@ -4,7 +4,7 @@
                                 --num-prompts N [--gpus SPEC] [--output FILE]
     gpuroute bench vllm --model M [--mode throughput|latency|serve] ... [-- EXTRA ARGS]
     gpuroute bench trtllm --model M [--mode throughput|latency] ... [-- EXTRA ARGS]
-    gpuroute campaign run FILE [--output-dir DIR] [--retry-failed]
+    gpuroute campaign run FILE [--output-dir DIR] [--retry-failed] [--ray ADDRESS|auto]
     gpuroute campaign report DIR
 
 A benchmark prints a summary and writes its result (``gpuroute.bench.result/1``) with
@@ -88,6 +88,11 @@ def add_parsers(sub: Any) -> None:
     crun.add_argument("--output-dir", metavar="DIR", help="default: NAME next to FILE")
     crun.add_argument(
         "--retry-failed", action="store_true", help="run experiments out of attempts again"
+    )
+    crun.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run each experiment as a Ray task on the cluster at ADDRESS (HOST:PORT, or auto)",
     )
     crep = csub.add_parser("report", help="summary table and plots of a campaign directory")
     crep.add_argument("directory")
@@ -196,9 +201,15 @@ def run(args: argparse.Namespace) -> int:
     from gpuroute.bench.report import render_table, summarize
 
     if args.campaign_command == "run":
-        directory = run_campaign(args.file, args.output_dir, retry_failed=args.retry_failed)
+        directory = run_campaign(
+            args.file, args.output_dir, retry_failed=args.retry_failed, ray=args.ray
+        )
         results = read_results(directory)
         print(render_table(summarize(results)))
+        if args.ray is not None:
+            from gpuroute.bench.ray_campaign import node_table
+
+            print(node_table(results))
         print(f"results, summary and plots: {directory}")
         return 0 if all(r.status == "ok" for r in _last_attempts(results)) else 1
     print(report_campaign(args.directory))
