@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpuroute.bench.campaign import expand, load_campaign, read_results, run_campaign
+from gpuroute.bench.campaign import expand, load_campaign, read_results
 from gpuroute.bench.occupancy import overlaps, span_of
 from gpuroute.bench.progress import Progress
-from gpuroute.bench.ray_campaign import NODE_LABEL
+from gpuroute.bench.ray_campaign import NODE_LABEL, run_on_ray
 from gpuroute.bench.result import Result
 from gpuroute.core.inventory import Inventory
 from gpuroute.errors import BenchConfigError
@@ -61,10 +61,10 @@ def seen_in_container(result: Result) -> list[str]:
 def test_a_cluster_campaign_names_gpu_counts_not_one_hosts_gpus(tmp_path: Path) -> None:
     path = write_campaign(tmp_path / "c.yaml", grid={"runner": "vllm", "model": "m", "gpus": "0"})
     with pytest.raises(BenchConfigError, match=r"gpus: '0' names GPUs of one host.*any:N"):
-        run_campaign(path, tmp_path / "out", ray="127.0.0.1:1", progress=quiet(1))
+        run_on_ray(path, tmp_path / "out", address="127.0.0.1:1", progress=quiet(1))
     simulated = write_campaign(tmp_path / "s.yaml", host={"simulate": "h100-sxm-8"})
     with pytest.raises(BenchConfigError, match=r"remove host\.simulate"):
-        run_campaign(simulated, tmp_path / "out", ray="127.0.0.1:1", progress=quiet(1))
+        run_on_ray(simulated, tmp_path / "out", address="127.0.0.1:1", progress=quiet(1))
     assert not (tmp_path / "out").exists()  # nothing ran, nothing written
 
 
@@ -152,10 +152,10 @@ def test_killing_the_worker_node_mid_campaign_loses_nothing(
 
     def run() -> None:
         try:
-            run_campaign(
+            run_on_ray(
                 path,
                 tmp_path / "run",
-                ray=gpuroute_ray_cluster.address,
+                address=gpuroute_ray_cluster.address,
                 progress=quiet(len(experiments)),
             )
         except BaseException as exc:

@@ -63,9 +63,14 @@ from gpuroute.bench.simhost import SimulatedBenchHost
 from gpuroute.errors import BenchConfigError, BenchError, GpurouteError
 
 __all__ = [
+    "CAMPAIGN_LABEL",
     "Campaign",
     "Experiment",
+    "Scheduler",
+    "Store",
+    "expand",
     "load_campaign",
+    "not_started",
     "read_results",
     "report_campaign",
     "run_campaign",
@@ -463,6 +468,17 @@ def _busy(experiment: Experiment, sim: SimulatedBenchHost | None) -> set[str] | 
         return set()
 
 
+# What a campaign run elsewhere (gpuroute.bench.ray_campaign) shares with one on this host.
+Store = _Store
+not_started = _not_started
+Scheduler = Callable[
+    [Campaign, Path, _Store, list[tuple[Experiment, int]], Any, Callable[[Result], None] | None],
+    None,
+]
+"""Runs a campaign's experiments left (each with its attempts so far) and stores each
+attempt's result as it ends: ``(campaign, directory, store, todo, progress, on_result)``."""
+
+
 def run_campaign(
     path: str | os.PathLike[str],
     output_dir: str | os.PathLike[str] | None = None,
@@ -470,21 +486,17 @@ def run_campaign(
     retry_failed: bool = False,
     progress: Any = None,
     on_result: Callable[[Result], None] | None = None,
-    ray: str | None = None,
+    scheduler: Scheduler | None = None,
 ) -> Path:
     """Run (or resume) a campaign; returns its directory, which holds ``results.jsonl``,
     the native reports of every attempt, ``summary.md``/``summary.json`` and the plots.
 
-    ``ray``: run the experiments on the Ray cluster at this address (``auto``: the one
-    started on this machine) instead of this host (``gpuroute.bench.ray_campaign``)."""
+    ``scheduler``: runs the experiments left somewhere else than on this host (a Ray
+    cluster: ``gpuroute.bench.ray_campaign.run_on_ray``)."""
     from gpuroute.bench.progress import Progress
 
     campaign = load_campaign(path)
     experiments = expand(campaign)
-    if ray is not None:
-        from gpuroute.bench.ray_campaign import check_campaign
-
-        check_campaign(campaign, experiments)
     needs: dict[str, str] = {}
     for runner in sorted({e.runner for e in experiments}):
         needs.update(load_runner(runner).needs(campaign.execution))
@@ -518,14 +530,12 @@ def run_campaign(
             else None
         )
         try:
-            if ray is not None:
-                from gpuroute.bench.ray_campaign import schedule
-
-                schedule(campaign, directory, store, todo, bar, on_result, address=ray)
-                todo = []
-            if sim is None and todo and campaign.execution == "container":
-                _remove_orphans(directory)  # a simulated host's engine is new each run
-            _schedule(campaign, sim, directory, store, todo, bar, on_result)
+            if scheduler is not None:
+                scheduler(campaign, directory, store, todo, bar, on_result)
+            else:
+                if sim is None and todo and campaign.execution == "container":
+                    _remove_orphans(directory)  # a simulated host's engine is new each run
+                _schedule(campaign, sim, directory, store, todo, bar, on_result)
         finally:
             if sim is not None:
                 sim.close()

@@ -201,9 +201,14 @@ def run(args: argparse.Namespace) -> int:
     from gpuroute.bench.report import render_table, summarize
 
     if args.campaign_command == "run":
-        directory = run_campaign(
-            args.file, args.output_dir, retry_failed=args.retry_failed, ray=args.ray
-        )
+        if args.ray is not None:
+            from gpuroute.bench.ray_campaign import run_on_ray
+
+            directory = run_on_ray(
+                args.file, args.output_dir, address=args.ray, retry_failed=args.retry_failed
+            )
+        else:
+            directory = run_campaign(args.file, args.output_dir, retry_failed=args.retry_failed)
         results = read_results(directory)
         print(render_table(summarize(results)))
         if args.ray is not None:

@@ -30,8 +30,11 @@ from gpuroute.bench.campaign import (
     CAMPAIGN_LABEL,
     Campaign,
     Experiment,
-    _not_started,
-    _Store,
+    Store,
+    expand,
+    load_campaign,
+    not_started,
+    run_campaign,
 )
 from gpuroute.bench.result import Result
 from gpuroute.bench.runners.common import RunOptions, execute
@@ -45,7 +48,9 @@ __all__ = [
     "gpus_needed",
     "node_table",
     "run_on_node",
+    "run_on_ray",
     "schedule",
+    "task_options",
 ]
 
 NODE_LABEL = "node"
@@ -72,7 +77,7 @@ def gpus_needed(experiment: Experiment) -> int:
     )
 
 
-def check_campaign(campaign: Campaign, experiments: Iterable[Experiment]) -> None:
+def check_campaign(campaign: Campaign) -> None:
     """Refuse, before anything runs, what a campaign on a cluster cannot do."""
     if campaign.host.simulate is not None:
         raise BenchConfigError(
@@ -85,7 +90,7 @@ def check_campaign(campaign: Campaign, experiments: Iterable[Experiment]) -> Non
             "execution 'inprocess' runs in the driver's own process; on a Ray cluster use "
             "'subprocess' or 'container'"
         )
-    for experiment in experiments:
+    for experiment in expand(campaign):
         gpus_needed(experiment)
 
 
@@ -162,11 +167,24 @@ def run_on_node(campaign_json: str, experiment: Experiment, attempt: int, direct
         return result.to_json(indent=None)
     except Exception as exc:
         text = str(exc) if isinstance(exc, GpurouteError) else f"{type(exc).__name__}: {exc}"
-        failed = _not_started(experiment, campaign.execution, f"{where}: {text}", labels)
+        failed = not_started(experiment, campaign.execution, f"{where}: {text}", labels)
         return failed.to_json(indent=None)
     finally:
         if placement is not None:
             placement.release()
+
+
+def task_options(gpus: int, name: str) -> dict[str, Any]:
+    """The Ray options of an experiment's task: its GPUs, no CPU of the node's count (the
+    work is the GPUs'; a node's CPUs would cap how many run at once), and no retry by Ray
+    (the driver runs a lost task again itself)."""
+    return {
+        "num_gpus": gpus,
+        "num_cpus": 0,
+        "max_retries": 0,
+        "retry_exceptions": False,
+        "name": f"gpuroute-campaign {name}",
+    }
 
 
 @dataclass
@@ -192,7 +210,7 @@ def _lost(ray: Any, exc: BaseException) -> bool:
 def schedule(
     campaign: Campaign,
     directory: Path,
-    store: _Store,
+    store: Store,
     todo: Sequence[tuple[Experiment, int]],
     bar: Any,
     on_result: Callable[[Result], None] | None,
@@ -219,13 +237,8 @@ def schedule(
     written: set[tuple[str, int]] = set()
 
     def submit(item: _Attempt) -> None:
-        ref = task.options(
-            num_gpus=needs[item.experiment.id],
-            num_cpus=0,
-            max_retries=0,
-            retry_exceptions=False,
-            name=f"gpuroute-campaign {item.experiment.config}",
-        ).remote(payload, item.experiment, item.attempt, where)
+        options = task_options(needs[item.experiment.id], item.experiment.config)
+        ref = task.options(**options).remote(payload, item.experiment, item.attempt, where)
         inflight[ref] = item
 
     def record(item: _Attempt, result: Result) -> None:
@@ -270,7 +283,7 @@ def schedule(
                         continue
                     why = "lost with its node" if _lost(ray, exc) else "failed on its node"
                     labels = _labels(item.experiment, campaign, item.attempt)
-                    result = _not_started(
+                    result = not_started(
                         item.experiment,
                         campaign.execution,
                         f"the Ray task {why} ({item.losses + 1} time(s)): {_first_line(exc)}",
@@ -281,6 +294,31 @@ def schedule(
         for ref in inflight:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
+
+
+def run_on_ray(
+    path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str] | None = None,
+    *,
+    address: str = "auto",
+    retry_failed: bool = False,
+    progress: Any = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> Path:
+    """``run_campaign`` on the Ray cluster at ``address`` (``auto``: the one started on this
+    machine; ``HOST:PORT``: its head node): what cannot run on a cluster is refused before
+    anything runs."""
+    from functools import partial
+
+    check_campaign(load_campaign(path))
+    return run_campaign(
+        path,
+        output_dir,
+        retry_failed=retry_failed,
+        progress=progress,
+        on_result=on_result,
+        scheduler=partial(schedule, address=address),
+    )
 
 
 def _first_line(exc: BaseException) -> str:
