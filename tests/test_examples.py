@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,17 @@ def test_energy_per_token_measures_the_routed_gpus_on_the_simulated_host() -> No
     assert f"GPU 3 {h100.gpus[3].uuid}:" in out
     assert f"GPU 1 {h100.gpus[1].uuid}:" in out
     assert "J per output token" in out
+
+
+@pytest.mark.engine
+def test_ray_campaign_runs_on_a_local_cluster_of_two_simulated_hosts() -> None:
+    inherited = {k: os.environ[k] for k in ("HOME", "PYTHONPATH") if k in os.environ}
+    out = run_example("ray_campaign.py", inherited)
+    assert "node          ok  failed  GPU-seconds" in out  # the results per node
+    rows = re.findall(r"^([0-9a-f]{12}) +(\d+) +(\d+) +[\d.]+$", out, re.M)
+    assert rows
+    assert sum(int(ok) for _, ok, _ in rows) == 4  # every experiment, once, ok
+    assert all(failed == "0" for _, _, failed in rows)
+    found = re.search(r"^GPU utilisation: (\d+\.\d\d) ", out, re.M)
+    assert found is not None, out
+    assert 0 < float(found[1]) <= 1

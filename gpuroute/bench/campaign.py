@@ -65,9 +65,14 @@ if TYPE_CHECKING:
     from gpuroute.bench.simhost import SimulatedBenchHost
 
 __all__ = [
+    "CAMPAIGN_LABEL",
     "Campaign",
     "Experiment",
+    "Scheduler",
+    "Store",
+    "expand",
     "load_campaign",
+    "not_started",
     "read_results",
     "report_campaign",
     "run_campaign",
@@ -465,6 +470,17 @@ def _busy(experiment: Experiment, sim: SimulatedBenchHost | None) -> set[str] | 
         return set()
 
 
+# What a campaign run elsewhere (gpuroute.bench.ray_campaign) shares with one on this host.
+Store = _Store
+not_started = _not_started
+Scheduler = Callable[
+    [Campaign, Path, _Store, list[tuple[Experiment, int]], Any, Callable[[Result], None] | None],
+    None,
+]
+"""Runs a campaign's experiments left (each with its attempts so far) and stores each
+attempt's result as it ends: ``(campaign, directory, store, todo, progress, on_result)``."""
+
+
 def run_campaign(
     path: str | os.PathLike[str],
     output_dir: str | os.PathLike[str] | None = None,
@@ -473,10 +489,14 @@ def run_campaign(
     progress: Any = None,
     on_result: Callable[[Result], None] | None = None,
     simulate: str | None = None,
+    scheduler: Scheduler | None = None,
 ) -> Path:
     """Run (or resume) a campaign; returns its directory, which holds ``results.jsonl``,
     the native reports of every attempt, ``summary.md``/``summary.json`` and the plots.
-    ``simulate`` names a built-in simulated host to run on, whatever the file's ``host``."""
+
+    ``simulate`` names a built-in simulated host to run on, whatever the file's ``host``.
+    ``scheduler``: runs the experiments left somewhere else than on this host (a Ray
+    cluster: ``gpuroute.bench.ray_campaign.run_on_ray``)."""
     from gpuroute.bench.progress import Progress
 
     campaign = load_campaign(path)
@@ -522,9 +542,12 @@ def run_campaign(
 
             sim = SimulatedBenchHost(campaign.host.simulate, lease_root=directory)
         try:
-            if sim is None and todo and campaign.execution == "container":
-                _remove_orphans(directory)  # a simulated host's engine is new each run
-            _schedule(campaign, sim, directory, store, todo, bar, on_result)
+            if scheduler is not None:
+                scheduler(campaign, directory, store, todo, bar, on_result)
+            else:
+                if sim is None and todo and campaign.execution == "container":
+                    _remove_orphans(directory)  # a simulated host's engine is new each run
+                _schedule(campaign, sim, directory, store, todo, bar, on_result)
         finally:
             if sim is not None:
                 sim.close()

@@ -4,7 +4,8 @@
                                 --num-prompts N [--gpus SPEC] [--output FILE]
     gpuroute bench vllm --model M [--mode throughput|latency|serve] ... [-- EXTRA ARGS]
     gpuroute bench trtllm --model M [--mode throughput|latency] ... [-- EXTRA ARGS]
-    gpuroute campaign run FILE [--output-dir DIR] [--retry-failed] [--simulate TOPOLOGY]
+    gpuroute campaign run FILE [--output-dir DIR] [--retry-failed]
+                          [--simulate TOPOLOGY | --ray ADDRESS|auto]
     gpuroute campaign report DIR
 
 A benchmark prints a summary and writes its result (``gpuroute.bench.result/1``) with
@@ -99,7 +100,13 @@ def add_parsers(sub: Any) -> None:
     crun.add_argument(
         "--retry-failed", action="store_true", help="run experiments out of attempts again"
     )
-    add_simulate_option(crun)  # instead of the file's host
+    on = crun.add_mutually_exclusive_group()
+    add_simulate_option(on)  # instead of the file's host
+    on.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run each experiment as a Ray task on the cluster at ADDRESS (HOST:PORT, or auto)",
+    )
     crep = csub.add_parser("report", help="summary table and plots of a campaign directory")
     crep.add_argument("directory")
     for p in (crun, crep):
@@ -222,15 +229,26 @@ def run(args: argparse.Namespace) -> int:
             from gpuroute.bench.simhost import check_topology
 
             check_topology(args.simulate)  # an unknown name: one error, before the file's
-        directory = run_campaign(
-            args.file, args.output_dir, retry_failed=args.retry_failed, simulate=args.simulate
-        )
+        if args.ray is not None:
+            from gpuroute.bench.ray_campaign import run_on_ray
+
+            directory = run_on_ray(
+                args.file, args.output_dir, address=args.ray, retry_failed=args.retry_failed
+            )
+        else:
+            directory = run_campaign(
+                args.file, args.output_dir, retry_failed=args.retry_failed, simulate=args.simulate
+            )
     else:
         directory = Path(args.directory)
         report_campaign(directory)
     results = read_results(directory)
     table = render_table(summarize(results), wide=args.wide, width=width(), colour=colour_enabled())
     print(table)
+    if getattr(args, "ray", None) is not None:
+        from gpuroute.bench.ray_campaign import node_table
+
+        print(node_table(results))
     if args.campaign_command == "run":
         print(f"results, summary and plots: {directory}")
         return 0 if all(r.status == "ok" for r in _last_attempts(results)) else 1

@@ -10,6 +10,7 @@ Everything else runs for real.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +18,7 @@ from gpuroute.bench.runners.common import RunOptions
 from gpuroute.bench.runners.registry import load_runner
 from gpuroute.testing.simhost import SimulatedHost
 
-__all__ = ["SimulatedBenchHost", "check_topology"]
+__all__ = ["SIMULATED_NODE_ENV", "SimulatedBenchHost", "check_topology", "simulated_node"]
 
 
 def check_topology(name: str) -> None:
@@ -52,3 +53,31 @@ class SimulatedBenchHost(SimulatedHost):
             image=image,
             lease_dir=options.lease_dir or self.lease_dir,
         )
+
+
+SIMULATED_NODE_ENV = "GPUROUTE_SIMULATED_NODE"
+"""Set (to the topology's name) in the environment of a Ray node that is a simulated host
+(``gpuroute.testing.ray_cluster``): its ``GPUROUTE_INVENTORY`` is a snapshot and its
+``DOCKER_HOST`` a private engine with the stand-in images."""
+
+
+def simulated_node(options: RunOptions, runner: str, name: str) -> RunOptions:
+    """``options`` for a run of ``runner`` on a simulated Ray node (this process's
+    environment names its snapshot, lease directory and engine): the node's inventory, a
+    FakeNVML of it for energy, its engine's stand-in images, no network."""
+    from gpuroute.host import default_host
+    from gpuroute.testing import FakeNVML
+    from gpuroute.testing.engine import STAND_IN_IMAGES
+
+    inventory = default_host().inventory
+    docker: dict[str, Any] = {}
+    if options.execution == "container":
+        docker = {"network_mode": "none", **load_runner(runner).unprivileged_docker_kwargs}
+    return replace(
+        options,
+        inventory=inventory,
+        nvml=FakeNVML(inventory, clock=time.time, energy_update_s=0.02),
+        simulated_host=name,
+        docker_kwargs={**docker, **options.docker_kwargs},
+        image=options.image or STAND_IN_IMAGES.get(runner),
+    )

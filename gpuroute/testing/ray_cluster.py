@@ -99,6 +99,26 @@ def _free_port() -> int:
         return port
 
 
+def _processes() -> list[tuple[int, bytes, bytes]]:
+    """Every other process of this machine that can be read: its pid, command line and
+    environment."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            found.append(
+                (
+                    int(entry.name),
+                    (entry / "cmdline").read_bytes(),
+                    (entry / "environ").read_bytes(),
+                )
+            )
+        except OSError:
+            continue
+    return found
+
+
 def _ray_command() -> list[str]:
     beside = Path(sys.executable).with_name("ray")
     if beside.exists():
@@ -183,6 +203,15 @@ class LocalRayCluster:
                             [package_parent, *([inherited] if inherited else [])]
                         ),
                         "RAY_USAGE_STATS_ENABLED": "0",
+                        # the node is a simulated host (gpuroute.bench.simhost reads it)
+                        "GPUROUTE_SIMULATED_NODE": spec.topology
+                        if isinstance(spec.topology, str)
+                        else "simulated",
+                        # a node lost is known within seconds, not Ray's default ~30 s
+                        "RAY_health_check_initial_delay_ms": "1000",
+                        "RAY_health_check_period_ms": "1000",
+                        "RAY_health_check_timeout_ms": "1000",
+                        "RAY_health_check_failure_threshold": "3",
                     }
                 )
                 if mask is not None:
@@ -196,6 +225,8 @@ class LocalRayCluster:
                     f"--ray-client-server-port={_free_port()}",
                     f"--dashboard-agent-listen-port={_free_port()}",
                     "--disable-usage-stats",
+                    # loopback only: the cluster never depends on, or listens on, the network
+                    "--node-ip-address=127.0.0.1",
                 ]
                 if resources.resources:
                     argv += ["--resources", resources.argv()[-1]]
@@ -273,6 +304,53 @@ class LocalRayCluster:
             index = 0 if is_head else 1 + sum(1 for n in self.nodes[1:] if n.node_id)
             if index < len(self.nodes):
                 self.nodes[index].node_id = str(node_info["NodeID"])
+
+    def kill_node(self, index: int) -> None:
+        """Lose node ``index`` as a machine is lost: SIGKILL its raylet, then everything
+        else the node started (its workers, its ``ray start``); its engine, snapshot and
+        lease directory stay, as a server's disk and containers would. The head cannot be
+        killed (the cluster would be gone)."""
+        if index <= 0 or index >= len(self.nodes):
+            raise ValueError(f"node {index}: only a worker node (1..{len(self.nodes) - 1})")
+        node = self.nodes[index]
+        marker = f"GPUROUTE_LEASE_DIR={node.lease_dir}\0".encode()
+        raylets = [p for p, cmd, env in _processes() if marker in env and b"raylet" in cmd]
+        for pid in raylets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if node.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait(timeout=30)
+        for pid, _, env in _processes():
+            if marker in env:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        node.process = None
+        node.node_id = None
+
+    def restart_node(self, index: int) -> None:
+        """Start a killed worker node again (a new Ray node id, the same host) and wait
+        until it has joined."""
+        from gpuroute.ray.runtime import connect
+
+        node = self.nodes[index]
+        if node.process is not None:
+            raise ValueError(f"node {index} is running")
+        ray = connect(self.address)
+        known = {n.node_id for n in self.nodes if n.node_id}
+        self._start_node(node)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            self._check_running()
+            fresh = [
+                str(n["NodeID"]) for n in ray.nodes() if n.get("Alive") and n["NodeID"] not in known
+            ]
+            if fresh:
+                node.node_id = fresh[0]
+                return
+            time.sleep(0.3)
+        raise RayClusterError(f"node {index} did not join again in time:\n{self._logs()}")
 
     def node(self, node_id: str) -> RayNode:
         """The started node with this Ray node id."""
