@@ -10,6 +10,8 @@ process, alternating, medians over the rounds:
 * bare: two counter reads per GPU through handles opened beforehand, nothing else;
 * window: ``begin_window``/``end_window`` on a started ``EnergyMonitor`` (its 10 Hz sampler
   running, so the counter's update period, hence the uncertainty, is known), and the total;
+* the same bare reads and windows on a FakeNVML whose counters stand still (the cheapest
+  reads, so the strictest baseline), with no sampler;
 * whole monitor: ``EnergyMonitor(...).start()``, ``stop()``, ``energy()``: what a window cost
   before named windows (NVML opened, handles looked up, a thread started, samples kept, a
   result model built), for comparison;
@@ -94,6 +96,34 @@ def main() -> None:
         f"a 50 ms window: {last.energy_j:.2f} J ± {last.uncertainty_j or float('nan'):.2f} J, "
         f"warnings {last.warnings[:2]}{' …' if len(last.warnings) > 2 else ''}"
     )
+    # The strictest baseline: counters that stand still answer fastest (no clock to follow).
+    still = FakeNVML(inventory, power_w=300.0)
+    still.nvmlInit()
+    fixed = [still.nvmlDeviceGetHandleByUUID(g.uuid) for g in inventory.gpus]
+    read_still = still.nvmlDeviceGetTotalEnergyConsumption
+
+    def bare_still() -> None:
+        for handle in fixed:
+            read_still(handle)
+        for handle in fixed:
+            read_still(handle)
+
+    plain = EnergyMonitor(devices, nvml=still, sampler=False).start()
+
+    def window_still() -> None:
+        plain.begin_window("w")
+        plain.end_window("w").energy_j  # noqa: B018
+
+    pairs = [(median_us(bare_still, rounds // 10), median_us(window_still, rounds // 10))]
+    pairs += [(median_us(bare_still, rounds // 10), median_us(window_still, rounds // 10))]
+    b = statistics.median(p[0] for p in pairs)
+    w = statistics.median(p[1] for p in pairs)
+    verdict = "met" if w <= TARGET * b else "MISSED"
+    print(
+        f"counters standing still, no sampler: bare {b:.1f} µs, window {w:.1f} µs, "
+        f"{w / b:.2f}x (target ≤ {TARGET:g}x: {verdict})"
+    )
+    plain.stop()
     print(zeus_line())
 
 

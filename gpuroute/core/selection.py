@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -260,9 +261,13 @@ def _hierarchy(matrix: list[list[int]]) -> list[_Merge] | None:
         far = max(row[y] for y in others)
         near = [first] + [y for y in others if row[y] < far]
         rest = [y for y in others if row[y] >= far]
+        across = operator.itemgetter(*rest) if len(rest) > 1 else None
         for x in near:
             other = matrix[x]
-            if any(other[y] != far for y in rest):
+            if across is None:
+                if other[rest[0]] != far:
+                    return None
+            elif across(other).count(far) != len(rest):
                 return None
         levels[task] = far
         splits.append((task, tasks, tasks + 1))
