@@ -291,23 +291,43 @@ def _tree_choice(merges: list[_Merge], starts: list[int], k: int) -> tuple[int, 
     """The best ``k`` positions over a hierarchy: for each cluster and each count m up to
     ``k``, the best (sum of distances, sorted positions) of m devices inside it. Joining two
     clusters at level L, i devices from one and j from the other cost theirs plus i*j*L, and
-    the merge of two lowest sorted lists is the lowest: the tables compose exactly."""
+    the merge of two lowest sorted lists is the lowest: the tables compose exactly.
+
+    Clusters alike (the same levels, GPUs of the same sizes at the same places relative to
+    the cluster's first position: the two sockets of a host, its switch pairs) have the same
+    table up to that shift, which is then computed once."""
     tables: list[_Table] = []
     spans: list[tuple[int, int]] = []  # each cluster's lowest and highest position
+    kinds: list[int] = []  # clusters alike share a kind
+    kind_of: dict[tuple[int, ...], int] = {}
+    made: dict[int, tuple[_Table, int]] = {}  # a kind's table, and the cluster's lowest position
     for b in range(len(starts) - 1):
-        first, cap = starts[b], min(k, starts[b + 1] - starts[b])
+        first, size = starts[b], starts[b + 1] - starts[b]
+        cap = min(k, size)
         tables.append(([0] * (cap + 1), [tuple(range(first, first + m)) for m in range(cap + 1)]))
-        spans.append((first, starts[b + 1] - 1))
+        spans.append((first, first + size - 1))
+        kinds.append(kind_of.setdefault((size,), len(kind_of)))
     last = len(merges) - 1
     for step, (left, right, level) in enumerate(merges):
-        (one_cost, one_group), (two_cost, two_group) = tables[left], tables[right]
+        if spans[right][0] < spans[left][0]:
+            left, right = right, left
         (low_one, high_one), (low_two, high_two) = spans[left], spans[right]
-        if high_two < low_one:
-            one_cost, one_group, two_cost, two_group = two_cost, two_group, one_cost, one_group
+        key = (level, kinds[left], kinds[right], low_two - low_one)
+        kind = kind_of.setdefault(key, len(kind_of))
+        kinds.append(kind)
+        spans.append((low_one, max(high_one, high_two)))
+        known = made.get(kind)
+        if known is not None and step != last:
+            (costs, shown), low = known
+            shift = low_one - low
+            tables.append((costs, [tuple([x + shift for x in g]) for g in shown]))
+            tables[left] = tables[right] = ([], [])
+            continue
+        (one_cost, one_group), (two_cost, two_group) = tables[left], tables[right]
         # Two clusters side by side in NVML order: their lists join by concatenation.
-        apart = high_one < low_two or high_two < low_one
+        apart = high_one < low_two
         top_one, top_two = len(one_cost) - 1, len(two_cost) - 1
-        costs: list[int] = []
+        costs = []
         groups: list[tuple[int, ...]] = []
         for m in range(k if step == last else 0, min(k, top_one + top_two) + 1):
             splits = range(max(0, m - top_two), min(m, top_one) + 1)
@@ -323,7 +343,7 @@ def _tree_choice(merges: list[_Merge], starts: list[int], k: int) -> tuple[int, 
             costs.append(cost)
             groups.append(min(tied) if len(tied) > 1 else tied[0])
         tables.append((costs, groups))
-        spans.append((min(low_one, low_two), max(high_one, high_two)))
+        made[kind] = ((costs, groups), low_one)
         tables[left] = tables[right] = ([], [])  # each cluster joins once
     if not merges:  # one GPU: its lowest k devices
         return tables[0][1][k]
