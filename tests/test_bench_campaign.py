@@ -176,6 +176,51 @@ def test_disjoint_gpu_sets_run_at_the_same_time_and_overlapping_ones_do_not(
     assert not overlap("0,1", "1,3"), "GPU 1 is shared: these two ran one after the other"
 
 
+class Timeline(Progress):
+    """Records which configurations were started and finished, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(1, io.StringIO())
+        self.events: list[tuple[str, str]] = []
+
+    def started(self, name: str) -> None:
+        self.events.append(("start", name))
+        super().started(name)
+
+    def finished(self, name: str, ok: bool, seconds: float) -> None:
+        self.events.append(("end", name))
+        super().finished(name, ok, seconds)
+
+
+def test_any_n_experiments_start_largest_first_and_only_when_their_gpus_are_free(
+    tmp_path: Path, stand_ins_on_path: None
+) -> None:
+    """Three any:4 and three any:1 on 8 GPUs, 8 at once allowed: two any:4 first, and never
+    more GPUs asked for than the host has (an experiment started early would only wait on
+    its lease, holding a worker and polling)."""
+    file = write_campaign(
+        tmp_path / "c.yaml",
+        max_parallel=8,
+        repeats=3,
+        grid={"runner": "vllm", "model": "m", "gpus": ["any:1", "any:4"]},
+    )
+    timeline = Timeline()
+    results = read_results(run_campaign(file, tmp_path / "out", progress=timeline))
+    assert len(results) == 6
+    assert all(r.status == "ok" for r in results)
+    asked = 0
+    most = 0
+    for event, config in timeline.events:
+        gpus = 4 if "gpus=any:4" in config else 1
+        asked += gpus if event == "start" else -gpus
+        most = max(most, asked)
+    assert most <= 8
+    assert [config for event, config in timeline.events[:2]] == [
+        "vllm m gpus=any:4 input_len=8 num_prompts=5 output_len=4"
+    ] * 2
+    assert sorted(len(r.routing.devices) for r in results) == [1, 1, 1, 4, 4, 4]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
 
 from gpuroute import Inventory, plan
 from gpuroute.bench.energy import EnergyMonitor, EnergyReading
+from gpuroute.errors import BenchError
 from gpuroute.testing import FakeNVML
 
 
@@ -305,3 +307,123 @@ def test_results_without_uncertainty_fields_are_still_read() -> None:
     energy = Energy.model_validate(old)
     assert energy.gpu_energy_uncertainty_j is None
     assert energy.per_gpu[0].energy_uncertainty_j is None
+
+
+# -- named windows -------------------------------------------------------------------------
+
+
+def windows(inventory: Inventory, spec: str, fake: FakeNVML, clock: ManualClock) -> EnergyMonitor:
+    """A started monitor with no sampler thread: windows read the counters themselves."""
+    devices = plan(spec, inventory).devices
+    return EnergyMonitor(devices, nvml=fake, clock=clock, sampler=False).start()
+
+
+def test_a_window_is_the_counters_difference_with_no_thread(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(h100, power_w={2: 300.0, 5: 500.0}, clock=clock)
+    before = {t.name for t in threading.enumerate()}
+    monitor = windows(h100, "5,2", fake, clock)
+    monitor.begin_window("generate")
+    clock.t += 10
+    window = monitor.end_window("generate")
+    assert "gpuroute-energy" not in {t.name for t in threading.enumerate()} - before
+    assert [(g.uuid, g.nvml_index, g.method) for g in window.per_gpu] == [
+        (h100.gpus[5].uuid, 5, "counter"),
+        (h100.gpus[2].uuid, 2, "counter"),
+    ]
+    assert [g.energy_j for g in window.per_gpu] == pytest.approx([5000.0, 3000.0])
+    assert window.energy_j == pytest.approx(8000.0)
+    assert window.duration_s == pytest.approx(10.0)
+    # No sampler has seen the counter change: its update period, so the uncertainty, is unknown.
+    assert window.uncertainty_j is None
+    assert window.warnings == []
+    energy = window.to_energy({h100.gpus[5].uuid: h100.gpus[5].name})
+    assert energy.method == "nvml_total_energy_counter"
+    assert energy.gpu_energy_j == pytest.approx(8000.0)
+    assert energy.avg_gpu_power_w == pytest.approx(800.0)
+    assert energy.window is not None
+    assert energy.window.includes == ["generate"]
+    assert energy.per_gpu[0].name == h100.gpus[5].name
+    monitor.stop()
+    assert fake.init_count == 0
+
+
+def test_a_window_carries_the_uncertainty_of_the_measured_update_period(
+    h100: Inventory,
+) -> None:
+    clock = ManualClock(0.0)
+    fake = FakeNVML(h100, power_w=100.0, clock=clock, energy_update_s=0.5)
+    monitor = windows(h100, "0", fake, clock)
+    for _ in range(6):  # the sampler's steps, every 0.25 s: the counter moves every 0.5 s
+        clock.t += 0.25
+        monitor._sample()
+    monitor.begin_window("w")
+    clock.t += 20.0
+    window = monitor.end_window("w")
+    (gpu,) = window.per_gpu
+    assert gpu.energy_j == pytest.approx(2000.0)
+    assert gpu.uncertainty_j == pytest.approx(0.5 * 100.0)  # period x power
+    assert window.warnings == ["energy_uncertainty_above_2pct:" + h100.gpus[0].uuid]
+    monitor.begin_window("long")
+    clock.t += 100.0
+    assert monitor.end_window("long").warnings == []  # 50 J of 10,000 J
+    monitor.stop()
+
+
+def test_a_window_never_hides_a_reset_a_lost_gpu_or_a_still_counter(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(
+        h100, power_w=100.0, clock=clock, energy_update_s=1.0, energy_start_mj=5_000_000
+    )
+    fake.drop_energy_counter(3)
+    monitor = windows(h100, "0,1,2,3", fake, clock)
+    monitor.begin_window("w")
+    clock.t += 10
+    fake.reset_energy_counter(0)
+    fake.lose_gpu(1)
+    window = monitor.end_window("w")
+    by_index = {g.nvml_index: g for g in window.per_gpu}
+    assert (by_index[0].energy_j, by_index[0].unavailable_reason) == (None, "counter_reset")
+    assert (by_index[1].energy_j, by_index[1].unavailable_reason) == (None, "gpu_lost")
+    assert by_index[2].energy_j == pytest.approx(1000.0)
+    assert by_index[3].method == "power"  # no counter: the power at both ends
+    assert by_index[3].energy_j == pytest.approx(1000.0)
+    assert window.energy_j is None, "never a partial sum"
+    assert window.uncertainty_j is None
+    assert f"counter_reset:{h100.gpus[0].uuid}" in window.warnings
+    assert f"gpu_lost:{h100.gpus[1].uuid}" in window.warnings
+    assert window.to_energy().gpu_energy_j is None
+    monitor.begin_window("short")
+    clock.t += 0.4  # within one update of the counter
+    short = monitor.end_window("short")
+    assert short.per_gpu[2].unavailable_reason == "window_shorter_than_counter_update"
+    assert "window_shorter_than_1s" in short.warnings
+    monitor.stop()
+
+
+def test_a_mig_window_says_the_counter_is_shared(a100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(a100, clock=clock)
+    monitor = windows(a100, "1:0", fake, clock)
+    monitor.begin_window("w")
+    clock.t += 2
+    window = monitor.end_window("w")
+    assert window.warnings == [f"mig_shared_counter:{a100.gpus[1].uuid}"]
+    assert window.per_gpu[0].uuid == a100.gpus[1].uuid
+    monitor.stop()
+
+
+def test_window_misuse_names_the_window_and_the_fix(h100: Inventory) -> None:
+    clock = ManualClock()
+    fake = FakeNVML(h100, clock=clock)
+    idle = EnergyMonitor(plan("0", h100).devices, nvml=fake, clock=clock, sampler=False)
+    with pytest.raises(BenchError, match=r"begin_window\('w'\).*call start\(\) first"):
+        idle.begin_window("w")
+    monitor = idle.start()
+    monitor.begin_window("a")
+    with pytest.raises(BenchError, match=r"end_window\('b'\): no window .*open: 'a'.*begin_window"):
+        monitor.end_window("b")
+    monitor.end_window("a")
+    with pytest.raises(BenchError, match=r"end_window\('a'\)"):
+        monitor.end_window("a")  # each window ends once
+    monitor.stop()

@@ -348,7 +348,8 @@ def test_any_prefers_one_socket_to_across_the_system(tmp_path: Path) -> None:
 
 
 def test_any_on_a_host_too_large_to_try_every_group(tmp_path: Path) -> None:
-    """32 GPUs choose 8 is millions of groups: the closest group is then built greedily."""
+    """32 GPUs choose 8 is millions of groups: the closest group is found over the PCIe
+    hierarchy of pairs and sockets."""
     base = topology("h100-sxm-8").gpus[0]
     gpus = tuple(
         replace(base, index=i, uuid=f"GPU-{i:08x}-0000-0000-0000-000000000000",
@@ -360,8 +361,8 @@ def test_any_on_a_host_too_large_to_try_every_group(tmp_path: Path) -> None:
     fake.start_process(4242, 0, 500)  # the first switch pair is broken
     lease = take("any:8", inventory, tmp_path, state=read_state(inventory, fake))
     chosen = sorted(d.gpu.index for d in lease.devices)
-    # As close as 8 GPUs get: four whole switch pairs on one socket (the greedy search may
-    # settle on either socket), never GPU 1, whose pair is broken.
+    # As close as 8 GPUs get: four whole switch pairs on one socket, never GPU 1, whose pair
+    # is broken.
     assert [i - chosen[0] for i in chosen] == list(range(8))
     assert chosen[0] % 2 == 0
     assert chosen[0] // 16 == chosen[-1] // 16

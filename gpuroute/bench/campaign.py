@@ -23,8 +23,9 @@ campaign directory as soon as it ends, with the campaign, experiment, configurat
 repeat and attempt in its labels. Run the campaign again and it resumes: experiments with a
 result ``ok`` are skipped, the rest run (a failed one again only while it has attempts
 left, or with ``retry_failed``). Experiments whose GPU sets do not overlap run at the same
-time, each measuring the energy of its own GPUs; leases keep them, and anyone else's work,
-apart. A lock on the directory keeps two runs of one campaign from interleaving.
+time, each measuring the energy of its own GPUs, as many as the host's GPUs hold (largest
+first); leases keep them, and anyone else's work, apart. A lock on the directory keeps two
+runs of one campaign from interleaving.
 """
 
 from __future__ import annotations
@@ -556,6 +557,31 @@ def run_campaign(
     return directory
 
 
+def _gpus_needed(experiment: Experiment, devices: set[str] | None) -> int:
+    """How many GPUs an experiment holds while it runs: N for ``any:N``, else its GPUs."""
+    if devices is not None:
+        return len(devices)
+    from gpuroute.core.spec import parse_spec
+
+    try:
+        token = parse_spec(experiment.gpus).tokens[0]
+    except (GpurouteError, IndexError):
+        return 0
+    return token.index or 1
+
+
+def _host_gpus(sim: SimulatedBenchHost | None) -> int | None:
+    """How many GPUs the campaign's host has (None when it cannot be read)."""
+    if sim is not None:
+        return len(sim.inventory.gpus)
+    from gpuroute.host import default_inventory
+
+    try:
+        return len(default_inventory().gpus)
+    except GpurouteError:
+        return None
+
+
 def _schedule(
     campaign: Campaign,
     sim: SimulatedBenchHost | None,
@@ -565,24 +591,39 @@ def _schedule(
     bar: Any,
     on_result: Callable[[Result], None] | None,
 ) -> None:
+    """Run the experiments, up to ``max_parallel`` at once on disjoint GPUs.
+
+    With several at once, an experiment starts only when the host has GPUs enough for it
+    besides those the running experiments hold (an ``any:N`` experiment started early would
+    wait on its lease, polling, and hold a worker), and those needing the most GPUs are taken
+    first, the others filling the GPUs left over; among equals, the grid's order."""
     pending = list(todo)
     devices_of = {item[0].id: _busy(item[0], sim) for item in pending}
-    running: dict[Future[None], set[str] | None] = {}
+    needed = {item[0].id: _gpus_needed(item[0], devices_of[item[0].id]) for item in pending}
+    capacity = _host_gpus(sim) if campaign.max_parallel > 1 and pending else None
+    if capacity is not None:
+        pending.sort(key=lambda item: -needed[item[0].id])
+    running: dict[Future[None], tuple[set[str] | None, int]] = {}
     with ThreadPoolExecutor(max_workers=campaign.max_parallel) as pool:
         while pending or running:
-            in_use = set().union(*(s for s in running.values() if s))
+            in_use = set().union(*(s for s, _ in running.values() if s))
+            held = sum(n for _, n in running.values())
             for item in list(pending):
                 if len(running) >= campaign.max_parallel:
                     break
                 devices = devices_of[item[0].id]
                 if devices is not None and devices & in_use:
                     continue  # it waits for the GPUs it shares with a running experiment
+                need = needed[item[0].id]
+                if capacity is not None and running and held + need > capacity:
+                    continue  # it waits until enough GPUs are free
                 pending.remove(item)
                 in_use |= devices or set()
+                held += need
                 future = pool.submit(
                     _attempts, campaign, sim, directory, store, *item, bar, on_result
                 )
-                running[future] = devices
+                running[future] = (devices, need)
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
                 running.pop(future)

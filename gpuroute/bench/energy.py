@@ -31,6 +31,13 @@ power sampled in the window. Integrated power carries the energy at stake betwee
 * ``mig_shared_counter:<uuid>``: a MIG run; the counter is the whole GPU's, shared with the
   GPU's other slices and their work;
 * ``foreign_process_on_gpu:pid=<pid>``: a process the run did not start used a routed device.
+
+Named windows on a started monitor, ``begin_window(name)`` and ``end_window(name)``, read
+each GPU's counter directly at both ends (two NVML calls per GPU, through handles opened once
+by UUID; no thread and no sample list per window) and return a ``WindowEnergy``: the same
+checks (a counter that went backwards, a lost GPU, a counter that did not move, the
+uncertainty from the counter's measured update period, MIG counters shared), in plain
+objects; ``to_energy()`` makes the result section from one when it is to be kept.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gpuroute.bench.result import (
     Energy,
@@ -54,12 +61,19 @@ from gpuroute.bench.result import (
     Memory,
 )
 from gpuroute.core.inventory import GPU, Device
-from gpuroute.errors import NVMLError
+from gpuroute.errors import BenchError, NVMLError
 
 if TYPE_CHECKING:
     from gpuroute.nvml import NVMLApi
 
-__all__ = ["EnergyMonitor", "EnergyReading", "MIN_TRUSTED_WINDOW_S", "unavailable_energy"]
+__all__ = [
+    "MIN_TRUSTED_WINDOW_S",
+    "EnergyMonitor",
+    "EnergyReading",
+    "GPUWindow",
+    "WindowEnergy",
+    "unavailable_energy",
+]
 
 MIB = 1024 * 1024
 MIN_TRUSTED_WINDOW_S = 1.0
@@ -67,6 +81,8 @@ MAX_RELATIVE_UNCERTAINTY = 0.02
 """Above this share of the figure, an energy's uncertainty is warned of."""
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_GPU_IS_LOST = 15
+_UPDATE_CHANGES_KEPT = 17
+"""The counter's update period is the median spacing of its last this-many changes."""
 
 
 def unavailable_energy(reason: str) -> Energy:
@@ -93,6 +109,10 @@ class _Watched:
     idle_power_w: float | None = None
     lost_at: float | None = None
     """When a read first said the GPU is lost (fell off the bus), if it did."""
+    changes: list[float] = field(default_factory=list)
+    """When the sampler first saw each of the counter's latest values (the last few)."""
+    update_s: float | None = None
+    """The counter's update period measured so far (median spacing of ``changes``)."""
 
     @property
     def mig_uuids(self) -> list[str]:
@@ -105,7 +125,9 @@ class EnergyMonitor:
     ``own_pids`` returns the host pids that belong to the run (the benchmark process tree or
     the container's); it is called at each process scan, while the run is alive. With
     ``idle_baseline_s`` the GPUs' power is sampled for that long at ``start()``, before the
-    run begins, and the idle-adjusted energy is reported as well.
+    run begins, and the idle-adjusted energy is reported as well. ``sampler=False`` starts
+    no thread: only the samples at ``start()`` and ``stop()`` are taken, and named windows
+    (``begin_window``/``end_window``) are read directly.
     """
 
     def __init__(
@@ -118,6 +140,7 @@ class EnergyMonitor:
         idle_baseline_s: float = 0.0,
         own_pids: Callable[[], Iterable[int]] | None = None,
         clock: Callable[[], float] = time.time,
+        sampler: bool = True,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
@@ -138,6 +161,11 @@ class EnergyMonitor:
         self._last_scan = float("-inf")
         self._scanned = False
         self._failure: str | None = None
+        self.sampler = sampler
+        self._windows: dict[str, tuple[float, list[Any]]] = {}
+        self._counter_handles: list[Any] = []
+        self._all_counters = False
+        self._mig_warnings: list[str] = []
         self.unavailable_reason: str | None = None
         self.driver_version: str | None = None
 
@@ -158,8 +186,9 @@ class EnergyMonitor:
         if self.idle_baseline_s > 0:
             self._baseline()
         self._sample(scan=True)
-        self._thread = threading.Thread(target=self._run, name="gpuroute-energy", daemon=True)
-        self._thread.start()
+        if self.sampler:
+            self._thread = threading.Thread(target=self._run, name="gpuroute-energy", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> EnergyReading:
@@ -168,6 +197,7 @@ class EnergyMonitor:
             self._stop.set()
             self._thread.join()
             self._thread = None
+        if self._api is not None:
             with contextlib.suppress(Exception):
                 self._sample(scan=True)
         self._close_nvml()
@@ -223,6 +253,11 @@ class EnergyMonitor:
                     ) from exc
                 watched.has_counter = False
         self._watched = list(by_gpu.values())
+        self._counter_handles = [w.handle for w in self._watched]
+        self._all_counters = all(w.has_counter for w in self._watched)
+        self._mig_warnings = [
+            f"mig_shared_counter:{w.gpu.uuid}" for w in self._watched if w.mig_uuids
+        ]
 
     def _close_nvml(self) -> None:
         api, self._api = self._api, None
@@ -278,7 +313,12 @@ class EnergyMonitor:
             if mw is not None:
                 sample.power_w = mw / 1000.0
             with self._lock:
+                previous = w.samples[-1].counter_mj if w.samples else None
                 w.samples.append(sample)
+            if sample.counter_mj is not None and previous not in (None, sample.counter_mj):
+                w.changes.append(now)
+                del w.changes[:-_UPDATE_CHANGES_KEPT]
+                w.update_s = _median([b - a for a, b in itertools.pairwise(w.changes)])
             for device, handle in w.devices:
                 memory = self._optional(api.nvmlDeviceGetMemoryInfo, handle)
                 if memory is not None:
@@ -314,6 +354,85 @@ class EnergyMonitor:
                         used_mib=used / MIB if isinstance(used, int) else None,
                     )
 
+    # -- named windows ----------------------------------------------------------------------
+
+    def begin_window(self, name: str) -> None:
+        """Start the window ``name``: one energy-counter read per watched GPU (its power,
+        where it has no counter), now."""
+        api = self._api
+        if api is None:
+            raise BenchError(
+                f"begin_window({name!r}): the monitor is not reading NVML; call start() first"
+                + (f" ({self.unavailable_reason})" if self.unavailable_reason else "")
+            )
+        now = self._clock()
+        self._windows[name] = (now, self._window_reads(api, now))
+
+    def end_window(self, name: str) -> WindowEnergy:
+        """End the window ``name`` and return each watched GPU's energy over it."""
+        begun = self._windows.pop(name, None)
+        api = self._api
+        if begun is None or api is None:
+            open_ = ", ".join(map(repr, self._windows)) or "none"
+            raise BenchError(
+                f"end_window({name!r}): no window of that name is open (open: {open_}); "
+                f"call begin_window({name!r}) first, on a started monitor"
+            )
+        now = self._clock()
+        last = self._window_reads(api, now)
+        start, first = begun
+        duration = now - start
+        warnings = ["window_shorter_than_1s"] if duration < MIN_TRUSTED_WINDOW_S else []
+        warnings += self._mig_warnings
+        per_gpu: list[GPUWindow] = []
+        for w, a, b in zip(self._watched, first, last, strict=True):
+            uuid = w.gpu.uuid
+            if a is None or b is None:
+                lost = w.lost_at is not None
+                warnings.append(f"gpu_lost:{uuid}" if lost else f"energy_unreadable:{uuid}")
+                why = "gpu_lost" if lost else "unreadable"
+                per_gpu.append(GPUWindow(uuid, w.gpu.index, None, None, None, why))
+            elif not w.has_counter:  # power in mW at both ends: a trapezoid
+                energy = (a + b) / 2000.0 * duration
+                spread = abs(b - a) / 2000.0 * duration
+                per_gpu.append(GPUWindow(uuid, w.gpu.index, energy, spread, "power"))
+            elif b < a:
+                warnings.append(f"counter_reset:{uuid}")
+                per_gpu.append(GPUWindow(uuid, w.gpu.index, None, None, None, "counter_reset"))
+            elif b == a and duration > 0:
+                warnings.append(f"window_shorter_than_counter_update:{uuid}")
+                reason = "window_shorter_than_counter_update"
+                per_gpu.append(GPUWindow(uuid, w.gpu.index, None, None, None, reason))
+            else:
+                energy = (b - a) / 1000.0
+                period = w.update_s
+                uncertainty = (
+                    period * energy / duration if period is not None and duration > 0 else None
+                )
+                if uncertainty is not None and uncertainty > MAX_RELATIVE_UNCERTAINTY * energy:
+                    warnings.append(f"energy_uncertainty_above_2pct:{uuid}")
+                per_gpu.append(GPUWindow(uuid, w.gpu.index, energy, uncertainty, "counter"))
+        return WindowEnergy(name, start, now, per_gpu, warnings)
+
+    def _window_reads(self, api: NVMLApi, now: float) -> list[Any]:
+        """Each watched GPU's counter (mJ), or its power (mW) where it has no counter; None
+        where the read failed (a lost GPU is remembered)."""
+        if self._all_counters:
+            read = api.nvmlDeviceGetTotalEnergyConsumption
+            with contextlib.suppress(Exception):  # else read one by one, to see which failed
+                return [read(handle) for handle in self._counter_handles]
+        return [
+            self._read(
+                w,
+                now,
+                api.nvmlDeviceGetTotalEnergyConsumption
+                if w.has_counter
+                else api.nvmlDeviceGetPowerUsage,
+                w.handle,
+            )
+            for w in self._watched
+        ]
+
     def _run(self) -> None:
         start_cpu = time.thread_time()
         try:
@@ -323,6 +442,96 @@ class EnergyMonitor:
             self._failure = f"the energy sampler failed: {exc}"
         finally:
             self._cpu_s = time.thread_time() - start_cpu
+
+
+@dataclass(slots=True)
+class GPUWindow:
+    """One GPU's energy over a named window."""
+
+    uuid: str
+    nvml_index: int
+    energy_j: float | None
+    uncertainty_j: float | None
+    """How far ``energy_j`` may be from the truth (a bound, either way): the counter's
+    measured update period times the window's power; None while the period is unknown
+    (the background sampler has seen fewer than two changes of the counter)."""
+    method: Literal["counter", "power"] | None
+    """``counter``: the difference of the energy counter; ``power``: the power read at both
+    ends, averaged (a GPU without the counter)."""
+    unavailable_reason: str | None = None
+    """Why ``energy_j`` is None: ``counter_reset``, ``gpu_lost``, ``unreadable``,
+    ``window_shorter_than_counter_update``."""
+
+
+_METHODS: dict[str | None, Any] = {
+    "counter": "nvml_total_energy_counter",
+    "power": "nvml_power_integration",
+    None: None,
+}
+
+
+@dataclass(slots=True)
+class WindowEnergy:
+    """The watched GPUs' energy over a named window (``EnergyMonitor.end_window``)."""
+
+    name: str
+    start_s: float
+    end_s: float
+    per_gpu: list[GPUWindow]
+    warnings: list[str]
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def energy_j(self) -> float | None:
+        """The GPUs' total, or None if one GPU's energy is unknown (never a partial sum)."""
+        values = [g.energy_j for g in self.per_gpu]
+        return None if None in values else sum(v for v in values if v is not None)
+
+    @property
+    def uncertainty_j(self) -> float | None:
+        values = [g.uncertainty_j for g in self.per_gpu]
+        if self.energy_j is None or None in values:
+            return None
+        return sum(v for v in values if v is not None)
+
+    def to_energy(self, names: dict[str, str] | None = None) -> Energy:
+        """This window as a result's energy section (``names``: GPU names by UUID)."""
+        duration = self.duration_s
+        total = self.energy_j
+        methods = {_METHODS[g.method] for g in self.per_gpu}
+        method: Any = methods.pop() if len(methods) == 1 else "mixed"
+        return Energy(
+            method=method if method is not None else "none",
+            window=EnergyWindow(
+                start_unix_s=self.start_s,
+                end_unix_s=self.end_s,
+                duration_s=duration,
+                includes=[self.name],
+                excludes=[],
+            ),
+            per_gpu=[
+                GPUEnergy(
+                    uuid=g.uuid,
+                    nvml_index=g.nvml_index,
+                    name=(names or {}).get(g.uuid, ""),
+                    method=_METHODS[g.method],
+                    energy_j=g.energy_j,
+                    avg_power_w=(
+                        g.energy_j / duration if g.energy_j is not None and duration > 0 else None
+                    ),
+                    energy_uncertainty_j=g.uncertainty_j,
+                    unavailable_reason=g.unavailable_reason,
+                )
+                for g in self.per_gpu
+            ],
+            gpu_energy_j=total,
+            gpu_energy_uncertainty_j=self.uncertainty_j,
+            avg_gpu_power_w=total / duration if total is not None and duration > 0 else None,
+            warnings=list(self.warnings),
+        )
 
 
 @dataclass

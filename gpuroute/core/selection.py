@@ -5,14 +5,21 @@ gpuroute did not start makes a device busy: a leased device is busy anyway), and
 request's filters. Among the offered devices the choice is deterministic:
 
 1. for several devices, the set that sits closest together (the smallest sum of pairwise NVML
-   topology levels: same PCIe switch before same NUMA node before across the system);
-2. then the lowest NVML indices (MIG devices: parent index, then MIG index).
+   topology levels: same PCIe switch before same NUMA node before across the system; two
+   MIG devices of one GPU are 0 apart);
+2. then the lowest NVML indices (MIG devices: parent index, then MIG index): of two sets
+   equally close, the one whose sorted indices come first.
+
+The best set is found exactly when the GPUs' distances form a hierarchy (as NVML's levels
+on a PCIe tree do) or when there are at most 20,000 sets to try; otherwise it is the best of
+the sets built greedily from each device.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -171,27 +178,189 @@ def choose(
     order = sorted(free, key=_nvml_order)
     if need.count == 1:
         return (order[0],)
-    combos: Iterable[tuple[Device, ...]]
-    if math.comb(len(order), need.count) <= _MAX_COMBINATIONS:
-        combos = itertools.combinations(order, need.count)
+    return tuple(order[i] for i in _closest(order, need.count, state))
+
+
+def _closest(order: list[Device], k: int, state: HostState) -> tuple[int, ...]:
+    """The positions (in ``order``, which is NVML order) of the ``k`` devices to give: the
+    smallest sum of pairwise distances, then the lowest NVML indices (the smallest sorted
+    list of positions).
+
+    Devices on one GPU (MIG devices) are 0 apart and equally far from every other device, so
+    the search runs over GPUs, each holding its offered devices in NVML order ("blocks"),
+    with their distances read once into a matrix. When those distances form a hierarchy
+    (every pair of GPUs is exactly as far apart as the level at which single-linkage
+    clustering joins them, as NVML's common-ancestor levels on a PCIe tree do), an exact
+    dynamic programme over that tree finds the best group. Otherwise every group is tried
+    when there are at most 20,000, else a greedy group is built from each start."""
+    parents: list[str] = []
+    starts: list[int] = []
+    block: list[int] = []
+    for position, device in enumerate(order):
+        if not parents or device.gpu.uuid != parents[-1]:
+            parents.append(device.gpu.uuid)
+            starts.append(position)
+        block.append(len(parents) - 1)
+    starts.append(len(order))
+    size = len(parents)
+    where = {uuid: b for b, uuid in enumerate(parents)}
+    matrix = [[UNKNOWN_DISTANCE] * size for _ in range(size)]
+    for b in range(size):
+        matrix[b][b] = 0
+    for pair, level in state.distances.items():
+        if len(pair) == 2:
+            first, second = pair
+            a, c = where.get(first), where.get(second)
+            if a is not None and c is not None:
+                matrix[a][c] = matrix[c][a] = level
+    merges = _hierarchy(matrix)
+    if merges is not None:
+        return _tree_choice(merges, starts, k)
+    if math.comb(len(order), k) <= _MAX_COMBINATIONS:
+        groups: Iterable[tuple[int, ...]] = itertools.combinations(range(len(order)), k)
     else:
-        combos = (_greedy(order, start, need.count, state) for start in order)
+        groups = (_greedy(block, matrix, start, k) for start in range(len(order)))
 
-    def cost(group: tuple[Device, ...]) -> tuple[int, list[tuple[int, int]]]:
-        spread = sum(state.distance(a, b) for a, b in itertools.combinations(group, 2))
-        return spread, [_nvml_order(d) for d in group]
+    def cost(group: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+        rows = [matrix[block[i]] for i in group]
+        spread = sum(rows[x][block[group[y]]] for x in range(k) for y in range(x + 1, k))
+        return spread, group
 
-    return min(combos, key=cost)
+    return min(groups, key=cost)
 
 
-def _greedy(order: list[Device], start: Device, k: int, state: HostState) -> tuple[Device, ...]:
-    group = [start]
-    rest = [d for d in order if d is not start]
-    while len(group) < k:
-        best = min(rest, key=lambda d: (sum(state.distance(d, g) for g in group), d.gpu.index))
-        group.append(best)
-        rest.remove(best)
-    return tuple(sorted(group, key=_nvml_order))
+_Merge = tuple[int, int, int]
+"""Two clusters joined at a distance: (cluster, cluster, distance). Clusters 0..n-1 are the
+GPUs; each merge makes the next number, and a cluster is made before it is joined."""
+
+
+def _hierarchy(matrix: list[list[int]]) -> list[_Merge] | None:
+    """The GPUs as a binary tree of clusters whose every pair of GPUs, one on each side of a
+    join, is exactly the join's distance apart; None when the distances form no such tree.
+
+    Top-down: in a set, the GPUs nearer to its first GPU than the set's largest distance
+    from it form one side, the others the other side, and every pair across must be that
+    largest distance apart. Each pair of GPUs is compared once, at the split between them."""
+    size = len(matrix)
+    merges: list[_Merge] = []
+    made: dict[int, int] = {}  # a split's task number -> the cluster number it made
+    # Tasks: (members, task number). A split is recorded before its sides are split; the
+    # merges are made in the reverse order, so that a cluster is numbered before its parent.
+    stack: list[tuple[list[int], int]] = [(list(range(size)), 0)]
+    splits: list[tuple[int, int, int]] = []  # (task, task of one side, task of the other)
+    levels: dict[int, int] = {}
+    leaf: dict[int, int] = {}
+    tasks = 1
+    while stack:
+        members, task = stack.pop()
+        if len(members) == 1:
+            leaf[task] = members[0]
+            continue
+        first, others = members[0], members[1:]
+        row = matrix[first]
+        far = max(row[y] for y in others)
+        near = [first] + [y for y in others if row[y] < far]
+        rest = [y for y in others if row[y] >= far]
+        across = operator.itemgetter(*rest) if len(rest) > 1 else None
+        for x in near:
+            other = matrix[x]
+            if across is None:
+                if other[rest[0]] != far:
+                    return None
+            elif across(other).count(far) != len(rest):
+                return None
+        levels[task] = far
+        splits.append((task, tasks, tasks + 1))
+        stack.append((near, tasks))
+        stack.append((rest, tasks + 1))
+        tasks += 2
+    for task, b in leaf.items():
+        made[task] = b
+    for task, one, two in reversed(splits):
+        made[task] = size + len(merges)
+        merges.append((made[one], made[two], levels[task]))
+    return merges
+
+
+_Table = tuple[list[int], list[tuple[int, ...]]]
+"""For m = 0, 1, ...: the least sum of distances of m devices in a cluster, and the lowest
+sorted positions with that sum."""
+
+
+def _tree_choice(merges: list[_Merge], starts: list[int], k: int) -> tuple[int, ...]:
+    """The best ``k`` positions over a hierarchy: for each cluster and each count m up to
+    ``k``, the best (sum of distances, sorted positions) of m devices inside it. Joining two
+    clusters at level L, i devices from one and j from the other cost theirs plus i*j*L, and
+    the merge of two lowest sorted lists is the lowest: the tables compose exactly.
+
+    Clusters alike (the same levels, GPUs of the same sizes at the same places relative to
+    the cluster's first position: the two sockets of a host, its switch pairs) have the same
+    table up to that shift, which is then computed once."""
+    tables: list[_Table] = []
+    spans: list[tuple[int, int]] = []  # each cluster's lowest and highest position
+    kinds: list[int] = []  # clusters alike share a kind
+    kind_of: dict[tuple[int, ...], int] = {}
+    made: dict[int, tuple[_Table, int]] = {}  # a kind's table, and the cluster's lowest position
+    for b in range(len(starts) - 1):
+        first, size = starts[b], starts[b + 1] - starts[b]
+        cap = min(k, size)
+        tables.append(([0] * (cap + 1), [tuple(range(first, first + m)) for m in range(cap + 1)]))
+        spans.append((first, first + size - 1))
+        kinds.append(kind_of.setdefault((size,), len(kind_of)))
+    last = len(merges) - 1
+    for step, (left, right, level) in enumerate(merges):
+        if spans[right][0] < spans[left][0]:
+            left, right = right, left
+        (low_one, high_one), (low_two, high_two) = spans[left], spans[right]
+        key = (level, kinds[left], kinds[right], low_two - low_one)
+        kind = kind_of.setdefault(key, len(kind_of))
+        kinds.append(kind)
+        spans.append((low_one, max(high_one, high_two)))
+        known = made.get(kind)
+        if known is not None and step != last:
+            (costs, shown), low = known
+            shift = low_one - low
+            tables.append((costs, [tuple([x + shift for x in g]) for g in shown]))
+            tables[left] = tables[right] = ([], [])
+            continue
+        (one_cost, one_group), (two_cost, two_group) = tables[left], tables[right]
+        # Two clusters side by side in NVML order: their lists join by concatenation.
+        apart = high_one < low_two
+        top_one, top_two = len(one_cost) - 1, len(two_cost) - 1
+        costs = []
+        groups: list[tuple[int, ...]] = []
+        for m in range(k if step == last else 0, min(k, top_one + top_two) + 1):
+            splits = range(max(0, m - top_two), min(m, top_one) + 1)
+            each = [one_cost[i] + two_cost[m - i] + i * (m - i) * level for i in splits]
+            cost = min(each)
+            tied = [
+                one_group[i] + two_group[m - i]
+                for i, c in zip(splits, each, strict=True)
+                if c == cost
+            ]
+            if not apart:
+                tied = [tuple(sorted(g)) for g in tied]
+            costs.append(cost)
+            groups.append(min(tied) if len(tied) > 1 else tied[0])
+        tables.append((costs, groups))
+        made[kind] = ((costs, groups), low_one)
+        tables[left] = tables[right] = ([], [])  # each cluster joins once
+    if not merges:  # one GPU: its lowest k devices
+        return tables[0][1][k]
+    return tables[-1][1][-1]
+
+
+def _greedy(block: list[int], matrix: list[list[int]], start: int, k: int) -> tuple[int, ...]:
+    """From ``start``, add the device closest to those taken (ties: the lowest position)."""
+    row = matrix[block[start]]
+    near = [row[b] for b in block]
+    taken = {start}
+    while len(taken) < k:
+        best = min((p for p in range(len(block)) if p not in taken), key=near.__getitem__)
+        taken.add(best)
+        row = matrix[block[best]]
+        near = [near[p] + row[b] for p, b in enumerate(block)]
+    return tuple(sorted(taken))
 
 
 def _nvml_order(device: Device) -> tuple[int, int]:
