@@ -137,31 +137,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-ENGINE_FIXTURES = frozenset({"engine", "gpuroute_engine", "gpuroute_docker"})
-"""Fixtures that start (or share) the session's private engine."""
-
-ENGINE_GROUP = "engine"
-"""The pytest-xdist group of every engine test: one worker runs them all, on one private
-engine, while the other workers run the rest (``-n auto --dist loadgroup``, as ./scripts/test
-does); two engines on a small machine would only slow each other down."""
-
-
-def is_engine_test(item: pytest.Item) -> bool:
-    fixtures = getattr(item, "fixturenames", ())
-    return item.get_closest_marker("engine") is not None or not ENGINE_FIXTURES.isdisjoint(fixtures)
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Engine tests are skipped where no private engine can run, unless GPUROUTE_REQUIRE_ENGINE=1
-    (CI sets it): then they run and fail, so that no engine test is ever skipped there. Under
-    pytest-xdist they form one group (``ENGINE_GROUP``)."""
+    (CI sets it): then they run and fail, so that no engine test is ever skipped there."""
     from gpuroute.testing.engine import SimulatedGPUHost
 
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            if is_engine_test(item):
-                item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
     if os.environ.get(REQUIRE_ENGINE_VAR) == "1":
         return
     reason = SimulatedGPUHost.unavailable()
