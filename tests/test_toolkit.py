@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from gpuroute import Inventory
-from gpuroute.testing.toolkit import ToolkitError, render, select
+from gpuroute.testing import TOPOLOGIES, topology
+from gpuroute.testing.engine import SimulatedGPUHost
+from gpuroute.testing.toolkit import (
+    INVENTORY_VAR,
+    RECORD_DIR,
+    ToolkitError,
+    load_inventory,
+    render,
+    save_inventory,
+    select,
+)
 
 
 def uuids(selection: object) -> list[str]:
@@ -73,3 +88,53 @@ def test_nvidia_smi_listing_renumbers_in_pci_order(a100: Inventory) -> None:
     assert text[0] == f"GPU 0: {a100.gpus[1].name} (UUID: {a100.gpus[1].uuid})"
     assert text[1] == f"  MIG 1g.10gb       Device  0: (UUID: {a100.gpus[1].mig_devices[2].uuid})"
     assert text[2] == f"GPU 1: {a100.gpus[3].name} (UUID: {a100.gpus[3].uuid})"
+
+
+# -- the hook as the engine runs it ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_the_engines_copy_of_the_snapshot_reads_back_the_same(tmp_path: Path, name: str) -> None:
+    inventory = topology(name)
+    snapshot = tmp_path / "inventory.json"
+    save_inventory(inventory, snapshot)
+    assert Inventory.load(snapshot) == inventory  # the snapshot itself, as before
+    copy = load_inventory(snapshot)
+    assert copy == inventory
+    assert copy.devices() == inventory.devices()
+
+
+def test_without_the_copy_the_snapshot_is_read(tmp_path: Path, a100: Inventory) -> None:
+    snapshot = tmp_path / "inventory.json"
+    a100.save(snapshot)
+    assert load_inventory(snapshot) == a100
+    (tmp_path / "inventory.json.pickle").write_bytes(b"not a pickle")
+    assert load_inventory(snapshot) == a100
+
+
+def test_the_hook_executable_records_the_routed_gpus(tmp_path: Path, h100: Inventory) -> None:
+    """The hook as the engine writes and runs it, in a process of its own with PYTHON*
+    variables ignored: it finds this gpuroute by itself."""
+    host = SimulatedGPUHost(h100)
+    host._write_executables(tmp_path / "bin")
+    snapshot = tmp_path / "inventory.json"
+    save_inventory(h100, snapshot)
+    bundle = tmp_path / "bundle"
+    (bundle / "rootfs").mkdir(parents=True)
+    config = {"root": {"path": "rootfs"}, "process": {"env": ["NVIDIA_VISIBLE_DEVICES=3,1"]}}
+    (bundle / "config.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [str(tmp_path / "bin" / "nvidia-container-runtime-hook"), "prestart"],
+        input=json.dumps({"bundle": str(bundle)}),
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], INVENTORY_VAR: str(snapshot)},
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    listing = (bundle / "rootfs" / RECORD_DIR / "nvidia-smi-L").read_text()
+    assert listing.splitlines() == [
+        f"GPU 0: {h100.gpus[1].name} (UUID: {h100.gpus[1].uuid})",
+        f"GPU 1: {h100.gpus[3].name} (UUID: {h100.gpus[3].uuid})",
+    ]

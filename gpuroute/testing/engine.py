@@ -143,7 +143,7 @@ class SimulatedGPUHost:
         """Simulate another topology for containers started from now on."""
         self.inventory = topology
         if self.root is not None:
-            topology.save(self.root / "inventory.json")
+            toolkit.save_inventory(topology, self.root / "inventory.json")
 
     def start(self) -> SimulatedGPUHost:
         reason = self.unavailable()
@@ -161,15 +161,24 @@ class SimulatedGPUHost:
         return self
 
     def _write_executables(self, bin_dir: Path) -> None:
+        """The stand-in toolkit's executables, run at every container start (the runtime
+        several times). They import the toolkit and the pure core of this very gpuroute, and
+        neither ``gpuroute``'s nor ``gpuroute.testing``'s ``__init__`` (docker-py, pynvml):
+        that would take most of each start."""
         bin_dir.mkdir()
+        package = Path(__file__).resolve().parent.parent
         for name, entry in (
             ("nvidia-container-runtime-hook", "hook_main"),
             ("nvidia-container-runtime", "runtime_main"),
         ):
             path = bin_dir / name
             path.write_text(
-                f"#!{sys.executable}\n"
-                "import sys\n"
+                f"#!{sys.executable} -I\n"
+                "import sys, types\n"
+                f"for name, path in (('gpuroute', {str(package)!r}),"
+                f" ('gpuroute.testing', {str(package / 'testing')!r})):\n"
+                "    sys.modules[name] = module = types.ModuleType(name)\n"
+                "    module.__path__ = [path]\n"
                 f"from gpuroute.testing.toolkit import {entry}\n"
                 f"sys.exit({entry}())\n"
             )
@@ -180,7 +189,7 @@ class SimulatedGPUHost:
         bin_dir = self.root / "bin"
         if not bin_dir.exists():
             self._write_executables(bin_dir)
-            self.inventory.save(self.root / "inventory.json")
+            toolkit.save_inventory(self.inventory, self.root / "inventory.json")
         env = {
             **os.environ,
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -14,13 +14,16 @@ Two executables are made from this module by ``SimulatedGPUHost``:
   the same hook to every container and then runs ``runc``, as the toolkit's legacy runtime does.
 
 The simulated host's topology is the snapshot named by ``GPUROUTE_SIM_INVENTORY`` in the
-engine's environment, read at every container start (so a test may switch topologies).
+engine's environment, read at every container start (so a test may switch topologies); from
+the engine's own copy beside it (``save_inventory``) when there is one, which a start reads
+without validating the snapshot again (pydantic's import alone takes longer than the rest).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +205,29 @@ def _settings() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _copy_path(snapshot: Path) -> Path:
+    return snapshot.with_name(f"{snapshot.name}.pickle")
+
+
+def save_inventory(inventory: Inventory, snapshot: Path) -> None:
+    """Write the simulated host's snapshot, and the copy of it that the hook reads fast.
+    Both are the engine's own files, in its private directory."""
+    inventory.save(snapshot)
+    copy = _copy_path(snapshot)
+    tmp = copy.with_name(f".{copy.name}.tmp")
+    tmp.write_bytes(pickle.dumps((inventory.gpus, inventory.driver_version)))
+    tmp.replace(copy)
+
+
+def load_inventory(snapshot: Path) -> Inventory:
+    """The simulated host's GPUs: the engine's copy (``save_inventory``), else the snapshot."""
+    try:
+        gpus, driver_version = pickle.loads(_copy_path(snapshot).read_bytes())  # noqa: S301
+    except Exception:  # no copy, or one this Python cannot read: the snapshot says the same
+        return Inventory.load(snapshot)
+    return Inventory(gpus, driver_version)
+
+
 def hook_main(argv: list[str] | None = None) -> int:
     """``nvidia-container-runtime-hook prestart``, with the OCI state on stdin."""
     args = sys.argv[1:] if argv is None else argv
@@ -213,7 +239,7 @@ def hook_main(argv: list[str] | None = None) -> int:
     rootfs = Path(config["root"]["path"])
     if not rootfs.is_absolute():
         rootfs = bundle / rootfs
-    inventory = Inventory.load(os.environ[INVENTORY_VAR])
+    inventory = load_inventory(Path(os.environ[INVENTORY_VAR]))
     settings = _settings()
     privileged = _privileged(config)
     if not privileged and not settings.get(
