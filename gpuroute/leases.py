@@ -480,37 +480,80 @@ class LeaseDir:
             return f"ignored the lease file {name}, which only its owner may move ({exc})"
         return f"set aside the unreadable lease file {name} as {aside} ({exc})"
 
-    def write(self, record: LeaseRecord) -> None:
-        """Write the record into each of its device files (call under the lock). The files
-        are readable by everyone whatever the umask: a record others cannot read would keep
-        its devices from them, or (in an earlier gpuroute) free them."""
+    def write(self, record: LeaseRecord, *, fresh: bool = False) -> None:
+        """Write the record under each of its device files' names (call under the lock).
+        The file is readable by everyone whatever the umask: a record others cannot read
+        would keep its devices from them, or (in an earlier gpuroute) free them. Each name
+        that is there already (``bind`` rewriting its own lease) is replaced atomically;
+        ``fresh``: the lease is new, and its names are linked without looking first."""
         with self._dir_fd() as fd:
-            self._write(fd, record.devices, record.lease_id, record.to_json().encode())
+            self._write(fd, record.devices, record.lease_id, record.to_json().encode(), fresh)
 
-    def _write(self, fd: int, devices: tuple[str, ...], lease_id: str, data: bytes) -> None:
-        """Write ``data`` into the files of lease ``lease_id`` for ``devices``, in the
-        directory ``fd`` (locked): each to a temporary name, then renamed into place."""
+    def _write(
+        self, fd: int, devices: tuple[str, ...], lease_id: str, data: bytes, fresh: bool = True
+    ) -> None:
+        """Write ``data`` under the names of lease ``lease_id`` for ``devices``, in the
+        directory ``fd`` (locked): once, to a temporary name renamed onto the first device's
+        name, and every other device's name a hard link to that file (one file, one owner,
+        one content, however many devices). Where a name is taken (a rewrite), a link under
+        a temporary name is renamed onto it; where the file system has no hard links, each
+        device gets a copy renamed into place. All or nothing: a failure removes what was
+        written."""
         written: list[str] = []
-        pid = os.getpid()
         try:
+            first = ""
             for uuid in devices:
                 name = self.file_name(uuid, lease_id)
-                tmp = f".tmp-{uuid}-{pid}-{os.urandom(4).hex()}"
-                f = os.open(tmp, _CREATE, 0o644, dir_fd=fd)
-                try:
-                    try:
-                        os.fchmod(f, 0o644)
-                        os.write(f, data)
-                    finally:
-                        os.close(f)
-                    os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp, dir_fd=fd)
-                    raise
+                if not first:
+                    self._put(fd, uuid, name, data)
+                    first = name
+                elif not (fresh and self._link(fd, first, name)):
+                    self._replace(fd, first, uuid, name, data)
                 written.append(uuid)
         except BaseException:
             self._remove_lease(fd, written, lease_id)  # all or nothing
+            raise
+
+    @staticmethod
+    def _link(fd: int, src: str, name: str) -> bool:
+        """``name``, a new hard link to ``src``; False where it cannot be (taken, or no
+        hard links here), for ``_replace`` to decide."""
+        try:
+            os.link(src, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    def _replace(self, fd: int, src: str, uuid: str, name: str, data: bytes) -> None:
+        """``name`` replaced atomically by a hard link to ``src`` (made under a temporary
+        name, then renamed onto it), or by a copy of ``data`` where there are no hard links."""
+        tmp = f".tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
+        if not self._link(fd, src, tmp):
+            self._put(fd, uuid, name, data)
+            return
+        try:
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+
+    @staticmethod
+    def _put(fd: int, uuid: str, name: str, data: bytes) -> None:
+        """``data`` written to a new file under a temporary name, made readable by everyone
+        whatever the umask, and renamed onto ``name``: a reader never sees half a record."""
+        tmp = f".tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
+        f = os.open(tmp, _CREATE, 0o644, dir_fd=fd)
+        try:
+            try:
+                os.fchmod(f, 0o644)
+                os.write(f, data)
+            finally:
+                os.close(f)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
             raise
 
     def remove(self, uuid: str, lease_id: str | None = None) -> bool:
@@ -867,7 +910,7 @@ class Acquisition:
         record = self._record(plan.uuids, now)
         _seen.pop(self.directory._dir, None)  # the slow path: guess afresh next time
         if plan.devices:
-            self.directory.write(record)
+            self.directory.write(record, fresh=True)
         return Lease(plan, record, self.directory, list(self.notes), alive=self.alive)
 
     def _reclaim(self, records: dict[str, list[LeaseRecord]], now: float) -> bool:
