@@ -1,13 +1,14 @@
 """GPU leases on a shared host: race-free, daemon-free, and self-cleaning.
 
 A lease directory (default ``/run/gpuroute/leases``; ``GPUROUTE_LEASE_DIR`` or ``lease_dir=``)
-holds one small JSON file per lease and device, ``dev-<UUID>.<lease id>.json``, created and
-owned by the lease's user. Every acquisition happens under an exclusive ``flock`` on the
+holds one small JSON file per lease, created and owned by the lease's user, under one name per
+device, ``dev-<UUID>.<lease id>.json`` (hard links to the one file; separate copies where the
+file system has no hard links). Every acquisition happens under an exclusive ``flock`` on the
 directory itself, waited for at most ``DEFAULT_LOCK_TIMEOUT_S``, so two acquisitions never see
-the same free device, across processes and users. Files are written to a temporary name and
-renamed into place, so a reader never sees half a record; a record that is unreadable anyway
-(a crash, a disk error, an edit) is moved aside as ``corrupt-…`` and only that device is
-affected.
+the same free device, across processes and users. The file is written to a temporary name and
+renamed into place, so a reader never sees half a record; a device is held while its name is
+there. A record that is unreadable anyway (a crash, a disk error, an edit) is moved aside as
+``corrupt-…`` and only that device is affected.
 
 A lease records who holds it (uid and user name), its holder (the work that keeps it alive,
 named the same way for every backend: a process with its start time, so that a reused pid is
@@ -183,8 +184,9 @@ def lock_holder(info: os.stat_result, locks: str = "/proc/locks") -> str:
 class LeaseDir:
     """The lease directory: its safety checks, its lock, and its lease files.
 
-    Every lease has one file per device, ``dev-<UUID>.<lease id>.json``, created by its owner
-    and owned by them. The directory itself is the lock (a kernel ``flock`` on it, waited
+    Every lease has one file, created by its owner and owned by them, under one name per
+    device, ``dev-<UUID>.<lease id>.json``; a name counts only for a device its record holds,
+    under its record's lease id. The directory itself is the lock (a kernel ``flock`` on it, waited
     for at most ``lock_timeout_s``), so that no user can swap or delete the lock. A record
     counts only in a file owned by the user it names (or by root). See docs/leases.md for
     what this guarantees against whom.
@@ -370,7 +372,7 @@ class LeaseDir:
         return held
 
     def has(self, record: LeaseRecord) -> bool:
-        """Whether every device file of ``record``'s lease is there."""
+        """Whether every device's name of ``record``'s lease is there."""
         with self._dir_fd() as fd:
             for uuid in record.devices:
                 try:
@@ -481,7 +483,7 @@ class LeaseDir:
         return f"set aside the unreadable lease file {name} as {aside} ({exc})"
 
     def write(self, record: LeaseRecord, *, fresh: bool = False) -> None:
-        """Write the record under each of its device files' names (call under the lock).
+        """Write the record under each of its devices' names (call under the lock).
         The file is readable by everyone whatever the umask: a record others cannot read
         would keep its devices from them, or (in an earlier gpuroute) free them. Each name
         that is there already (``bind`` rewriting its own lease) is replaced atomically;
