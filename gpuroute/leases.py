@@ -186,10 +186,10 @@ class LeaseDir:
 
     Every lease has one file, created by its owner and owned by them, under one name per
     device, ``dev-<UUID>.<lease id>.json``; a name counts only for a device its record holds,
-    under its record's lease id. The directory itself is the lock (a kernel ``flock`` on it, waited
-    for at most ``lock_timeout_s``), so that no user can swap or delete the lock. A record
-    counts only in a file owned by the user it names (or by root). See docs/leases.md for
-    what this guarantees against whom.
+    under its record's lease id. The directory itself is the lock (a kernel ``flock`` on it,
+    waited for at most ``lock_timeout_s``), so that no user can swap or delete the lock. A
+    record counts only in a file owned by the user it names (or by root). See docs/leases.md
+    for what this guarantees against whom.
     """
 
     def __init__(
