@@ -9,7 +9,9 @@ The hosts are synthetic: 64 GPUs (H100 records renumbered), and 64 A100s each sp
 ``1g.10gb`` MIG devices. Their live state, topology distances included, is read once through
 ``FakeNVML`` (GPUs paired on a PCIe switch, two halves of the host, then across the system)
 and passed to every call, so the figures are the choice's and the lease's, not NVML's. Every
-lease is released before the next one; the lease directory is a fresh temporary one.
+lease is released before the next one; the lease directory is a fresh temporary one. The row
+``0,…,7`` asks for eight named GPUs: the lease of eight devices without any choice, the part of
+``any:8`` that is not the choice.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def main() -> None:
     rows = [
         ("64 GPUs", gpus, gstate, "any:1", {}, None),
         ("64 GPUs", gpus, gstate, "any:8", {}, GPU_TARGET_MS),
+        ("64 GPUs", gpus, gstate, "0,1,2,3,4,5,6,7", {}, None),
         ("448 MIG", migs, mstate, "any:1", mig, None),
         ("448 MIG", migs, mstate, "any:8", mig, MIG_TARGET_MS),
         ("448 MIG", migs, mstate, "any:16", mig, MIG_TARGET_MS),
@@ -139,16 +142,18 @@ def main() -> None:
     base: dict[str, tuple[float, float]] = {}
     for name, inventory, state, spec, kw, target in rows:
         ms, cpu, chosen = time_acquire(inventory, state, spec, rounds, **kw)
-        count = int(spec.split(":")[1])
+        named = not spec.startswith("any:")
+        count = len(spec.split(",")) if named else int(spec.split(":")[1])
         need = Need(count=count, mig_profile=kw.get("mig_profile"))  # type: ignore[arg-type]
-        cms = time_choose(inventory, state, need, rounds)
+        cms = "-" if named else f"{time_choose(inventory, state, need, rounds):.2f}"
         if count == 1:
             base[name] = (ms, cpu)
         verdict = "" if target is None else f"≤{target:g} {'met' if cpu <= target else 'MISSED'}"
         shown = ",".join(chosen) if len(chosen) <= 8 else ",".join(chosen[:8]) + ",…"
+        spec = "0,…,7" if named else spec
         print(
             f"{name:<8} {spec:<7} {ms:>10.2f} {ms / base[name][0]:>8.1f} {cpu:>7.2f} "
-            f"{cpu / base[name][1]:>8.1f} {cms:>13.2f} {verdict:>13}  {shown}"
+            f"{cpu / base[name][1]:>8.1f} {cms:>13} {verdict:>13}  {shown}"
         )
 
 

@@ -548,6 +548,11 @@ def _leases(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
         return 0
     records, notes = directory.read(set_aside=False)  # no lock: files change atomically
     by_lease = {r.lease_id: r for r in records.values()}
+    # A lease holds the devices whose names are there: all of its record's, but for one
+    # whose writer died between two of them.
+    present: dict[str, set[str]] = {}
+    for uuid, r in records.items():
+        present.setdefault(r.lease_id, set()).add(uuid)
     if args.json:
         print(json.dumps([json.loads(r.to_json()) for r in by_lease.values()], indent=2))
         return 0
@@ -563,14 +568,16 @@ def _leases(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
     headers = ("LEASE", "USER", "DEVICES", "GPU-EQUIV", "PHYSICAL", "HELD BY", "AGE", "STATUS")
     rows = []
     now = time.time()
-    every = [u for r in by_lease.values() for u in r.devices]
+    held = {i: [u for u in r.devices if u in present[i]] for i, r in by_lease.items()}
+    every = [u for devices in held.values() for u in devices]
     ids = {u: u for u in every} if args.wide else short_ids(every)
     for r in sorted(by_lease.values(), key=lambda r: r.created):
+        devices = held[r.lease_id]
         if inventory is None:
-            labels, equivalents, physical = [ids[u] for u in r.devices], "?", "?"
+            labels, equivalents, physical = [ids[u] for u in devices], "?", "?"
         else:
-            labels = [d.label if (d := inventory.by_uuid(u)) else ids[u] for u in r.devices]
-            usage = usage_of(r.devices, inventory)
+            labels = [d.label if (d := inventory.by_uuid(u)) else ids[u] for u in devices]
+            usage = usage_of(devices, inventory)
             equivalents = format_equivalents(usage.gpu_equivalents)
             physical = str(len(usage.physical_gpus))
         holder = r.holder.describe()

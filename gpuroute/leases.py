@@ -1,13 +1,14 @@
 """GPU leases on a shared host: race-free, daemon-free, and self-cleaning.
 
 A lease directory (default ``/run/gpuroute/leases``; ``GPUROUTE_LEASE_DIR`` or ``lease_dir=``)
-holds one small JSON file per lease and device, ``dev-<UUID>.<lease id>.json``, created and
-owned by the lease's user. Every acquisition happens under an exclusive ``flock`` on the
+holds one small JSON file per lease, created and owned by the lease's user, under one name per
+device, ``dev-<UUID>.<lease id>.json`` (hard links to the one file; separate copies where the
+file system has no hard links). Every acquisition happens under an exclusive ``flock`` on the
 directory itself, waited for at most ``DEFAULT_LOCK_TIMEOUT_S``, so two acquisitions never see
-the same free device, across processes and users. Files are written to a temporary name and
-renamed into place, so a reader never sees half a record; a record that is unreadable anyway
-(a crash, a disk error, an edit) is moved aside as ``corrupt-…`` and only that device is
-affected.
+the same free device, across processes and users. The file is written to a temporary name and
+renamed into place, so a reader never sees half a record; a device is held while its name is
+there. A record that is unreadable anyway (a crash, a disk error, an edit) is moved aside as
+``corrupt-…`` and only that device is affected.
 
 A lease records who holds it (uid and user name), its holder (the work that keeps it alive,
 named the same way for every backend: a process with its start time, so that a reused pid is
@@ -183,11 +184,12 @@ def lock_holder(info: os.stat_result, locks: str = "/proc/locks") -> str:
 class LeaseDir:
     """The lease directory: its safety checks, its lock, and its lease files.
 
-    Every lease has one file per device, ``dev-<UUID>.<lease id>.json``, created by its owner
-    and owned by them. The directory itself is the lock (a kernel ``flock`` on it, waited
-    for at most ``lock_timeout_s``), so that no user can swap or delete the lock. A record
-    counts only in a file owned by the user it names (or by root). See docs/leases.md for
-    what this guarantees against whom.
+    Every lease has one file, created by its owner and owned by them, under one name per
+    device, ``dev-<UUID>.<lease id>.json``; a name counts only for a device its record holds,
+    under its record's lease id. The directory itself is the lock (a kernel ``flock`` on it,
+    waited for at most ``lock_timeout_s``), so that no user can swap or delete the lock. A
+    record counts only in a file owned by the user it names (or by root). See docs/leases.md
+    for what this guarantees against whom.
     """
 
     def __init__(
@@ -370,7 +372,7 @@ class LeaseDir:
         return held
 
     def has(self, record: LeaseRecord) -> bool:
-        """Whether every device file of ``record``'s lease is there."""
+        """Whether every device's name of ``record``'s lease is there."""
         with self._dir_fd() as fd:
             for uuid in record.devices:
                 try:
@@ -480,37 +482,80 @@ class LeaseDir:
             return f"ignored the lease file {name}, which only its owner may move ({exc})"
         return f"set aside the unreadable lease file {name} as {aside} ({exc})"
 
-    def write(self, record: LeaseRecord) -> None:
-        """Write the record into each of its device files (call under the lock). The files
-        are readable by everyone whatever the umask: a record others cannot read would keep
-        its devices from them, or (in an earlier gpuroute) free them."""
+    def write(self, record: LeaseRecord, *, fresh: bool = False) -> None:
+        """Write the record under each of its devices' names (call under the lock).
+        The file is readable by everyone whatever the umask: a record others cannot read
+        would keep its devices from them, or (in an earlier gpuroute) free them. Each name
+        that is there already (``bind`` rewriting its own lease) is replaced atomically;
+        ``fresh``: the lease is new, and its names are linked without looking first."""
         with self._dir_fd() as fd:
-            self._write(fd, record.devices, record.lease_id, record.to_json().encode())
+            self._write(fd, record.devices, record.lease_id, record.to_json().encode(), fresh)
 
-    def _write(self, fd: int, devices: tuple[str, ...], lease_id: str, data: bytes) -> None:
-        """Write ``data`` into the files of lease ``lease_id`` for ``devices``, in the
-        directory ``fd`` (locked): each to a temporary name, then renamed into place."""
+    def _write(
+        self, fd: int, devices: tuple[str, ...], lease_id: str, data: bytes, fresh: bool = True
+    ) -> None:
+        """Write ``data`` under the names of lease ``lease_id`` for ``devices``, in the
+        directory ``fd`` (locked): once, to a temporary name renamed onto the first device's
+        name, and every other device's name a hard link to that file (one file, one owner,
+        one content, however many devices). Where a name is taken (a rewrite), a link under
+        a temporary name is renamed onto it; where the file system has no hard links, each
+        device gets a copy renamed into place. All or nothing: a failure removes what was
+        written."""
         written: list[str] = []
-        pid = os.getpid()
         try:
+            first = ""
             for uuid in devices:
                 name = self.file_name(uuid, lease_id)
-                tmp = f".tmp-{uuid}-{pid}-{os.urandom(4).hex()}"
-                f = os.open(tmp, _CREATE, 0o644, dir_fd=fd)
-                try:
-                    try:
-                        os.fchmod(f, 0o644)
-                        os.write(f, data)
-                    finally:
-                        os.close(f)
-                    os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp, dir_fd=fd)
-                    raise
+                if not first:
+                    self._put(fd, uuid, name, data)
+                    first = name
+                elif not (fresh and self._link(fd, first, name)):
+                    self._replace(fd, first, uuid, name, data)
                 written.append(uuid)
         except BaseException:
             self._remove_lease(fd, written, lease_id)  # all or nothing
+            raise
+
+    @staticmethod
+    def _link(fd: int, src: str, name: str) -> bool:
+        """``name``, a new hard link to ``src``; False where it cannot be (taken, or no
+        hard links here), for ``_replace`` to decide."""
+        try:
+            os.link(src, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    def _replace(self, fd: int, src: str, uuid: str, name: str, data: bytes) -> None:
+        """``name`` replaced atomically by a hard link to ``src`` (made under a temporary
+        name, then renamed onto it), or by a copy of ``data`` where there are no hard links."""
+        tmp = f".tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
+        if not self._link(fd, src, tmp):
+            self._put(fd, uuid, name, data)
+            return
+        try:
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+
+    @staticmethod
+    def _put(fd: int, uuid: str, name: str, data: bytes) -> None:
+        """``data`` written to a new file under a temporary name, made readable by everyone
+        whatever the umask, and renamed onto ``name``: a reader never sees half a record."""
+        tmp = f".tmp-{uuid}-{os.getpid()}-{os.urandom(4).hex()}"
+        f = os.open(tmp, _CREATE, 0o644, dir_fd=fd)
+        try:
+            try:
+                os.fchmod(f, 0o644)
+                os.write(f, data)
+            finally:
+                os.close(f)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
             raise
 
     def remove(self, uuid: str, lease_id: str | None = None) -> bool:
@@ -867,7 +912,7 @@ class Acquisition:
         record = self._record(plan.uuids, now)
         _seen.pop(self.directory._dir, None)  # the slow path: guess afresh next time
         if plan.devices:
-            self.directory.write(record)
+            self.directory.write(record, fresh=True)
         return Lease(plan, record, self.directory, list(self.notes), alive=self.alive)
 
     def _reclaim(self, records: dict[str, list[LeaseRecord]], now: float) -> bool:

@@ -40,7 +40,7 @@ from gpuroute.leases import LeaseDir, LeaseRecord
 from gpuroute.limits import Limit, Policy, usage_of
 from gpuroute.nvml import read_state
 from gpuroute.records import Holder
-from gpuroute.testing import FakeNVML, topology
+from gpuroute.testing import FakeNVML, topology, topology_path
 from tests.conftest import shared_tmp_base
 
 NO_LIMITS = Policy()
@@ -1071,3 +1071,169 @@ def test_an_administrators_policy_others_may_write_is_refused(
     os.chown(admin_policy, NOBODY, NOBODY)
     with pytest.raises(gpuroute.PolicyError, match="belongs to uid 65534"):
         gpuroute.acquire("0", inventory=four_gpus(), lease_dir=tmp_path, context=CallerContext())
+
+
+# -- one file per lease, linked under each device's name ------------------------------------
+
+
+def test_a_lease_is_one_file_linked_under_each_devices_name(tmp_path: Path) -> None:
+    inventory = four_gpus()
+    lease = take("2,0,3", inventory, tmp_path)
+    names = [LeaseDir.file_name(inventory.gpus[i].uuid, lease.id) for i in (2, 0, 3)]
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+    infos = [os.stat(tmp_path / name) for name in names]
+    assert {info.st_ino for info in infos} == {infos[0].st_ino}  # one file
+    assert infos[0].st_nlink == 3
+    assert infos[0].st_mode & 0o777 == 0o644
+    with pytest.raises(DeviceLeasedError, match="lease " + lease.id):
+        take("0", inventory, tmp_path)
+    records, notes = LeaseDir(tmp_path).read()
+    assert notes == []
+    assert {u for u, r in records.items() if r.lease_id == lease.id} == set(lease.record.devices)
+    # Binding rewrites every name atomically, and the names still share one record.
+    lease.bind(Holder("docker", "d" * 64, "unix:///nonexistent/docker.sock"))
+    records, _ = LeaseDir(tmp_path).read()
+    assert {records[u].holder.id for u in lease.record.devices} == {"d" * 64}
+    assert sorted(os.listdir(tmp_path)) == sorted(names)  # no temporary name left
+    lease.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_hard_links_each_device_gets_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without hard links: the files of the earlier versions, one a device."""
+    inventory = four_gpus()
+
+    def no_links(*args: object, **kw: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lease = take("any:3", inventory, tmp_path)
+    infos = [os.stat(tmp_path / name) for name in os.listdir(tmp_path)]
+    assert len(infos) == 3
+    assert len({info.st_ino for info in infos}) == 3
+    assert {info.st_nlink for info in infos} == {1}
+    with pytest.raises(NoFreeDeviceError):
+        take("any:2", inventory, tmp_path)
+    lease.release()
+    assert os.listdir(tmp_path) == []
+
+
+def _killed_while_writing(lease_dir: Path, call: str, nth: int, **kw: Any) -> None:
+    """A process that takes GPUs 0-3 and is SIGKILLed just before its ``nth`` call of
+    ``os.<call>`` (``rename``: the record into place; ``link``: a further device's name)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            real = getattr(os, call)
+            calls = [0]
+
+            def dying(*args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                if calls[0] == nth:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(*args, **kwargs)
+
+            setattr(os, call, dying)
+            take("0,1,2,3", four_gpus(), lease_dir, **kw)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    assert os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.mark.parametrize(("call", "nth"), [("rename", 1), ("link", 1), ("link", 2), ("link", 3)])
+def test_a_writer_killed_between_links_leaves_a_lease_the_next_one_reclaims(
+    tmp_path: Path, call: str, nth: int
+) -> None:
+    """Killed with the lock held, after the record was renamed onto GPU 0's name and some
+    of the other names were linked: the lease holds exactly the names that are there, and
+    its holder (the killed process) is gone, so the next acquisition reclaims every one."""
+    inventory = four_gpus()
+    _killed_while_writing(tmp_path, call, nth)
+    present = 0 if call == "rename" else nth  # GPUs 0 .. present-1 have a name
+    assert LeaseDir(tmp_path).held() == {inventory.gpus[i].uuid for i in range(present)}
+    lease = take("any:4", inventory, tmp_path)  # the lock was released by the death
+    assert labels(lease) == ["0", "1", "2", "3"]
+    assert sum("reclaimed" in n and "has ended" in n for n in lease.notes) == present
+    lease.release()
+    assert [n for n in os.listdir(tmp_path) if not n.startswith(".tmp-")] == []
+    # Only a kill before the rename leaves its temporary file (as every version did).
+    assert len(os.listdir(tmp_path)) == (1 if call == "rename" else 0)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_a_partial_lease_of_a_live_holder_holds_only_its_names(
+    tmp_path: Path, nth: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The writer was killed between links, but the holder it named lives on (this test's
+    process): the lease keeps the devices whose names are there, and no other."""
+    inventory = four_gpus()
+    _killed_while_writing(tmp_path, "link", nth, pid=os.getpid())
+    rest = take(f"any:{4 - nth}", inventory, tmp_path)
+    assert labels(rest) == [str(i) for i in range(nth, 4)]
+    assert not any("reclaimed" in n for n in rest.notes)
+    rest.release()
+    with pytest.raises(DeviceLeasedError, match="GPU 0"):
+        take("0", inventory, tmp_path)
+    args = ["leases", "--inventory", topology_path("h100-sxm-8"), "--lease-dir", str(tmp_path)]
+    assert main(args) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if " held" in line]
+    assert row.split()[2] == ",".join(str(i) for i in range(nth))
+
+
+def test_a_hard_link_to_another_users_record_forges_nothing(shared: Path) -> None:
+    """daemon holds GPUs 0 and 1. nobody tries to hard-link daemon's file under other
+    names, to make GPU 2 or 3 look held, or daemon's lease look held under another id: the
+    kernel refuses a link to another user's file (fs.protected_hardlinks=1). Where it does
+    not, the links (made here by root, as nobody could make them) are recognised: a name
+    counts only for a device its record holds, under its record's lease id."""
+    inventory = four_gpus()
+    parent = os.getpid()
+    victim = as_user(DAEMON, lambda: take("0,1", inventory, shared, pid=parent).id)
+    assert victim.isalnum(), victim
+    genuine = shared / LeaseDir.file_name(inventory.gpus[0].uuid, victim)
+    assert genuine.stat().st_nlink == 2
+    forged = [
+        shared / LeaseDir.file_name(inventory.gpus[2].uuid, victim),  # another device
+        shared / LeaseDir.file_name(inventory.gpus[3].uuid, "0e0e0e0e0e0e"),  # nobody's id
+        shared / LeaseDir.file_name(inventory.gpus[0].uuid, "f0f0f0f0f0f0"),  # another id
+    ]
+
+    def link() -> str:
+        outcomes = []
+        for path in forged:
+            try:
+                os.link(genuine, path)
+                outcomes.append("linked")
+            except PermissionError:
+                outcomes.append("refused")
+        return " ".join(outcomes)
+
+    protected = Path("/proc/sys/fs/protected_hardlinks").read_text().strip() == "1"
+    assert as_user(NOBODY, link) == ("refused " * 3 if protected else "linked " * 3).strip()
+    for path in forged:
+        if not path.exists():
+            os.link(genuine, path)
+    assert genuine.stat().st_nlink == 5
+
+    def take_2_and_3() -> str:
+        lease = take("2,3", inventory, shared)
+        return f"{_granted(lease)} | {' '.join(lease.notes)}"
+
+    outcome = as_user(NOBODY, take_2_and_3)
+    assert outcome.startswith("granted 2,3 | "), outcome
+    assert outcome.count("which only its owner may move") == 3  # daemon's file, not nobody's
+    assert "the record does not hold this device" in outcome
+    assert "the record's lease id is not the one in its name" in outcome
+    assert as_user(NOBODY, lambda: _granted(take("0", inventory, shared))).startswith(
+        "DeviceLeasedError: GPU 0"
+    )
+    records, notes = LeaseDir(shared).read(set_aside=False)
+    assert {u: r.lease_id for u, r in records.items() if r.user == "daemon"} == {
+        inventory.gpus[0].uuid: victim,
+        inventory.gpus[1].uuid: victim,
+    }
+    assert len(notes) == 3
