@@ -37,6 +37,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -421,7 +422,13 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def _signals_stop_the_work() -> Iterator[None]:
     """The first SIGINT, SIGTERM or SIGHUP stops the work: the launch is unwound (the work
     stopped and removed, the lease released, temporary files deleted). Signals that come
-    while it is being stopped are noted, never allowed to cut the clean-up short."""
+    while it is being stopped are noted, never allowed to cut the clean-up short.
+
+    Only the main thread may set signal handlers: ``main`` called from another thread (an
+    embedding program's) leaves signals to that program, as any library call does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def again(signum: int, frame: object) -> None:
         print(
