@@ -47,8 +47,9 @@ example stops running unnoticed (marked as needing a GPU, or its fence changed).
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _SIMULATE = re.compile(r"^<!-- simulate: ([\w-]+) -->$")
-# Subcommands whose --simulate comes after two words (``inventory save``, ``bench vllm``).
-_TWO_WORDS = ("inventory", "bench", "campaign")
+# Subcommands whose --simulate comes after two words (``inventory save``, ``bench vllm``,
+# ``ray resources``).
+_TWO_WORDS = ("inventory", "bench", "campaign", "ray")
 _NO_SIMULATE = ("topologies", "--version", "--help", "-h")
 
 

@@ -16,6 +16,7 @@ which would end every Ray of this machine.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -169,6 +170,21 @@ class LocalRayCluster:
         return self.root / "ray"
 
     def start(self) -> LocalRayCluster:
+        """Start every node and connect this process; once more if the first try fails (a
+        busy machine can make Ray's own start-up deadlines pass). Clusters of this user start
+        one at a time on this machine (parallel test workers each start one)."""
+        lock = Path(tempfile.gettempdir()) / f"gpuroute-ray-start-{os.getuid()}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                return self._start()
+            except RayClusterError:
+                return self._start()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _start(self) -> LocalRayCluster:
         from gpuroute.ray.resources import node_resources
 
         # Short: Ray's socket paths live below it and must stay under 108 bytes.
@@ -208,10 +224,11 @@ class LocalRayCluster:
                         if isinstance(spec.topology, str)
                         else "simulated",
                         # a node lost is known within seconds, not Ray's default ~30 s
+                        # (and a busy machine's slow answer is not taken for a lost node)
                         "RAY_health_check_initial_delay_ms": "1000",
                         "RAY_health_check_period_ms": "1000",
-                        "RAY_health_check_timeout_ms": "1000",
-                        "RAY_health_check_failure_threshold": "3",
+                        "RAY_health_check_timeout_ms": "3000",
+                        "RAY_health_check_failure_threshold": "5",
                     }
                 )
                 if mask is not None:
