@@ -201,6 +201,10 @@ class SimulatedGPUHost:
         if not self.toolkit:  # an engine on a host without the NVIDIA Container Toolkit
             env["PATH"] = os.environ.get("PATH", "")
         env.pop("DOCKER_HOST", None)
+        # What the engine and its containerd write to a temporary directory (a goroutine dump
+        # when stopped under load, build contexts) stays in the root that stop() removes.
+        (self.root / "tmp").mkdir(mode=0o700, exist_ok=True)
+        env["TMPDIR"] = str(self.root / "tmp")
         argv = [
             "dockerd",
             f"--host={self.base_url}",
