@@ -55,8 +55,8 @@ NODES = (
 )
 
 
-def measure(scale: float) -> dict[str, Any]:
-    experiments = todo(scale)
+def measure(scale: float, reverse: bool = False) -> dict[str, Any]:
+    experiments = todo(scale)[:: -1 if reverse else 1]
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         log = install_tools(root)  # before the nodes start: their workers inherit PATH
@@ -89,6 +89,7 @@ def measure(scale: float) -> dict[str, Any]:
         "results": len(results),
         "failed": [r.error for r in failed][:3],
         "scale": scale,
+        "listed": "reversed" if reverse else "as in the set",
         "gpus": GPUS,
         "busy_gpu_s": round(busy, 2),
         "work_gpu_s": round(sum(e.gpus * e.seconds * scale for e in SYNTHETIC_SET), 2),
@@ -107,6 +108,11 @@ def measure(scale: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="times each duration")
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="hand the set over in reverse (1 GPU and shortest first, as a grid may list it)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     reason = LocalRayCluster.unavailable()
@@ -114,12 +120,12 @@ def main() -> int:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
     print("starting a Ray cluster of two simulated nodes (about a minute)...", file=sys.stderr)
-    found = measure(args.scale)
+    found = measure(args.scale, args.reverse)
     if args.json:
         print(json.dumps(found, indent=2))
     else:
         print(
-            f"{found['experiments']} experiments on 2 nodes x 4 GPUs: makespan "
+            f"{found['experiments']} experiments ({found['listed']}) on 2 nodes x 4 GPUs: makespan "
             f"{found['makespan_s']} s, busy {found['busy_gpu_s']} GPU-s (work "
             f"{found['work_gpu_s']}), utilisation {found['utilisation']:.3f} (target "
             f">= {TARGET}, best possible {found['best_possible']:.3f}); overlaps "
