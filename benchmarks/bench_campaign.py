@@ -4,15 +4,16 @@ Run: ``python benchmarks/bench_campaign.py [max_parallel]``. Target (issue: spee
 is lost): busy GPU-seconds / (GPUs x makespan) of at least 0.85 for a campaign of at least 24
 synthetic experiments asking for 1, 2 and 4 GPUs, of mixed durations, on 8 GPUs.
 
-The campaign runs for real on the simulated 8-GPU host (``host: {simulate: h100-sxm-8}``):
-leases, routing, the energy monitor, the store. Each experiment is the vLLM runner in a
-subprocess whose ``vllm`` is the project's stand-in (about one second of timed region)
-behind a wrapper that first sleeps ``num_prompts / 10`` seconds (0.5, 1.5 or 3 s) and logs
-when the tool ran and on which GPUs. So:
+The experiments are the shared synthetic set (``benchmarks/synthetic_campaign.py``: 24
+experiments of 1, 2 and 4 GPUs, 2 to 12 s each), the set ``bench_ray_campaign.py`` runs on
+two nodes of 4 GPUs. They run for real on the simulated 8-GPU host
+(``host: {simulate: h100-sxm-8}``), through the campaign's own scheduler: leases, routing,
+the energy monitor, the store. Each is the vLLM runner in a subprocess whose ``vllm`` is the
+project's stand-in behind a wrapper that sleeps first and logs when the tool ran and on
+which GPUs. So:
 
 * busy GPU-seconds: for each experiment, the GPUs it was given times the time its tool ran;
-* makespan: from the first experiment's start to the last result written (the campaign's
-  setup before and its report and plots after are shown apart);
+* makespan: from the first experiment's start to the last result written;
 * gaps, per experiment, medians: from its start (a worker takes it) to the run's start
   (routing and the lease), from the run's start to the tool's start (the energy monitor and
   the process start), from the tool's end to the run's end (the monitor's last sample and
@@ -22,7 +23,6 @@ when the tool ran and on which GPUs. So:
 from __future__ import annotations
 
 import datetime as dt
-import os
 import statistics
 import sys
 import tempfile
@@ -30,25 +30,17 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpuroute.bench.campaign import read_results, run_campaign
+from synthetic_campaign import best_utilisation, campaign, install_tools, todo, tool_runs
+
+from gpuroute.bench.campaign import Store, _schedule, read_results
+from gpuroute.bench.occupancy import overlaps, span_of
 from gpuroute.bench.result import Result
+from gpuroute.bench.simhost import SimulatedBenchHost
 
 TARGET = 0.85
 GPUS = 8
-STAND_INS = Path(__file__).resolve().parent.parent / "gpuroute" / "testing" / "image"
-WRAPPER = """#!/bin/sh
-# The stand-in vllm, first sleeping num_prompts / 10 seconds; logs start, end and GPUs.
-n=0; prev=""
-for a in "$@"; do [ "$prev" = --num-prompts ] && n=$a; prev=$a; done
-start=$(date +%s.%N)
-sleep "$(awk -v n="$n" 'BEGIN {{ printf "%.2f", n / 10 }}')"
-"{stand_in}" "$@"; code=$?
-end=$(date +%s.%N)
-echo "$start $end ${{CUDA_VISIBLE_DEVICES:-}}" >> "{log}"
-exit $code
-"""
 
 
 class Recorder:
@@ -97,33 +89,17 @@ def main() -> None:
     parallel = int(sys.argv[1]) if len(sys.argv) > 1 else GPUS
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        tools = root / "tools"
-        tools.mkdir()
-        log = root / "tool.log"
-        wrapper = tools / "vllm"
-        wrapper.write_text(WRAPPER.format(stand_in=STAND_INS / "vllm", log=log))
-        wrapper.chmod(0o755)
-        os.environ["PATH"] = f"{tools}{os.pathsep}{STAND_INS}{os.pathsep}{os.environ['PATH']}"
-        campaign = {
-            "name": "utilisation",
-            "host": {"simulate": "h100-sxm-8"},
-            "execution": "subprocess",
-            "max_parallel": parallel,
-            "repeats": 3,
-            "retry": {"attempts": 1, "backoff_s": 0},
-            "grid": {
-                "runner": "vllm",
-                "model": "org/m",
-                "gpus": ["any:1", "any:2", "any:4"],
-                "num_prompts": [5, 15, 30],
-            },
-            "fixed": {"input_len": 8, "output_len": 4},
-        }
-        file = root / "campaign.yaml"
-        file.write_text(yaml.safe_dump(campaign))
+        log = install_tools(root)
+        settings = campaign("utilisation", simulate="h100-sxm-8", max_parallel=parallel)
+        out = root / "out"
+        out.mkdir()
         recorder = Recorder()
+        sim = SimulatedBenchHost("h100-sxm-8", lease_root=out)
         begin = time.time()
-        out = run_campaign(file, root / "out", progress=Progress(recorder))
+        try:
+            _schedule(settings, sim, out, Store(out), todo(), Progress(recorder), None)
+        finally:
+            sim.close()
         total = time.time() - begin
         results = read_results(out)
         report(results, recorder, log, total, begin, parallel)
@@ -132,11 +108,7 @@ def main() -> None:
 def report(
     results: list[Result], recorder: Recorder, log: Path, total: float, begin: float, parallel: int
 ) -> None:
-    tools = []
-    for line in log.read_text().splitlines():
-        start, end, *rest = line.split()
-        devices = rest[0].split(",") if rest else []
-        tools.append((float(start), float(end), len(devices)))
+    tools = tool_runs(log)
     failed = [r for r in results if r.status != "ok"]
     first = min(t for times in recorder.started.values() for t in times)
     last = max(t for times in recorder.finished.values() for t in times)
@@ -165,11 +137,15 @@ def report(
     )
     print(f"busy GPU-seconds {busy:.1f}; at full use they would take {ideal:.1f} s")
     print(
-        f"makespan {makespan:.1f} s (campaign call {total:.1f} s: setup "
-        f"{first - begin:.1f} s, report and plots {begin + total - last:.1f} s)"
+        f"makespan {makespan:.1f} s (scheduler call {total:.1f} s: before the first start "
+        f"{first - begin:.1f} s, after the last result {begin + total - last:.1f} s)"
     )
     verdict = "met" if utilisation >= TARGET else "MISSED"
-    print(f"GPU utilisation {utilisation:.3f} (target ≥ {TARGET}: {verdict})")
+    spans = [s for s in map(span_of, results) if s is not None]
+    print(
+        f"GPU utilisation {utilisation:.3f} (target ≥ {TARGET}: {verdict}; best possible "
+        f"{best_utilisation(GPUS):.3f}); overlaps {len(overlaps(spans))}"
+    )
     print("gaps per experiment, median / max, ms:")
     names = {
         "lease": "taken by a worker -> run starts (route, lease)",

@@ -40,11 +40,11 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -77,6 +77,7 @@ __all__ = [
     "read_results",
     "report_campaign",
     "run_campaign",
+    "start_order",
 ]
 
 RESULTS = "results.jsonl"
@@ -84,6 +85,8 @@ CAMPAIGN_LABEL = "gpuroute.campaign.dir"
 """Every container of a campaign carries its directory, so that a resumed run can find the
 containers a killed one left behind."""
 
+
+_T = TypeVar("_T")
 
 MAX_FILE_BYTES = 1 << 20
 """A campaign file is read only up to this size (1 MiB); a larger one is refused."""
@@ -582,6 +585,20 @@ def _host_gpus(sim: SimulatedBenchHost | None) -> int | None:
         return None
 
 
+def start_order(
+    items: Iterable[_T], gpus: Callable[[_T], int], seconds: Callable[[_T], float] | None = None
+) -> list[_T]:
+    """The order a campaign starts experiments in, on one host and on a Ray cluster alike:
+    those needing the most GPUs first (the others fill the GPUs left over, and no wide one is
+    left to the end, waiting for a whole host or node while narrow ones keep taking GPUs),
+    then, where durations are known (``seconds``), the longest first; among equals, as
+    listed."""
+    if seconds is None:
+        return sorted(items, key=lambda item: -gpus(item))
+    known = seconds
+    return sorted(items, key=lambda item: (-gpus(item), -known(item)))
+
+
 def _schedule(
     campaign: Campaign,
     sim: SimulatedBenchHost | None,
@@ -596,13 +613,13 @@ def _schedule(
     With several at once, an experiment starts only when the host has GPUs enough for it
     besides those the running experiments hold (an ``any:N`` experiment started early would
     wait on its lease, polling, and hold a worker), and those needing the most GPUs are taken
-    first, the others filling the GPUs left over; among equals, the grid's order."""
+    first (``start_order``), the others filling the GPUs left over."""
     pending = list(todo)
     devices_of = {item[0].id: _busy(item[0], sim) for item in pending}
     needed = {item[0].id: _gpus_needed(item[0], devices_of[item[0].id]) for item in pending}
     capacity = _host_gpus(sim) if campaign.max_parallel > 1 and pending else None
     if capacity is not None:
-        pending.sort(key=lambda item: -needed[item[0].id])
+        pending = start_order(pending, lambda item: needed[item[0].id])
     running: dict[Future[None], tuple[set[str] | None, int]] = {}
     with ThreadPoolExecutor(max_workers=campaign.max_parallel) as pool:
         while pending or running:

@@ -35,6 +35,7 @@ from gpuroute.bench.campaign import (
     load_campaign,
     not_started,
     run_campaign,
+    start_order,
 )
 from gpuroute.bench.result import Result
 from gpuroute.bench.runners.common import RunOptions, execute
@@ -44,6 +45,7 @@ from gpuroute.errors import BenchConfigError, GpurouteError
 __all__ = [
     "MAX_LOSSES",
     "check_campaign",
+    "cluster_gpus",
     "NODE_LABEL",
     "gpus_needed",
     "node_table",
@@ -207,6 +209,11 @@ def _lost(ray: Any, exc: BaseException) -> bool:
     return isinstance(exc, errors.RayError)
 
 
+def cluster_gpus(ray: Any) -> int:
+    """How many GPUs the cluster's live nodes have in all (Ray's count)."""
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
 def schedule(
     campaign: Campaign,
     directory: Path,
@@ -220,7 +227,14 @@ def schedule(
 ) -> None:
     """Run ``todo`` (experiments and their attempts so far) on the Ray cluster at
     ``address``; results go into ``store`` as tasks return. Checked before anything is
-    submitted: every experiment names a count of GPUs, and some node can hold it."""
+    submitted: every experiment names a count of GPUs, and some node can hold it.
+
+    Experiments are submitted in ``start_order`` (the most GPUs first, as on one host), and
+    only as many as the cluster's GPUs can run at once: Ray queues what it cannot place yet
+    and starts, of what it queued, whatever fits as GPUs free, so that narrow experiments
+    submitted early would keep taking the GPUs a wide one waits for. An experiment is
+    submitted when the GPUs of those in flight and its own fit in the cluster's (counted
+    again at each submission: a lost node counts no more), or when nothing is in flight."""
     from gpuroute.ray import check_fits, connect
 
     needs = {experiment.id: gpus_needed(experiment) for experiment, _ in todo}
@@ -229,17 +243,37 @@ def schedule(
     ray = connect(address)
     for gpus in sorted(set(needs.values()) - {0}):
         check_fits(ray, gpus=gpus)
-    task = ray.remote(run_on_node)
+    remote = ray.remote(run_on_node)
     payload = campaign.model_dump_json()
     where = str(directory.resolve())
     inflight: dict[Any, _Attempt] = {}
+    pending: list[_Attempt] = []
     waiting: list[_Attempt] = []
     written: set[tuple[str, int]] = set()
+    rank: dict[str, int] = {}
+    announced: set[str] = set()
 
-    def submit(item: _Attempt) -> None:
-        options = task_options(needs[item.experiment.id], item.experiment.config)
-        ref = task.options(**options).remote(payload, item.experiment, item.attempt, where)
-        inflight[ref] = item
+    def need(item: _Attempt) -> int:
+        return needs[item.experiment.id]
+
+    def queue(item: _Attempt) -> None:
+        pending.append(item)
+        pending.sort(key=lambda i: rank[i.experiment.id])
+
+    def submit_what_fits() -> None:
+        capacity = cluster_gpus(ray) if pending else 0
+        held = sum(need(i) for i in inflight.values())
+        for item in list(pending):
+            if inflight and held + need(item) > capacity:
+                continue  # it waits until the cluster has GPUs enough for it
+            pending.remove(item)
+            held += need(item)
+            if item.experiment.id not in announced:
+                announced.add(item.experiment.id)  # handed to the cluster: "running"
+                bar.started(item.experiment.config)
+            options = task_options(need(item), item.experiment.config)
+            ref = remote.options(**options).remote(payload, item.experiment, item.attempt, where)
+            inflight[ref] = item
 
     def record(item: _Attempt, result: Result) -> None:
         key = (item.experiment.id, item.attempt)
@@ -259,15 +293,17 @@ def schedule(
 
     for experiment, previous in todo:
         last = previous + max(campaign.retry.attempts - previous, 1) - 1
-        item = _Attempt(experiment, previous, last)
-        bar.started(experiment.config)  # handed to the cluster: Ray runs it when GPUs free
-        submit(item)
+        pending.append(_Attempt(experiment, previous, last))
+    ordered = start_order(pending, need)
+    rank.update((item.experiment.id, n) for n, item in enumerate(ordered))
+    pending[:] = ordered
     try:
-        while inflight or waiting:
+        while inflight or waiting or pending:
             now = time.monotonic()
             for item in [w for w in waiting if w.not_before <= now]:
                 waiting.remove(item)
-                submit(item)
+                queue(item)
+            submit_what_fits()
             if not inflight:
                 time.sleep(max(0.0, min(w.not_before for w in waiting) - time.monotonic()))
                 continue
@@ -279,7 +315,7 @@ def schedule(
                 except Exception as exc:  # the task did not return
                     if _lost(ray, exc) and item.losses < max_losses:
                         item.losses += 1
-                        submit(item)  # lost with its node: it wrote nothing, run it again
+                        queue(item)  # lost with its node: it wrote nothing, run it again
                         continue
                     why = "lost with its node" if _lost(ray, exc) else "failed on its node"
                     labels = _labels(item.experiment, campaign, item.attempt)

@@ -57,10 +57,10 @@ def connect(address: str | None = None, *, timeout_s: float = CONNECT_TIMEOUT_S)
     cluster. A cluster that does not answer is a RayError within ``timeout_s`` seconds.
     """
     ray = load_ray()
+    chosen = address or os.environ.get(RAY_ADDRESS_ENV, "").strip() or "auto"
+    target = _host_port(chosen)  # a malformed address is refused, connected or not
     if ray.is_initialized():
         return ray
-    chosen = address or os.environ.get(RAY_ADDRESS_ENV, "").strip() or "auto"
-    target = _host_port(chosen)
     if target is not None:
         _probe(chosen, target, timeout_s)
     try:

@@ -229,6 +229,11 @@ class LocalRayCluster:
                         "RAY_health_check_period_ms": "1000",
                         "RAY_health_check_timeout_ms": "3000",
                         "RAY_health_check_failure_threshold": "5",
+                        # Keep a worker process per GPU between tasks, as a server with more
+                        # CPUs than GPUs does by default (Ray keeps as many idle workers as
+                        # the node has CPUs, and this node is given one): a task then starts
+                        # in a warm worker, not a new process.
+                        "RAY_num_workers_soft_limit": str(max(gpus, self.cpus_per_node)),
                     }
                 )
                 if mask is not None:
