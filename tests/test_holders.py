@@ -104,10 +104,13 @@ die()  # after the launch: the work runs, held by its lease
 """
 
 
-def run_launcher(kind: str, point: str, lease_dir: Path, marker: str, *extra: str) -> None:
+def run_launcher(
+    kind: str, point: str, lease_dir: Path, marker: str, *extra: str, tmpdir: Path | None = None
+) -> None:
     """Run a launcher that kills itself (SIGKILL) at ``point``, and wait for it to die."""
     process = subprocess.run(
         [sys.executable, "-c", LAUNCHER, kind, point, str(lease_dir), marker, *extra],
+        env={**os.environ, "TMPDIR": str(tmpdir)} if tmpdir is not None else None,
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -231,9 +234,17 @@ def test_a_compose_launcher_killed_at_any_step_leaves_one_holder(
         )
     )
     marker = f"gpuroute-test-{os.urandom(4).hex()}"
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
     try:
-        run_launcher("compose", point, tmp_path / "leases", marker, str(project))
+        run_launcher("compose", point, tmp_path / "leases", marker, str(project), tmpdir=tmpdir)
         check_one_holder(tmp_path / "leases", lambda: bool(containers(marker)), free)
+        # The generated configuration the dead launcher left goes with the next launch.
+        from gpuroute.backends.compose import remove_stale_workdirs
+
+        left = sorted(p.name for p in tmpdir.iterdir() if p.name.startswith("gpuroute-compose-"))
+        assert sorted(remove_stale_workdirs(str(tmpdir))) == left
+        assert not any(p.name.startswith("gpuroute-compose-") for p in tmpdir.iterdir())
     finally:
         for pid in processes_with(marker):  # a compose client still running
             os.kill(pid, signal.SIGKILL)

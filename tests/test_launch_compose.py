@@ -19,6 +19,9 @@ after the directory.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -838,3 +841,41 @@ def test_a_leased_compose_run_holds_its_lease_through_the_container(
         assert run.lease is not None
         assert run.lease.record.container_id
     assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == []
+
+
+def test_a_dead_launcher_s_generated_configuration_is_removed_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """A launcher killed before it could clean up leaves its directory; the next launch
+    removes it, and only it: not a live launcher's, not another user's, not one whose name
+    says nothing of its launcher, and never through a link."""
+    from gpuroute.backends.compose import WORKDIR_PREFIX, remove_stale_workdirs
+    from gpuroute.backends.local import process_start_time
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = process_start_time(ended.pid)
+    ended.wait()
+    me = os.getpid()
+    dead = tmp_path / f"{WORKDIR_PREFIX}{ended.pid}-{start or 0}-abc"
+    reused = tmp_path / f"{WORKDIR_PREFIX}{me}-{(process_start_time(me) or 0) + 1}-abc"
+    alive = tmp_path / f"{WORKDIR_PREFIX}{me}-{process_start_time(me) or 0}-abc"
+    older = tmp_path / f"{WORKDIR_PREFIX}k2j4h5"
+    target = tmp_path / "elsewhere"
+    for directory in (dead, reused, alive, older, target):
+        directory.mkdir()
+        (directory / "compose.gpuroute.yml").write_text("services: {}\n")
+    link = tmp_path / f"{WORKDIR_PREFIX}{ended.pid}-{start or 0}-lnk"
+    link.symlink_to(target)
+    others = tmp_path / f"{WORKDIR_PREFIX}{ended.pid}-{start or 0}-usr"
+    others.mkdir()
+    if os.geteuid() == 0:
+        os.chown(others, 65534, 65534)  # another user's: never ours to remove
+    expected = {dead.name, reused.name} | ({others.name} if os.geteuid() != 0 else set())
+    assert set(remove_stale_workdirs(str(tmp_path))) == expected
+    assert not dead.exists()
+    assert not reused.exists()  # its pid lives, but started at another time: another process
+    assert alive.exists()
+    assert older.exists()
+    assert link.is_symlink()
+    assert (target / "compose.gpuroute.yml").exists()
+    assert others.exists() == (os.geteuid() == 0)

@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -56,9 +57,11 @@ __all__ = [
     "ComposeLaunch",
     "ComposeRun",
     "ComposeWork",
+    "WORKDIR_PREFIX",
     "dependencies",
     "find_compose",
     "prepare",
+    "remove_stale_workdirs",
     "resolve_files",
 ]
 
@@ -546,7 +549,10 @@ def prepare(
                 _isolate_dependency(services[name], name, needed[name], service, config, paths)
             )
     name = container_name or f"gpuroute-{project}-{service}-{os.urandom(5).hex()}"
-    workdir = Path(tempfile.mkdtemp(prefix="gpuroute-compose-"))
+    remove_stale_workdirs()
+    me = os.getpid()
+    since = process_start_time(me) or 0  # 0: unknown (no /proc)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{me}-{since}-"))
     generated = workdir / "compose.gpuroute.yml"
     generated.write_text(yaml.safe_dump(config, sort_keys=False))
     container_env = merge_env(env, container_run_env(plan))
@@ -581,6 +587,43 @@ def prepare(
         project=project,
         dependencies=started,
     )
+
+
+WORKDIR_PREFIX = "gpuroute-compose-"
+"""The generated configuration's directory, ``gpuroute-compose-PID-START-RANDOM`` in the
+temporary directory: the launcher that made it, and when that process started."""
+
+
+def remove_stale_workdirs(root: str | None = None) -> list[str]:
+    """Remove the generated-configuration directories whose launcher is gone (killed before
+    it could clean up); return their names. Only this user's own directories are touched, a
+    link is never followed, and a directory whose launcher may live (its pid answers and
+    started when the name says, or the name does not say) is left alone."""
+    root = root if root is not None else tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(WORKDIR_PREFIX):
+            continue
+        pid_text, _, rest = name[len(WORKDIR_PREFIX) :].partition("-")
+        start_text, _, _ = rest.partition("-")
+        if not (pid_text.isdigit() and start_text.isdigit()):
+            continue  # an older name, or not ours to judge
+        path = os.path.join(root, name)
+        try:
+            found = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+            continue
+        launcher = Holder.process(int(pid_text), int(start_text) or None)
+        if process_alive(launcher) is False:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    return removed
 
 
 def _check_generated(
