@@ -22,10 +22,10 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from gpuroute.backends import Backend, Connection, Launch, Work, backend_class, unbound
+from gpuroute.core.closing import Closing
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Inventory
 from gpuroute.core.plan import LocalIds, RoutingPlan
@@ -164,7 +164,7 @@ _CHOSEN_MAX = 256
 """Plans a host remembers for the devices ``any:N`` chose."""
 
 
-class Host:
+class Host(Closing):
     """A GPU host as an orchestrator holds it: created once, kept, and shared by requests.
 
     Args:
@@ -632,17 +632,6 @@ class Host:
         backends, self._backends = list(self._backends.values()), {}
         for backend in backends:
             backend.close()
-
-    def __enter__(self) -> Host:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- the default host ---------------------------------------------------------------------

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
 
 from gpuroute.backends.local import (
     process_alive,
@@ -45,6 +44,7 @@ from gpuroute.backends.local import (
     process_start_time,
     process_state,
 )
+from gpuroute.core.closing import Closing
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Device, Inventory
 from gpuroute.core.plan import RoutingPlan
@@ -603,7 +603,7 @@ class LeaseDir:
 
 
 @dataclass
-class Lease:
+class Lease(Closing):
     """Devices held for one piece of work. ``plan`` routes exactly them; ``release()`` (or
     leaving the ``with`` block) gives them back."""
 
@@ -666,15 +666,8 @@ class Lease:
         _forget(self.directory, self.record.devices)
         self.released = True
 
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Release (as leaving a ``with`` block does)."""
         self.release()
 
 

@@ -14,10 +14,10 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, ClassVar, Protocol
 
 from gpuroute.core import Target
+from gpuroute.core.closing import Closing
 from gpuroute.core.plan import RoutingPlan
 from gpuroute.records import Holder
 
@@ -76,7 +76,7 @@ class Work:
     name: str | None = None
 
 
-class Launch:
+class Launch(Closing):
     """A handle on started work. Backends subclass it: LocalLaunch, ContainerLaunch,
     ComposeLaunch."""
 
@@ -158,17 +158,6 @@ class Launch:
                 # stopping failed, the lease stays with the work and ends when it does.
                 if self.lease is not None and self._own_lease and stopped:
                     self.lease.release()
-
-    def __enter__(self) -> Launch:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class Backend(ABC):

@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import TextIO
+
+from gpuroute.core.closing import Closing
 
 __all__ = ["Progress", "format_duration"]
 
@@ -43,7 +44,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-class Progress:
+class Progress(Closing):
     """A campaign's progress: ``started``, ``finished`` and ``skipped`` as experiments go,
     ``close`` at the end (or use it as a context manager)."""
 
@@ -146,17 +147,6 @@ class Progress:
             if self._tty and self._drawn:
                 self.stream.write("\n")
                 self.stream.flush()
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- rendering --------------------------------------------------------------------------
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from gpuroute.backends import Launch, Work
 from gpuroute.backends.local import process_start_time
+from gpuroute.core.closing import Closing
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Device
 from gpuroute.core.plan import RoutingPlan
@@ -116,7 +116,7 @@ def task_holder() -> Holder:
     return Holder("ray", str(ident), runtime.get_node_id(), pid, process_start_time(pid))
 
 
-class Placement:
+class Placement(Closing):
     """Devices Ray gave this task, routed on its node and leased there. ``plan`` routes
     exactly them; ``launch`` starts work on them; ``release`` (or leaving the ``with`` block)
     gives them back."""
@@ -140,15 +140,8 @@ class Placement:
     def release(self) -> None:
         self.lease.release()
 
-    def __enter__(self) -> Placement:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Release (as leaving a ``with`` block does)."""
         self.release()
 
 

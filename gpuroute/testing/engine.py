@@ -32,9 +32,9 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from gpuroute.core.closing import Closing
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing import toolkit
 from gpuroute.testing.watchdog import stop_engine, unmount_below
@@ -64,7 +64,7 @@ class EngineStartError(RuntimeError):
     """The private engine did not come up; the message carries the end of its log."""
 
 
-class SimulatedGPUHost:
+class SimulatedGPUHost(Closing):
     """A private Docker Engine that behaves like a GPU host with the given topology.
 
     Use as a context manager, or call ``start()`` and ``stop()``. ``use(topology)`` switches
@@ -377,12 +377,8 @@ class SimulatedGPUHost:
     def __enter__(self) -> SimulatedGPUHost:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Stop (as leaving a ``with`` block does)."""
         self.stop()
 
 

@@ -28,9 +28,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from gpuroute.core.closing import Closing
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing import topology as builtin_topology
 from gpuroute.testing.engine import SimulatedGPUHost
@@ -130,7 +130,7 @@ def _ray_command() -> list[str]:
     return [found]
 
 
-class LocalRayCluster:
+class LocalRayCluster(Closing):
     """A head node and more on this machine, each a simulated GPU host (see the module)."""
 
     def __init__(
@@ -430,10 +430,6 @@ class LocalRayCluster:
     def __enter__(self) -> LocalRayCluster:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Stop (as leaving a ``with`` block does)."""
         self.stop()

@@ -20,9 +20,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from gpuroute.core.closing import Closing
 from gpuroute.core.inventory import Inventory
 from gpuroute.errors import GpurouteError
 from gpuroute.testing import TOPOLOGIES, topology
@@ -39,7 +39,7 @@ class SimulatedHostError(GpurouteError):
     that cannot run on this machine."""
 
 
-class SimulatedHost:
+class SimulatedHost(Closing):
     """A built-in simulated GPU host for one session (a command, a benchmark, a campaign).
 
     ``lease_root`` keeps the lease directory (``lease_root/leases``) in a directory of the
@@ -153,14 +153,3 @@ class SimulatedHost:
         finally:
             if self._own_root:
                 shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> SimulatedHost:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
