@@ -32,7 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synthetic_campaign import best_utilisation, campaign, install_tools, todo, tool_runs
+from synthetic_campaign import (
+    best_utilisation,
+    campaign,
+    install_tools,
+    occupancy,
+    todo,
+    tool_runs,
+)
 
 from gpuroute.bench.campaign import Store, _schedule, read_results
 from gpuroute.bench.occupancy import overlaps, span_of
@@ -110,11 +117,9 @@ def report(
 ) -> None:
     tools = tool_runs(log)
     failed = [r for r in results if r.status != "ok"]
-    first = min(t for times in recorder.started.values() for t in times)
-    last = max(t for times in recorder.finished.values() for t in times)
-    makespan = last - first
-    busy = sum((end - start) * n for start, end, n in tools)
-    utilisation = busy / (GPUS * makespan)
+    run = occupancy(recorder.started, recorder.finished, log)
+    first, last, makespan, busy = run.first, run.last, run.makespan, run.busy
+    utilisation = run.utilisation(GPUS)
     ideal = busy / GPUS
     gaps: dict[str, list[float]] = {"lease": [], "start": [], "stop": [], "write": []}
     by_tool = sorted(tools)

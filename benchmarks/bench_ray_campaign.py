@@ -38,8 +38,8 @@ from synthetic_campaign import (
     best_utilisation,
     campaign,
     install_tools,
+    occupancy,
     todo,
-    tool_runs,
 )
 
 from gpuroute.bench.campaign import Store, read_results
@@ -72,12 +72,9 @@ def measure(scale: float, reverse: bool = False) -> dict[str, Any]:
             )  # fmt: skip
             total = time.time() - begin
         results = read_results(out)
-        tools = tool_runs(log)
+        run = occupancy(recorder.started, recorder.finished, log)  # the log goes with d
     failed = [r for r in results if r.status != "ok"]
-    first = min(t for times in recorder.started.values() for t in times)
-    last = max(t for times in recorder.finished.values() for t in times)
-    makespan = last - first
-    busy = sum((end - start) * n for start, end, n in tools)
+    first, makespan, busy = run.first, run.makespan, run.busy
     spans = [s for s in map(span_of, results) if s is not None]
     per_node: dict[str, float] = {}
     for result, span in zip(results, map(span_of, results), strict=True):

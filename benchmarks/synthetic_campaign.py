@@ -148,3 +148,31 @@ def tool_runs(log: Path) -> list[tuple[float, float, int]]:
         devices = rest[0].split(",") if rest else []
         runs.append((float(start), float(end), len(devices)))
     return runs
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """A run's figures: the first experiment's start and the last result's time (from the
+    progress recorder), the makespan between them and the busy GPU-seconds (from the log)."""
+
+    first: float
+    last: float
+    busy: float
+
+    @property
+    def makespan(self) -> float:
+        return self.last - self.first
+
+    def utilisation(self, gpus: int) -> float:
+        return self.busy / (gpus * self.makespan)
+
+
+def occupancy(
+    started: dict[str, list[float]], finished: dict[str, list[float]], log: Path
+) -> Occupancy:
+    """``Occupancy`` of a run from its recorder's start and finish times and its tool log."""
+    return Occupancy(
+        first=min(t for times in started.values() for t in times),
+        last=max(t for times in finished.values() for t in times),
+        busy=sum((end - start) * n for start, end, n in tool_runs(log)),
+    )

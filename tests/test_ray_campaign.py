@@ -104,15 +104,8 @@ def test_a_campaign_runs_on_the_cluster_from_the_command_line(
             "num_prompts": [5, 6],
         },
     )
-    out = run_cli(
-        "campaign",
-        "run",
-        str(path),
-        "--ray",
-        gpuroute_ray_cluster.address,
-        "--output-dir",
-        str(tmp_path / "run"),
-    )
+    argv = ("campaign", "run", str(path), "--ray", gpuroute_ray_cluster.address)
+    out = run_cli(*argv, "--output-dir", str(tmp_path / "run"))
     assert out.returncode == 0, out.stdout + out.stderr
     results = read_results(tmp_path / "run")
     experiments = expand(load_campaign(path))
@@ -122,15 +115,7 @@ def test_a_campaign_runs_on_the_cluster_from_the_command_line(
     for node in {r.labels[NODE_LABEL] for r in results}:
         assert node[:12] in out.stdout
     # Resuming finds every experiment done: nothing is submitted again.
-    again = run_cli(
-        "campaign",
-        "run",
-        str(path),
-        "--ray",
-        gpuroute_ray_cluster.address,
-        "--output-dir",
-        str(tmp_path / "run"),
-    )
+    again = run_cli(*argv, "--output-dir", str(tmp_path / "run"))
     assert again.returncode == 0, again.stderr
     assert len(read_results(tmp_path / "run")) == len(results)
 
