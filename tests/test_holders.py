@@ -5,6 +5,7 @@ engine no longer answers lives as long as its init process), and private engines
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -303,6 +304,18 @@ time.sleep(300)
 """
 
 
+def naming(root: str) -> list[str]:
+    """The command lines of the processes that name a path below ``root``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes()
+                if f"{root}/".encode() in argv:
+                    found.append(argv.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
 @pytest.mark.engine
 def test_a_killed_owner_takes_its_private_engine_down() -> None:
     owner = subprocess.Popen(
@@ -317,6 +330,8 @@ def test_a_killed_owner_takes_its_private_engine_down() -> None:
             lambda: not any(Path(f"/proc/{p}").exists() for p in (dockerd, init)), timeout=60
         )
         assert gone, "the engine or its container outlived the owner"
+        # nor did any process of the engine's: containerd's shims run in sessions of their own
+        assert wait_for(lambda: not naming(root), timeout=30), naming(root)
         assert wait_for(lambda: not Path(root).exists(), timeout=30)
     finally:
         if owner.poll() is None:

@@ -37,7 +37,7 @@ from typing import Any
 from gpuroute.core.closing import Closing
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing import toolkit
-from gpuroute.testing.watchdog import stop_engine, unmount_below
+from gpuroute.testing.watchdog import kill_named, stop_engine, unmount_below
 
 __all__ = [
     "IMAGE",
@@ -119,8 +119,10 @@ class SimulatedGPUHost(Closing):
 
     def configure_toolkit(self, **settings: Any) -> None:
         """Set options of the stand-in toolkit's config file, by their toolkit names with
-        ``-`` written ``_`` (``accept_nvidia_visible_devices_envvar_when_unprivileged=False``).
-        They apply to containers started from now on; ``configure_toolkit()`` resets them."""
+        ``-`` written ``_`` (``accept_nvidia_visible_devices_envvar_when_unprivileged=False``),
+        and the simulated host's own: ``sim_nvidia_smi_seconds=0.5`` makes ``nvidia-smi -L``
+        take that long. They apply to containers started from now on;
+        ``configure_toolkit()`` resets them."""
         assert self.root is not None, "the engine is not started"
         data = {k.replace("_", "-"): v for k, v in settings.items()}
         (self.root / "toolkit.json").write_text(json.dumps(data))
@@ -355,6 +357,7 @@ class SimulatedGPUHost(Closing):
                     client.close()
         self._terminate()
         if self.root is not None:
+            kill_named(str(self.root))  # shims of containers dockerd did not stop
             unmount_below(str(self.root))
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None

@@ -4,7 +4,8 @@ Run by ``SimulatedGPUHost`` as ``python -I -S watchdog.py FD DOCKERD_PID ROOT``,
 pipe ``FD`` until end of file, which comes when the owner closes its end: when it stops the
 engine itself, or when it dies in any way (SIGKILL included, which no handler sees). Then it
 sends SIGTERM to dockerd (which stops its containers and its containerd), SIGKILL to what
-is left of dockerd's process group after a while, and removes the engine's directory.
+is left of dockerd's process group after a while and to any process naming the engine's
+directory (containerd's shims), and removes that directory.
 
 It imports nothing but the standard library (it runs with ``-I -S``), so that it works
 whatever happens to the owner's environment.
@@ -48,8 +49,35 @@ def stop_engine(pid: int, root: str) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # containerd and whatever else dockerd left
     if root:
+        kill_named(root)
         unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_named(root: str) -> list[int]:
+    """SIGKILL every process whose command line names a path below ``root``: the
+    containerd shims, which run in sessions of their own (so outside dockerd's process
+    group) and outlive a killed dockerd and containerd, waiting for them forever."""
+    prefix = root.rstrip("/").encode() + b"/"
+    me = os.getpid()
+    killed: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return killed
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read()
+        except OSError:
+            continue
+        if prefix in argv:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+    return killed
 
 
 def unmount_below(root: str) -> None:
