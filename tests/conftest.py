@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -135,6 +135,30 @@ def pytest_configure(config: pytest.Config) -> None:
         f"compose_variants(*names): run a test that takes `compose_variant` on each of these "
         f"Compose variants ({', '.join(VARIANTS)}); without it, on {V2_PLUGIN} alone",
     )
+
+
+RAY_TESTS = (
+    "tests/test_examples.py::test_ray_campaign",
+    "tests/test_ray.py::",
+    "tests/test_ray_campaign.py::",
+)
+"""The tests that start Ray clusters: one worker runs them all, one at a time (see below)."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``-n``, pytest-xdist hands out tests one by one (as ``--dist load`` does),
+    except the Ray tests: one worker gets them all, first (the largest group goes first), so
+    that one Ray cluster serves them and no two clusters compete for the CPU."""
+    if config.getoption("dist") != "load":  # another mode asked for by name
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if nodeid.startswith(RAY_TESTS) else nodeid
+
+    return RayTestsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -135,6 +135,30 @@ def test_no_engine_fails_where_it_is_required(
     result.stdout.fnmatch_lines(["*no dockerd here (GPUROUTE_REQUIRE_ENGINE=1)*"])
 
 
+def test_the_tests_that_use_the_ray_cluster_run_one_after_another(
+    pytester: pytest.Pytester,
+) -> None:
+    """So that one cluster serves them all (where none can start, each is skipped)."""
+    pytester.makeconftest(
+        "from gpuroute.testing.ray_cluster import LocalRayCluster\n"
+        "LocalRayCluster.unavailable = staticmethod(lambda: 'no Ray here')\n"
+    )
+    pytester.makepyfile(
+        test_a="def test_one(gpuroute_ray_cluster): pass\ndef test_two(): pass\n",
+        test_b="def test_three(gpuroute_ray_cluster): pass\ndef test_four(): pass\n",
+    )
+    result = run_user_tests(pytester, "-v", "-rs")
+    result.assert_outcomes(passed=2, skipped=2)
+    ran = [line.split()[0] for line in result.outlines if " SKIPPED " in line or " PASSED " in line]
+    assert ran == [
+        "test_a.py::test_one",
+        "test_b.py::test_three",
+        "test_a.py::test_two",
+        "test_b.py::test_four",
+    ]
+    result.stdout.fnmatch_lines(["*no local Ray cluster*: no Ray here*"])
+
+
 @pytest.mark.engine
 def test_a_users_container_runs_on_the_simulated_host(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(

@@ -16,9 +16,10 @@ starts with ``gpuroute_``:
 * ``gpuroute_engine`` (one per session): the simulated GPU host, a private Docker Engine
   (``gpuroute.testing.engine.SimulatedGPUHost``); tests that use it are skipped where it
   cannot run, or fail there under ``GPUROUTE_REQUIRE_ENGINE=1``;
-* ``gpuroute_ray_cluster`` (one per session): a real two-node Ray cluster on this machine,
-  each node a simulated GPU host of its own (``gpuroute.testing.ray_cluster``), this process
-  connected to it; skipped or failed like ``gpuroute_engine`` where it cannot run;
+* ``gpuroute_ray_cluster``: a real two-node Ray cluster on this machine, each node a
+  simulated GPU host of its own (``gpuroute.testing.ray_cluster``), this process connected to
+  it; the tests that use it run one after another, and one cluster serves them all (stopped
+  after the last); skipped or failed like ``gpuroute_engine`` where it cannot run;
 * ``gpuroute_docker``: that engine simulating ``gpuroute_topology``, with ``DOCKER_HOST``
   pointing at it for one test.
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TOPOLOGY",
+    "RAY_CLUSTER_FIXTURE",
     "REQUIRE_ENGINE_ENV",
     "gpuroute_docker",
     "gpuroute_engine",
@@ -156,12 +158,71 @@ def gpuroute_engine(request: pytest.FixtureRequest) -> Iterator[SimulatedGPUHost
         yield engine
 
 
-@pytest.fixture(scope="session")
-def gpuroute_ray_cluster(request: pytest.FixtureRequest) -> Iterator[LocalRayCluster]:
+RAY_CLUSTER_FIXTURE = "gpuroute_ray_cluster"
+
+
+class _RayClusters:
+    """The session's Ray cluster: started by the first test that asks for it, stopped right
+    after the last of the tests that run one after another with it (an idle cluster keeps
+    costing CPU), and at the end of the session whatever happens."""
+
+    def __init__(self) -> None:
+        self.cluster: LocalRayCluster | None = None
+
+    def get(self) -> LocalRayCluster:
+        from gpuroute.testing.ray_cluster import LocalRayCluster
+
+        if self.cluster is None:
+            cluster = LocalRayCluster()
+            cluster.start()  # stops what it started if it fails
+            self.cluster = cluster
+        return self.cluster
+
+    def stop(self) -> None:
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            cluster.stop()
+
+
+_RAY_CLUSTERS = pytest.StashKey[_RayClusters]()
+
+
+def _uses_ray_cluster(item: pytest.Item | None) -> bool:
+    return item is not None and RAY_CLUSTER_FIXTURE in getattr(item, "fixturenames", ())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that use the Ray cluster run one after another (from where the first of
+    them is), so that one cluster serves them all; the order is otherwise kept."""
+    users = [item for item in items if _uses_ray_cluster(item)]
+    if users:
+        first = items.index(users[0])
+        rest = [item for item in items if not _uses_ray_cluster(item)]
+        items[:] = rest[:first] + users + rest[first:]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last of a run of tests that use the Ray cluster, stop it."""
+    clusters = item.config.stash.get(_RAY_CLUSTERS, None)
+    if clusters is not None and clusters.cluster is not None and not _uses_ray_cluster(nextitem):
+        clusters.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    clusters = session.config.stash.get(_RAY_CLUSTERS, None)
+    if clusters is not None:
+        clusters.stop()
+
+
+@pytest.fixture
+def gpuroute_ray_cluster(request: pytest.FixtureRequest) -> LocalRayCluster:
     """A Ray cluster of two simulated GPU hosts on this machine (``DEFAULT_NODES``: a head of
-    4 H100s, a worker of 2 A100s and MIG devices), one for the session, this process connected
-    to it; stopped at the end, also on failure. Where it cannot run, a test that uses it is
-    skipped with the reason, or fails under ``GPUROUTE_REQUIRE_ENGINE=1``."""
+    4 H100s, a worker of 2 A100s and MIG devices), this process connected to it. One cluster
+    serves the tests that use it, which run one after another; it is stopped after the last
+    of them, also on failure. Where it cannot run, a test that uses it is skipped with the
+    reason, or fails under ``GPUROUTE_REQUIRE_ENGINE=1``."""
     from gpuroute.testing.ray_cluster import LocalRayCluster
 
     reason = LocalRayCluster.unavailable()
@@ -170,8 +231,8 @@ def gpuroute_ray_cluster(request: pytest.FixtureRequest) -> Iterator[LocalRayClu
         if request.config.stash.get(_REQUIRE_ENGINE, False):
             pytest.fail(f"{message} ({REQUIRE_ENGINE_ENV}=1)", pytrace=False)
         pytest.skip(message)
-    with LocalRayCluster() as cluster:
-        yield cluster
+    clusters = request.config.stash.setdefault(_RAY_CLUSTERS, _RayClusters())
+    return clusters.get()
 
 
 @pytest.fixture
