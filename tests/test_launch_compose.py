@@ -39,8 +39,11 @@ from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
 from tests.test_launch_container import (
     ALL_CAPS,
     CAPS,
+    ENDS_WHILE_PROBED,
     PROBE,
+    PROBE_SECONDS,
     SHORT_JOBS,
+    containers_created,
     expect,
     gpu_node,
     image_with_all_capabilities,
@@ -723,6 +726,29 @@ class TestComposeBasics:
             verify=True,
         ) as handle:
             assert handle.wait(timeout=60) == 0
+
+    def test_a_job_that_ends_while_it_is_probed_is_checked_on_a_twin(
+        self,
+        engine: SimulatedGPUHost,
+        h100: Inventory,
+        tmp_path: Path,
+        compose_variant: ComposeVariant,
+    ) -> None:
+        engine.configure_toolkit(sim_nvidia_smi_seconds=PROBE_SECONDS)
+        write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
+        since = time.time()
+        with gpuroute.launch(
+            ENDS_WHILE_PROBED,
+            gpus="2",
+            compose_service="app",
+            cwd=tmp_path,
+            inventory=h100,
+            compose=compose_variant.command,
+            verify=True,
+        ) as handle:
+            assert handle.wait(timeout=60) == 0  # it ended because it was probed
+        # the probe failed with the job, so a twin run was checked (and saw GPU 2)
+        assert len(containers_created(engine, since)) == 2
 
     def test_short_jobs_are_never_called_mis_pinned(
         self,

@@ -312,8 +312,32 @@ class TestVerify:
         # the engine fixture asserts that no container was left behind
 
 
-SHORT_JOBS = 50
-"""Short jobs verified per path: each must pass (the check used to race the job's end)."""
+SHORT_JOBS = 16
+"""Short jobs verified per path at random moments: each must pass (the check used to race the
+job's end). The worst moment, a job ending while nvidia-smi runs in it, is made to happen
+every time by ``ENDS_WHILE_PROBED``."""
+
+ENDS_WHILE_PROBED = ["sh", "-c", "until ps | grep -q '[n]vidia-smi'; do usleep 5000; done"]
+"""A job that ends as soon as nvidia-smi runs inside its container: the probe, which takes
+``PROBE_SECONDS`` on this host, is killed with the container (no output, a failed exec) while
+the engine may still call the container running."""
+
+PROBE_SECONDS = 0.5
+
+
+def containers_created(engine: SimulatedGPUHost, since: float) -> list[str]:
+    """The commands of the containers the engine created from ``since`` (unix time) on."""
+    client = engine.client()
+    try:
+        events = client.events(
+            since=since,
+            until=time.time(),
+            filters={"type": "container", "event": "create"},
+            decode=True,
+        )
+        return [str(e["Actor"]["Attributes"].get("image", "")) for e in events]
+    finally:
+        client.close()
 
 
 def mis_pinned_short_jobs(
@@ -336,6 +360,19 @@ def mis_pinned_short_jobs(
 
 
 class TestShortJobsAreNeverCalledMisPinned:
+    def test_a_job_that_ends_while_it_is_probed_is_checked_on_a_twin(
+        self, engine: SimulatedGPUHost, h100: Inventory
+    ) -> None:
+        engine.configure_toolkit(sim_nvidia_smi_seconds=PROBE_SECONDS)
+        since = time.time()
+        with gpuroute.launch(
+            ENDS_WHILE_PROBED, gpus="2", image=IMAGE, inventory=h100, verify=True,
+            docker_kwargs=NO_NET,
+        ) as handle:  # fmt: skip
+            assert handle.wait(timeout=60) == 0  # it ended because it was probed
+        # the probe failed with the job, so a twin was checked (and saw GPU 2)
+        assert len(containers_created(engine, since)) == 2
+
     def test_a_container(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
         errors = mis_pinned_short_jobs(
             lambda: gpuroute.launch(

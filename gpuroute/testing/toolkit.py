@@ -39,6 +39,9 @@ CONFIG_VAR = "GPUROUTE_SIM_TOOLKIT_CONFIG"
 HOOK_PATH_VAR = "GPUROUTE_SIM_HOOK"
 RUNC_VAR = "GPUROUTE_SIM_RUNC"
 RECORD_DIR = "etc/gpuroute-sim"
+NVIDIA_SMI_SECONDS = "sim-nvidia-smi-seconds"
+"""A setting of the simulated host's own, not the toolkit's: how long ``nvidia-smi -L`` takes
+in the containers started from then on (a real one takes from 0.1 s to seconds)."""
 CAPABILITIES = ("compute", "compat32", "graphics", "utility", "video", "display", "ngx")
 DEFAULT_CAPABILITIES = ("utility", "compute")
 
@@ -263,7 +266,11 @@ def hook_main(argv: list[str] | None = None) -> int:
         return 0
     target = rootfs / RECORD_DIR
     target.mkdir(parents=True, exist_ok=True)
-    for name, text in render(selection).items():
+    files = render(selection)
+    seconds = settings.get(NVIDIA_SMI_SECONDS)
+    if seconds is not None:
+        files["nvidia-smi-seconds"] = f"{float(seconds)}\n"
+    for name, text in files.items():
         (target / name).write_text(text)
     return 0
 
