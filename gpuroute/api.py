@@ -176,7 +176,8 @@ def launch(
             NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES; setting them is an error.
             The caller's own CUDA_*/NVIDIA_* variables never reach a container.
         verify: after start, compare ``nvidia-smi -L`` inside the container with the plan;
-            on a mismatch the container is stopped and removed and VerificationError raised.
+            on a mismatch the container is killed at once (no grace period: it runs on GPUs
+            it was not given) and removed, and VerificationError raised.
         cdi: request devices by CDI name (``nvidia.com/gpu=<UUID>``) instead of the
             ``nvidia`` driver (engines with CDI enabled).
         torchrun: local only; run ``command`` under torchrun, one worker per planned GPU.

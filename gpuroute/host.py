@@ -32,6 +32,7 @@ from gpuroute.core.plan import LocalIds, RoutingPlan
 from gpuroute.core.resolution import Target, resolve
 from gpuroute.core.selection import HostState, Need
 from gpuroute.core.spec import Kind, ParsedSpec, SpecInput, parse_spec
+from gpuroute.errors import VerificationError
 from gpuroute.leases import Acquisition, Lease, LeaseDir
 from gpuroute.limits import Policy
 from gpuroute.records import Holder
@@ -615,6 +616,12 @@ class Host(Closing):
         if work.verify:
             try:
                 backend.verify(handle)
+            except VerificationError:
+                try:
+                    handle.stop(timeout=0)  # it runs on GPUs it was not given: no grace period
+                finally:
+                    handle.close()
+                raise
             except BaseException:
                 handle.close()
                 raise

@@ -558,7 +558,14 @@ def test_a_signal_stops_the_work_and_the_private_engine(
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "gpuroute", "run", "--simulate", "h100-sxm-8", "--gpus", "2"),
-            *("--image", IMAGE, "--", "sh", "-c", "echo ready; sleep 120"),
+            *(
+                "--image",
+                IMAGE,
+                "--",
+                "sh",
+                "-c",
+                "trap 'exit 143' TERM; echo ready; sleep 120 & wait",
+            ),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -294,10 +294,10 @@ def test_a_container_lease_outlives_its_engine_as_long_as_the_container(tmp_path
 OWNER = """
 import sys, time
 from gpuroute.testing import topology
-from gpuroute.testing.engine import IMAGE, SimulatedGPUHost
+from gpuroute.testing.engine import IMAGE, UNTIL_STOPPED, SimulatedGPUHost
 engine = SimulatedGPUHost(topology("h100-sxm-8")).start()
 client = engine.client()
-container = client.containers.run(IMAGE, ["sleep", "120"], detach=True, network_mode="none")
+container = client.containers.run(IMAGE, UNTIL_STOPPED, detach=True, network_mode="none")
 container.reload()
 print(engine._process.pid, container.attrs["State"]["Pid"], engine.root, flush=True)
 time.sleep(300)
@@ -406,7 +406,7 @@ def test_gpuroute_run_removes_its_container_on_sigterm(
     name = f"gpuroute-test-{os.urandom(4).hex()}"
     run = run_command(
         "--gpus", "3", "--image", IMAGE, "--network", "none", "--inventory", str(snapshot),
-        "--", "sh", "-c", f"echo {name}; sleep 60",
+        "--", "sh", "-c", f"trap 'exit 143' TERM; echo {name}; sleep 60 & wait",
     )  # fmt: skip
     try:
         assert run.stdout is not None

@@ -19,6 +19,7 @@ after the directory.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from gpuroute import CallerContext, ComposeConflictError, Inventory, LaunchError
 from gpuroute.backends.compose import COMPOSE_V1
 from gpuroute.testing import TOPOLOGIES
 from gpuroute.testing.compose import V1, V2_PLUGIN, VARIANTS, ComposeVariant
-from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
+from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, UNTIL_STOPPED, SimulatedGPUHost
 from tests.test_launch_container import (
     ALL_CAPS,
     CAPS,
@@ -361,6 +362,10 @@ GPU_HELPER = """\
 """
 
 
+RUNS = json.dumps(list(UNTIL_STOPPED))
+"""A service's command (flow YAML) that runs until the launch ends and then stops at once."""
+
+
 def with_dependency(how: str, helper: str = "", image: str = IMAGE) -> str:
     """Service ``app`` that pulls in service ``helper`` by ``how``; ``helper`` has the
     settings ``helper``. (The tests name the project ``deps`` with COMPOSE_PROJECT_NAME,
@@ -384,8 +389,8 @@ def with_dependency(how: str, helper: str = "", image: str = IMAGE) -> str:
         text += "    network_mode: none\n"
     if how == "transitive":
         text += f"  middle:\n    image: {IMAGE}\n    network_mode: none\n"
-        text += '    command: ["sleep", "60"]\n    depends_on: [helper]\n'
-    text += f'  helper:\n    image: {image}\n    command: ["sleep", "60"]\n'
+        text += f"    command: {RUNS}\n    depends_on: [helper]\n"
+    text += f"  helper:\n    image: {image}\n    command: {RUNS}\n"
     if how != "links":
         text += "    network_mode: none\n"
     text += textwrap.indent(textwrap.dedent(helper), "    ")
@@ -855,7 +860,7 @@ def test_a_leased_compose_run_holds_its_lease_through_the_container(
     project.mkdir()
     write(project, "docker-compose.yml", service(extra=COUNT_ALL))
     with gpuroute.launch(
-        ["sleep", "20"],
+        UNTIL_STOPPED,
         gpus="any:1",
         compose_service="app",
         cwd=project,

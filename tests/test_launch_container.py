@@ -36,7 +36,7 @@ from gpuroute.backends import env as backend_env
 from gpuroute.backends.docker import check_docker_kwargs, container_kwargs, seen_by_nvidia_smi
 from gpuroute.backends.docker_cli import docker_run_argv
 from gpuroute.testing import TOPOLOGIES, topology
-from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, SimulatedGPUHost
+from gpuroute.testing.engine import IMAGE, IMAGE_CUDA_ALL, UNTIL_STOPPED, SimulatedGPUHost
 
 pytestmark = pytest.mark.engine
 
@@ -274,7 +274,7 @@ class TestDriverCapabilities:
 class TestVerify:
     def test_a_correct_launch_passes(self, engine: SimulatedGPUHost, h100: Inventory) -> None:
         with gpuroute.launch(
-            ["sleep", "30"],
+            UNTIL_STOPPED,
             gpus="5,0",
             image=IMAGE,
             inventory=h100,

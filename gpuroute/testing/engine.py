@@ -45,6 +45,7 @@ __all__ = [
     "IMAGE_TRTLLM",
     "IMAGE_VLLM",
     "STAND_IN_IMAGES",
+    "UNTIL_STOPPED",
     "SimulatedGPUHost",
 ]
 
@@ -53,6 +54,10 @@ IMAGE_CUDA_ALL = "gpuroute-sim-cuda:latest"
 IMAGE_VLLM = "gpuroute-sim-vllm:latest"
 """Stands in for the vLLM image: the stand-in ``vllm``, and the entrypoint ``vllm serve`` of
 newer vLLM images (a runner that does not set its own entrypoint runs a server)."""
+UNTIL_STOPPED = ("sh", "-c", "trap 'exit 143' TERM; sleep 3600 & wait")
+"""A command for the test images that runs until it is stopped, then ends at once. A
+container's first process ignores SIGTERM unless it handles it: with ``sleep 60`` each stop
+would wait out the engine's grace period (10 s) before SIGKILL."""
 IMAGE_TRTLLM = "gpuroute-sim-trtllm:latest"
 """Stands in for the TensorRT-LLM release image: the stand-in ``trtllm-bench``."""
 STAND_IN_IMAGES = {"vllm": IMAGE_VLLM, "trtllm": IMAGE_TRTLLM}
