@@ -711,7 +711,11 @@ class TestComposeBasics:
         assert observe(logs)[1] == [h100.gpus[4].uuid, h100.gpus[5].uuid]
 
     @every_compose
-    @pytest.mark.parametrize("command", [["true"], ["sleep", "5"]])
+    @pytest.mark.parametrize(
+        "command",
+        [["true"], ["sh", "-c", "trap 'exit 0' TERM; sleep 60 & wait"]],
+        ids=["ended", "running"],
+    )
     def test_verify(
         self,
         engine: SimulatedGPUHost,
@@ -730,6 +734,7 @@ class TestComposeBasics:
             compose=compose_variant.command,
             verify=True,
         ) as handle:
+            handle.stop()  # the running one ends on SIGTERM, with status 0
             assert handle.wait(timeout=60) == 0
 
     def test_a_job_that_ends_while_it_is_probed_is_checked_on_a_twin(

@@ -60,7 +60,8 @@ class ComposeVariantMissing(RuntimeError):
 @dataclass(frozen=True)
 class ComposeVariant:
     """One way to run Compose: ``command`` (gpuroute's ``compose=``), with ``env`` added to
-    the environment it runs in (DOCKER_CONFIG for the plugin)."""
+    the environment it runs in (DOCKER_CONFIG for the plugin; for Compose v1, what spares it
+    importing setuptools at each start where that works)."""
 
     name: str
     command: tuple[str, ...]
@@ -165,7 +166,14 @@ def compose_variant(name: str, directory: str | os.PathLike[str]) -> ComposeVari
                 "no Compose v1 (`docker-compose` 1.x) on PATH; install it (Debian: "
                 "apt-get install docker-compose)"
             )
-        return ComposeVariant(V1, (v1,), compose_version([v1]) or (1,))
+        version = compose_version([v1]) or (1,)
+        # Compose v1 (Debian's) imports setuptools through its distutils shim at every start:
+        # half of its CPU time. Where its Python still has distutils (3.11 and older), the
+        # shim is told to step aside; Compose then behaves the same, in half the time.
+        quick = {"SETUPTOOLS_USE_DISTUTILS": "stdlib"}
+        if compose_version([v1], {**os.environ, **quick}) == version:
+            return ComposeVariant(V1, (v1,), version, quick)
+        return ComposeVariant(V1, (v1,), version)
     if name not in VARIANTS:
         raise ValueError(f"no Compose variant named {name!r}; choose one of {VARIANTS}")
     v2 = find_compose_v2()
