@@ -137,28 +137,39 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-RAY_TESTS = (
-    "tests/test_examples.py::test_ray_campaign",
-    "tests/test_ray.py::",
-    "tests/test_ray_campaign.py::",
-)
-"""The tests that start Ray clusters: one worker runs them all, one at a time (see below)."""
+TOGETHER = {
+    # one Ray cluster serves them, and no two clusters compete for the CPU
+    "ray": (
+        "tests/test_examples.py::test_ray_campaign",
+        "tests/test_ray.py::",
+        "tests/test_ray_campaign.py::",
+    ),
+    # torch and transformers are imported into the worker's own process once, not twice
+    "torch-in-process": (
+        "tests/test_bench_runners.py::test_transformers_in_process_",
+        "tests/test_bench_runners.py::test_an_in_process_run_",
+    ),
+}
+"""Tests that one pytest-xdist worker runs, one after another (see below)."""
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under ``-n``, pytest-xdist hands out tests one by one (as ``--dist load`` does),
-    except the Ray tests: one worker gets them all, first (the largest group goes first), so
-    that one Ray cluster serves them and no two clusters compete for the CPU."""
+    except each group in ``TOGETHER``: one worker gets all of a group, the largest groups
+    first."""
     if config.getoption("dist") != "load":  # another mode asked for by name
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class RayTestsTogether(LoadScopeScheduling):  # type: ignore[misc]
+    class GroupsTogether(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return "ray" if nodeid.startswith(RAY_TESTS) else nodeid
+            for group, prefixes in TOGETHER.items():
+                if nodeid.startswith(prefixes):
+                    return group
+            return nodeid
 
-    return RayTestsTogether(config, log)
+    return GroupsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

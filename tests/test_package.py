@@ -27,6 +27,17 @@ def test_import_gpuroute_loads_neither_docker_nor_pynvml_nor_pydantic() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_bench_package_loads_nothing_heavy_until_a_name_is_used() -> None:
+    """The transformers worker runs as ``python -m gpuroute.bench.transformers_worker``:
+    its start imports this package, and should cost no pydantic."""
+    code = (
+        "import sys, gpuroute.bench; "
+        "print(sorted(m for m in ('docker', 'pynvml', 'pydantic', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_import_gpuroute_ray_does_not_import_ray() -> None:
     """Ray is imported only when a Ray function runs."""
     code = "import sys, gpuroute.ray, gpuroute.ray.backend; print('ray' in sys.modules)"

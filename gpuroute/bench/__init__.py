@@ -8,19 +8,20 @@
 * ``run_campaign``, ``report_campaign``: a grid of runs with leases, resumable, summarised
   in a table and plots.
 
-Importing this package imports pydantic, not torch, docker or pynvml.
+Importing this package imports none of pydantic, torch, docker or pynvml: each name is
+imported on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gpuroute.bench.result import SCHEMA, Result
 from gpuroute.bench.runners import RUNNER_NAMES
 
 if TYPE_CHECKING:
     from gpuroute.bench.campaign import report_campaign, run_campaign
     from gpuroute.bench.energy import EnergyMonitor
+    from gpuroute.bench.result import SCHEMA, Result
     from gpuroute.bench.runners.common import RunOptions
     from gpuroute.bench.runners.transformers import run_transformers
     from gpuroute.bench.runners.trtllm import run_trtllm
@@ -38,7 +39,9 @@ __all__ = [
     "run_vllm",
 ]
 
-_LAZY = {
+_LAZY = {  # imported on first use: the transformers worker runs as a module of this package
+    "SCHEMA": "gpuroute.bench.result",
+    "Result": "gpuroute.bench.result",
     "EnergyMonitor": "gpuroute.bench.energy",
     "RunOptions": "gpuroute.bench.runners.common",
     "run_campaign": "gpuroute.bench.campaign",
