@@ -309,36 +309,9 @@ class SimulatedGPUHost(Closing):
             )
 
     def _build_images(self) -> None:
-        data = _image_tar()
         client = self.client()
         try:
-            for tag, extra in (
-                (IMAGE, []),
-                (
-                    IMAGE_CUDA_ALL,
-                    [
-                        "ENV NVIDIA_VISIBLE_DEVICES=all",
-                        "ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility",
-                        "ENV CUDA_VERSION=12.8.1",
-                        "ENV NVIDIA_REQUIRE_CUDA=cuda>=12.8",
-                    ],
-                ),
-                (
-                    IMAGE_VLLM,
-                    [
-                        "ENV NVIDIA_VISIBLE_DEVICES=all",
-                        'ENTRYPOINT ["vllm", "serve"]',
-                    ],
-                ),
-                (IMAGE_TRTLLM, ["ENV NVIDIA_VISIBLE_DEVICES=all"]),
-            ):
-                repository, _, version = tag.partition(":")
-                client.api.import_image_from_data(
-                    data,
-                    repository=repository,
-                    tag=version,
-                    changes=["ENV PATH=/bin", 'CMD ["sh"]', *extra],
-                )
+            client.api.load_image(_image_archive())
         finally:
             client.close()
 
@@ -444,6 +417,67 @@ def _is_static(path: Path) -> bool:
     return all(
         struct.unpack_from(order + "I", table, i * phentsize)[0] != pt_interp for i in range(phnum)
     )
+
+
+_IMAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...] | None], ...] = (
+    (IMAGE, (), None),
+    (
+        IMAGE_CUDA_ALL,
+        (
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+            "CUDA_VERSION=12.8.1",
+            "NVIDIA_REQUIRE_CUDA=cuda>=12.8",
+        ),
+        None,
+    ),
+    (IMAGE_VLLM, ("NVIDIA_VISIBLE_DEVICES=all",), ("vllm", "serve")),
+    (IMAGE_TRTLLM, ("NVIDIA_VISIBLE_DEVICES=all",), None),
+)
+"""Each test image: its tag, its environment beyond ``PATH=/bin``, and its entrypoint."""
+
+
+def _image_archive() -> bytes:
+    """The test images as one ``docker load`` archive (the ``docker save`` layout): a single
+    layer, the root filesystem, which all four images share, so that the engine unpacks it
+    once rather than once per image."""
+    import hashlib
+    import platform
+
+    layer = _image_tar()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    layer_path = f"{diff_id.removeprefix('sha256:')}/layer.tar"
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    buffer = io.BytesIO()
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+    manifest = []
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        add(tar, layer_path, layer)
+        for tag, env, entrypoint in _IMAGES:
+            settings: dict[str, Any] = {"Env": ["PATH=/bin", *env], "Cmd": ["sh"]}
+            if entrypoint is not None:
+                settings["Entrypoint"] = list(entrypoint)
+            config = json.dumps(
+                {
+                    "architecture": arch,
+                    "os": "linux",
+                    "config": settings,
+                    "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                    "history": [{"created_by": "gpuroute.testing.engine"}],
+                },
+                sort_keys=True,
+            ).encode()
+            name = f"{hashlib.sha256(config).hexdigest()}.json"
+            add(tar, name, config)
+            manifest.append({"Config": name, "RepoTags": [tag], "Layers": [layer_path]})
+        add(tar, "manifest.json", json.dumps(manifest).encode())
+    return buffer.getvalue()
 
 
 def _image_tar() -> bytes:
