@@ -113,6 +113,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         help="check the plan for this target now (local: the parent CUDA_VISIBLE_DEVICES mask)",
     )
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument("--wide", action="store_true", help=_WIDE)
     pl.add_argument(
         "--local-ids",
         choices=["uuid", "index"],
@@ -196,6 +197,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="GPUs marked unhealthy by a critical Xid")
     health.add_argument("--lease-dir", metavar="DIR", help="the lease directory")
     health.add_argument("--json", action="store_true", help="print the marked GPUs as JSON")
+    health.add_argument("--wide", action="store_true", help=_WIDE)
     health_sub = health.add_subparsers(dest="health_command", metavar="ACTION")
     health_clear = health_sub.add_parser(
         "clear", help="clear the marks of these GPUs (after a reset): later Xids count again"
@@ -307,7 +309,14 @@ def _health(args: argparse.Namespace, inventory: Inventory, sim: SimulatedHost |
     if not rows:
         print(f"No GPU is marked unhealthy in {_where(sim, directory)}.")
         return 0
-    print(format_table(("GPU", "UUID", "XIDS"), rows), end="\n")
+    from gpuroute.core.table import short_ids
+    from gpuroute.term import width
+
+    if not args.wide:
+        ids = short_ids(device.uuid for device in inventory.devices())
+        rows = [(index, ids[uuid], xids) for index, uuid, xids in rows]
+    fit = None if args.wide else width()
+    print(format_table(("GPU", "UUID", "XIDS"), rows, max_width=fit, shrink=(2,)), end="\n")
     return 0
 
 
@@ -733,7 +742,9 @@ def _run(args: argparse.Namespace, sim: SimulatedHost | None) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(result.explain(), end="")
+        from gpuroute.term import width
+
+        print(result.explain(width=None if args.wide else width()), end="")
     return 0
 
 

@@ -213,8 +213,14 @@ def test_health_lists_and_clears_marks(
     where = ["--lease-dir", str(tmp_path), "--simulate", "h100-sxm-8"]
     assert main(["health", *where]) == 0
     out = capsys.readouterr().out
-    assert h100.gpus[5].uuid in out
+    assert h100.gpus[5].uuid not in out  # shortened, to a prefix a spec takes
+    (short,) = [line.split()[1] for line in out.splitlines()[1:]]
+    assert h100.gpus[5].uuid.startswith(short)
     assert "Xid 79" in out
+    assert main(["plan", short, "--simulate", "h100-sxm-8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["devices"][0]["uuid"] == h100.gpus[5].uuid
+    assert main(["health", *where, "--wide"]) == 0
+    assert h100.gpus[5].uuid in capsys.readouterr().out
     assert main(["health", *where, "clear", "5"]) == 0
     assert "Cleared the health mark of GPU 5 (it had Xid 79)" in capsys.readouterr().out
     assert main(["health", *where]) == 0
@@ -343,6 +349,36 @@ def test_ls_fits_80_columns_with_short_uuids_that_plan_accepts(
     wide = capsys.readouterr().out
     assert all(d.uuid in wide for d in devices)
     assert max(len(line) for line in wide.splitlines()) > 80
+
+
+@pytest.mark.parametrize(
+    ("name", "spec"), [("h100-sxm-8", "7,3,1,0,2,4,5,6"), ("a100-mig-4", "1:0,2:2")]
+)
+def test_plan_fits_the_terminal_with_short_uuids_that_plan_accepts(
+    name: str, spec: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gpuroute.testing import topology
+
+    flags = ["--simulate", name, "--allow-multiple-mig"]
+    plan = gpuroute.plan(spec, inventory=topology(name), allow_multiple_mig=True)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["plan", spec, *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index("") + 1 : lines.index("", lines.index("") + 1)]
+    assert table[0].split()[:3] == ["cuda", "host", "uuid"]
+    assert all(len(line) <= 80 for line in table), table
+    shown = [line.split()[2] for line in table[1:]]
+    assert len(shown) == len(plan.devices)
+    for short, device in zip(shown, plan.devices, strict=True):
+        assert device.uuid.startswith(short)
+        assert len(short) < len(device.uuid)
+        assert main(["plan", short, *flags, "--json"]) == 0
+        assert [d["uuid"] for d in json.loads(capsys.readouterr().out)["devices"]] == [device.uuid]
+    # the environments are what gets set: never shortened
+    assert any(plan.host_env["NVIDIA_VISIBLE_DEVICES"] in line for line in lines)
+    assert main(["plan", spec, *flags, "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert all(d.uuid in wide and d.gpu.pci_bus_id in wide for d in plan.devices)
 
 
 def test_colour_only_on_request_or_a_terminal_and_never_with_no_color(

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from gpuroute.core.context import CallerContext
 from gpuroute.core.inventory import Device, Inventory
-from gpuroute.core.table import format_table
+from gpuroute.core.table import format_table, short_ids
 from gpuroute.errors import ContextError
 
 __all__ = [
@@ -171,8 +171,11 @@ class RoutingPlan:
             "notes": list(self.notes),
         }
 
-    def explain(self) -> str:
-        """A human-readable account of the plan: the devices and every environment."""
+    def explain(self, width: int | None = None) -> str:
+        """A human-readable account of the plan: the devices and every environment. With
+        ``width``, the device table fits that many columns as ``gpuroute ls`` does: UUIDs
+        shortened to the unique prefixes on this host that a spec accepts, no PCI bus ids,
+        models cut where needed; the environments are always whole (they are what is set)."""
         inv = self.inventory
         driver = f", driver {inv.driver_version}" if inv.driver_version else ""
         out = [f"Routing plan for {self.spec!r} ({len(inv.gpus)} GPUs on this host{driver})", ""]
@@ -185,7 +188,13 @@ class RoutingPlan:
             for i, d in enumerate(self.devices):
                 model = f"{d.gpu.name} {d.mig.profile}" if d.mig else d.gpu.name
                 rows.append((str(i), d.label, d.uuid, d.gpu.pci_bus_id, model, str(smi[d.uuid])))
-            out.append(format_table(headers, rows, indent="  "))
+            if width is None:
+                out.append(format_table(headers, rows, indent="  "))
+            else:  # as `gpuroute ls` fits: short UUIDs, no PCI bus ids, models cut
+                ids = short_ids(u.uuid for u in inv.devices())
+                narrow = [(c, h, ids[u], m, n) for c, h, u, _, m, n in rows]
+                heads = ("cuda", "host", "uuid", "model", "smi in container")
+                out.append(format_table(heads, narrow, indent="  ", max_width=width, shrink=(3,)))
         out += ["", "Container runtime, host side (docker run / compose):"]
         out += [f"  {k}={v}" for k, v in self.host_env.items()]
         out += ["Program inside the container:"]
