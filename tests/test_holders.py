@@ -21,7 +21,13 @@ import gpuroute
 from gpuroute import CallerContext, DeviceLeasedError, DockerWork, GpurouteError, Host
 from gpuroute.limits import Policy
 from gpuroute.testing import topology
-from gpuroute.testing.engine import IMAGE, ROOT_PREFIX, SimulatedGPUHost, clean_stale_roots
+from gpuroute.testing.engine import (
+    IMAGE,
+    ROOT_PREFIX,
+    UNTIL_STOPPED,
+    SimulatedGPUHost,
+    clean_stale_roots,
+)
 
 H100 = topology("h100-sxm-8")
 NO_NET = {"network_mode": "none"}
@@ -255,6 +261,28 @@ def test_a_compose_launcher_killed_at_any_step_leaves_one_holder(
 
 
 @pytest.mark.engine
+def test_stopping_a_crashed_engine_ends_every_process_it_ran() -> None:
+    """After a crash the container runs on under its shim; stop() ends both."""
+    engine = SimulatedGPUHost(H100).start()
+    root = str(engine.root)
+    try:
+        client = engine.client()
+        try:
+            container = client.containers.run(IMAGE, UNTIL_STOPPED, detach=True, **NO_NET)
+            container.reload()
+        finally:
+            client.close()
+        init = Path(f"/proc/{container.attrs['State']['Pid']}")
+        engine.crash()
+        assert init.exists()
+        assert engine_processes(root)  # its shim
+    finally:
+        engine.stop()
+    assert wait_for(lambda: not init.exists() and not engine_processes(root), timeout=30)
+    assert not Path(root).exists()
+
+
+@pytest.mark.engine
 def test_a_container_lease_outlives_its_engine_as_long_as_the_container(tmp_path: Path) -> None:
     """dockerd crashes: the container runs on (its shim outlives dockerd) and keeps its
     lease, judged by its init process; once that ends, the lease is reclaimed. A wait() on
@@ -299,13 +327,18 @@ engine = SimulatedGPUHost(topology("h100-sxm-8")).start()
 client = engine.client()
 container = client.containers.run(IMAGE, UNTIL_STOPPED, detach=True, network_mode="none")
 container.reload()
-print(engine._process.pid, container.attrs["State"]["Pid"], engine.root, flush=True)
+dockerd = engine._process.pid
+if sys.argv[1] == "crashed":
+    engine.crash()  # dockerd killed at once: the container runs on under its shim
+print(dockerd, container.attrs["State"]["Pid"], engine.root, flush=True)
 time.sleep(300)
 """
 
 
-def naming(root: str) -> list[str]:
-    """The command lines of the processes that name a path below ``root``."""
+def engine_processes(root: str) -> list[str]:
+    """The command lines of the processes that name a path below ``root`` (dockerd,
+    containerd and the containerd shims of the engine there). A container's processes end
+    with its first one (the kernel ends a PID namespace with its init)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
@@ -317,21 +350,24 @@ def naming(root: str) -> list[str]:
 
 
 @pytest.mark.engine
-def test_a_killed_owner_takes_its_private_engine_down() -> None:
+@pytest.mark.parametrize("state", ["running", "crashed"])
+def test_a_killed_owner_takes_its_private_engine_down(state: str) -> None:
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", OWNER, state], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     try:
         assert owner.stdout is not None
         dockerd, init, root = owner.stdout.readline().split()
+        assert Path(f"/proc/{init}").exists()  # the container runs (after a crash too)
         owner.kill()  # SIGKILL: no handler of the owner runs
         owner.wait()
         gone = wait_for(
             lambda: not any(Path(f"/proc/{p}").exists() for p in (dockerd, init)), timeout=60
         )
         assert gone, "the engine or its container outlived the owner"
-        # nor did any process of the engine's: containerd's shims run in sessions of their own
-        assert wait_for(lambda: not naming(root), timeout=30), naming(root)
+        # nor did any process of the engine's: containerd's shims run in sessions of their
+        # own, and a container's processes outlive a killed shim
+        assert wait_for(lambda: not engine_processes(root), timeout=30), engine_processes(root)
         assert wait_for(lambda: not Path(root).exists(), timeout=30)
     finally:
         if owner.poll() is None:

@@ -37,7 +37,13 @@ from typing import Any
 from gpuroute.core.closing import Closing
 from gpuroute.core.inventory import Inventory
 from gpuroute.testing import toolkit
-from gpuroute.testing.watchdog import kill_named, stop_engine, unmount_below
+from gpuroute.testing.watchdog import (
+    LET_GO,
+    kill_engine_processes,
+    names,
+    stop_engine,
+    unmount_below,
+)
 
 __all__ = [
     "IMAGE",
@@ -265,7 +271,10 @@ class SimulatedGPUHost(Closing):
         if self._watchdog is not None:
             watchdog, writer = self._watchdog
             self._watchdog = None
-            os.close(writer)
+            try:
+                os.write(writer, LET_GO)
+            finally:
+                os.close(writer)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 watchdog.wait(timeout=10)
 
@@ -311,7 +320,9 @@ class SimulatedGPUHost(Closing):
     def _build_images(self) -> None:
         client = self.client()
         try:
-            client.api.load_image(_image_archive())
+            client.images.load(_image_archive())  # reads the engine's answer to its end
+            for tag, _, _ in _IMAGES:
+                client.images.get(tag)  # each is there, or ImageNotFound says which is not
         finally:
             client.close()
 
@@ -335,7 +346,7 @@ class SimulatedGPUHost(Closing):
                     client.close()
         self._terminate()
         if self.root is not None:
-            kill_named(str(self.root))  # shims of containers dockerd did not stop
+            kill_engine_processes(str(self.root))  # after a crash: shims, containers
             unmount_below(str(self.root))
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
@@ -390,11 +401,8 @@ def clean_stale_roots(tmp: str | None = None) -> list[Path]:
             dockerd = (root / "dockerd.pid").read_text().strip()
         except OSError:
             dockerd = ""
-        if dockerd.isdigit() and _start_time(int(dockerd)):
-            stop_engine(int(dockerd), str(root))
-        else:
-            unmount_below(str(root))
-            shutil.rmtree(root, ignore_errors=True)
+        alive = dockerd.isdigit() and names(int(dockerd), str(root))
+        stop_engine(int(dockerd) if alive else None, str(root))
         removed.append(root)
     return removed
 
