@@ -16,6 +16,7 @@ default host (``default_host()``), one per set of relevant environment variables
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -617,10 +618,9 @@ class Host(Closing):
             try:
                 backend.verify(handle)
             except VerificationError:
-                try:
-                    handle.stop(timeout=0)  # it runs on GPUs it was not given: no grace period
-                finally:
-                    handle.close()
+                with contextlib.suppress(Exception):  # close() below stops it, if this fails
+                    handle.kill()  # it runs on GPUs it was not given: no grace period
+                handle.close()
                 raise
             except BaseException:
                 handle.close()

@@ -115,6 +115,11 @@ class Launch(Closing):
         """Stop the work: SIGTERM, then SIGKILL after ``timeout`` seconds."""
         raise NotImplementedError
 
+    def kill(self) -> None:
+        """End the work at once, with no grace period (it sees GPUs it was not given); what
+        was started with it ends as ``stop`` ends it."""
+        self.stop(timeout=0)
+
     def pids(self) -> set[int]:
         """The host pids of the work's processes now (for the energy monitor's own-process
         check); empty where unknown."""

@@ -789,6 +789,23 @@ class ComposeLaunch(ProcessLaunch):
                     if not isinstance(exc.__cause__, docker.errors.NotFound):
                         raise
 
+    def kill(self) -> None:
+        """SIGKILL to the service's container; the services started with it (which were
+        checked to see no GPU) get a normal stop."""
+        import docker.errors
+
+        try:
+            if self.process.poll() is None:
+                try:
+                    with contextlib.suppress(docker.errors.APIError):  # it ended meanwhile
+                        self._container(lambda c: c.kill())
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.process.wait(10)
+                finally:
+                    self.kill_group(0)
+        finally:
+            self.stop()
+
     def remove(self) -> None:
         import docker.errors
 
