@@ -326,7 +326,7 @@ PROBE_SECONDS = 0.5
 
 
 def containers_created(engine: SimulatedGPUHost, since: float) -> list[str]:
-    """The commands of the containers the engine created from ``since`` (unix time) on."""
+    """The images of the containers the engine created from ``since`` (unix time) on."""
     client = engine.client()
     try:
         events = client.events(

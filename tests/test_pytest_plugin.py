@@ -159,6 +159,27 @@ def test_the_tests_that_use_the_ray_cluster_run_one_after_another(
     result.stdout.fnmatch_lines(["*no local Ray cluster*: no Ray here*"])
 
 
+def test_a_ray_cluster_that_fails_to_start_is_tried_once(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        "from gpuroute.testing.ray_cluster import LocalRayCluster, RayClusterError\n"
+        "STARTS = []\n"
+        "def start(self):\n"
+        "    STARTS.append(self)\n"
+        "    raise RayClusterError('the head node did not listen in time')\n"
+        "LocalRayCluster.unavailable = staticmethod(lambda: None)\n"
+        "LocalRayCluster.start = start\n"
+    )
+    pytester.makepyfile(
+        test_a="import conftest\n"
+        "def test_one(gpuroute_ray_cluster): pass\n"
+        "def test_two(gpuroute_ray_cluster): pass\n"
+        "def test_started_once(): assert len(conftest.STARTS) == 1\n"
+    )
+    result = run_user_tests(pytester)
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*did not start earlier in this session: the head node*"])
+
+
 @pytest.mark.engine
 def test_a_users_container_runs_on_the_simulated_host(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(

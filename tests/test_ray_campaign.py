@@ -164,7 +164,7 @@ def test_killing_the_worker_node_mid_campaign_loses_nothing(
         assert errors == []
     finally:
         thread.join(timeout=60)
-        gpuroute_ray_cluster.restart_node(1)  # the session's cluster, whole again
+        gpuroute_ray_cluster.restart_node(1)  # the shared cluster, whole again for the next test
     results = read_results(tmp_path / "run")
     # Every experiment exactly once, and ok: what the lost node ran was never written, and
     # ran again on the node that was left.

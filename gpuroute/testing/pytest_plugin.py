@@ -168,13 +168,20 @@ class _RayClusters:
 
     def __init__(self) -> None:
         self.cluster: LocalRayCluster | None = None
+        self.failed: str | None = None
 
     def get(self) -> LocalRayCluster:
-        from gpuroute.testing.ray_cluster import LocalRayCluster
+        from gpuroute.testing.ray_cluster import LocalRayCluster, RayClusterError
 
+        if self.failed is not None:  # once is enough: each test would wait as long again
+            pytest.fail(f"the Ray cluster did not start earlier in this session: {self.failed}")
         if self.cluster is None:
             cluster = LocalRayCluster()
-            cluster.start()  # stops what it started if it fails
+            try:
+                cluster.start()  # stops what it started if it fails
+            except RayClusterError as exc:
+                self.failed = str(exc)
+                raise
             self.cluster = cluster
         return self.cluster
 
@@ -202,12 +209,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[:] = rest[:first] + users + rest[first:]
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """After the last of a run of tests that use the Ray cluster, stop it."""
-    clusters = item.config.stash.get(_RAY_CLUSTERS, None)
-    if clusters is not None and clusters.cluster is not None and not _uses_ray_cluster(nextitem):
-        clusters.stop()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After the last of a run of tests that use the Ray cluster, stop it (also when the
+    test's own teardown fails)."""
+    try:
+        return (yield)
+    finally:
+        clusters = item.config.stash.get(_RAY_CLUSTERS, None)
+        if clusters and clusters.cluster is not None and not _uses_ray_cluster(nextitem):
+            clusters.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -221,8 +232,12 @@ def gpuroute_ray_cluster(request: pytest.FixtureRequest) -> LocalRayCluster:
     """A Ray cluster of two simulated GPU hosts on this machine (``DEFAULT_NODES``: a head of
     4 H100s, a worker of 2 A100s and MIG devices), this process connected to it. One cluster
     serves the tests that use it, which run one after another; it is stopped after the last
-    of them, also on failure. Where it cannot run, a test that uses it is skipped with the
-    reason, or fails under ``GPUROUTE_REQUIRE_ENGINE=1``."""
+    of them, also on failure. (Under pytest-xdist a worker starts one for each run of such
+    tests it is given: keep them in one module and use ``--dist loadfile``, or any
+    scheduling that gives them to one worker together, for one cluster.) Where it cannot
+    run, a test that uses it is skipped with the reason, or fails under
+    ``GPUROUTE_REQUIRE_ENGINE=1``; where it fails to start, the tests after it fail at
+    once."""
     from gpuroute.testing.ray_cluster import LocalRayCluster
 
     reason = LocalRayCluster.unavailable()

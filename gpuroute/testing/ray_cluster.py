@@ -395,7 +395,8 @@ class LocalRayCluster(Closing):
             if process is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+                with contextlib.suppress(subprocess.TimeoutExpired):  # swept up below
+                    process.wait(timeout=30)
         if self.root is not None:
             self._kill_stragglers(str(self.root))
         for node in self.nodes:
