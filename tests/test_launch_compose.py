@@ -25,6 +25,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,21 @@ def service(image: str = IMAGE, extra: str = "") -> str:
     ]
     lines += ["    " + line for line in textwrap.dedent(extra).splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def verified_app(
+    command: Sequence[str], gpus: str, cwd: Path, inventory: Inventory, variant: ComposeVariant
+) -> gpuroute.Launch:
+    """``command`` in service ``app`` of the compose file in ``cwd``, verified."""
+    return gpuroute.launch(
+        command,
+        gpus=gpus,
+        compose_service="app",
+        cwd=cwd,
+        inventory=inventory,
+        compose=variant.command,
+        verify=True,
+    )
 
 
 def run_service(
@@ -725,15 +741,7 @@ class TestComposeBasics:
         command: list[str],
     ) -> None:
         write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
-        with gpuroute.launch(
-            command,
-            gpus="0",
-            compose_service="app",
-            cwd=tmp_path,
-            inventory=h100,
-            compose=compose_variant.command,
-            verify=True,
-        ) as handle:
+        with verified_app(command, "0", tmp_path, h100, compose_variant) as handle:
             handle.stop()  # the running one ends on SIGTERM, with status 0
             assert handle.wait(timeout=60) == 0
 
@@ -747,15 +755,7 @@ class TestComposeBasics:
         engine.configure_toolkit(sim_nvidia_smi_seconds=PROBE_SECONDS)
         write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
         since = time.time()
-        with gpuroute.launch(
-            ENDS_WHILE_PROBED,
-            gpus="2",
-            compose_service="app",
-            cwd=tmp_path,
-            inventory=h100,
-            compose=compose_variant.command,
-            verify=True,
-        ) as handle:
+        with verified_app(ENDS_WHILE_PROBED, "2", tmp_path, h100, compose_variant) as handle:
             assert handle.wait(timeout=60) == 0  # it ended because it was probed
         # the probe failed with the job, so a twin run was checked (and saw GPU 2)
         assert len(containers_created(engine, since)) == 2
@@ -769,15 +769,7 @@ class TestComposeBasics:
     ) -> None:
         write(tmp_path, "docker-compose.yml", service(extra=COUNT_ALL))
         errors = mis_pinned_short_jobs(
-            lambda: gpuroute.launch(
-                ["sleep", "0.05"],
-                gpus="2",
-                compose_service="app",
-                cwd=tmp_path,
-                inventory=h100,
-                compose=compose_variant.command,
-                verify=True,
-            )
+            lambda: verified_app(["sleep", "0.05"], "2", tmp_path, h100, compose_variant)
         )
         assert errors == [], f"{len(errors)} of {SHORT_JOBS}: {errors[0]}"
 
@@ -791,15 +783,7 @@ class TestComposeBasics:
         engine.configure_toolkit(accept_nvidia_visible_devices_envvar_when_unprivileged=False)
         write(tmp_path, "docker-compose.yml", service())
         with pytest.raises(gpuroute.VerificationError):
-            gpuroute.launch(
-                ["sleep", "30"],
-                gpus="0",
-                compose_service="app",
-                cwd=tmp_path,
-                inventory=h100,
-                compose=compose_variant.command,
-                verify=True,
-            )
+            verified_app(["sleep", "30"], "0", tmp_path, h100, compose_variant)
 
     def test_unknown_service_lists_the_services(
         self,
